@@ -1,0 +1,378 @@
+"""Configuration: frozen dataclasses, model presets, and their JSON/YAML round trip.
+
+This module imports nothing else from the package, so every other module may import it.
+
+- :class:`ModelConfig` describes a network (see :func:`unetr.model.build_model`).
+- :class:`Plan` describes how a dataset is preprocessed (spacing, ROI, intensities, classes).
+- :class:`TrainConfig` and :class:`InferConfig` hold the training and inference settings.
+
+Every dataclass has ``to_dict()`` / ``from_dict()``; ``from_dict`` rejects unknown keys with a
+``ValueError`` naming them, so a typo in a YAML file or a ``--set key=value`` never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence, Tuple, TypeVar, Union
+
+T = TypeVar("T")
+
+VARIANTS = ("paper", "tutorial")
+NORMS = ("instance", "batch")
+PROJ_TYPES = ("conv", "perceptron")
+INTENSITY_SCHEMES = ("ct_window", "ct_zscore", "zscore")
+
+
+def _as_tuple(value: Any, n: int, name: str) -> Tuple[int, ...]:
+    if isinstance(value, (int, float)):
+        value = (value,) * n
+    value = tuple(value)
+    if len(value) != n:
+        raise ValueError(f"{name} must have {n} values, got {value!r}")
+    return value
+
+
+class _DictMixin:
+    """``to_dict`` / ``from_dict`` / ``replace`` shared by the configuration dataclasses."""
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists, plain JSON types
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict) -> T:
+        if not isinstance(data, dict):
+            raise ValueError(f"{cls.__name__} expects a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**data)  # type: ignore[call-arg]
+
+    def replace(self: T, **changes: Any) -> T:
+        return replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class ModelConfig(_DictMixin):
+    """The network. ``variant='paper'`` is MONAI's UNETR; ``'tutorial'`` is the seed text's network.
+
+    Attributes:
+        in_channels: image channels (modalities).
+        out_channels: classes, background included.
+        img_size: the ROI the model is built for; the position embedding is interpolated for other sizes.
+        patch_size: edge of the cubic patches (16 in the paper).
+        hidden_size: token width E.
+        mlp_dim: width of the feed-forward layer.
+        num_layers: transformer blocks.
+        num_heads: attention heads; must divide ``hidden_size``.
+        skip_layers: the 1-based transformer blocks whose outputs feed the decoder, shallow to deep.
+            ``paper`` uses (4, 7, 10) plus the normed output of the last block (MONAI's indices 3, 6, 9);
+            ``tutorial`` uses (3, 6, 9, 12).
+        feature_size: decoder width at full resolution (``paper`` only).
+        norm: decoder normalisation, ``instance`` or ``batch`` (``paper`` only; ``tutorial`` is batch).
+        res_block: residual decoder blocks (``paper`` only).
+        conv_block: convolutions in the encoder-side up-sampling paths (``paper`` only).
+        proj_type: patch embedding: ``conv`` or ``perceptron`` (a linear layer over flattened patches).
+        qkv_bias: bias in the query/key/value projection.
+        dropout: dropout rate in the transformer.
+        mlp_act: ``gelu`` (paper) or ``relu`` (tutorial).
+        norm_eps: LayerNorm epsilon.
+        checkpointing: recompute transformer blocks in the backward pass to save memory.
+    """
+
+    in_channels: int = 1
+    out_channels: int = 14
+    img_size: Tuple[int, int, int] = (96, 96, 96)
+    variant: str = "paper"
+    patch_size: int = 16
+    hidden_size: int = 768
+    mlp_dim: int = 3072
+    num_layers: int = 12
+    num_heads: int = 12
+    skip_layers: Tuple[int, ...] = (4, 7, 10)
+    feature_size: int = 16
+    norm: str = "instance"
+    res_block: bool = True
+    conv_block: bool = True
+    proj_type: str = "conv"
+    qkv_bias: bool = False
+    dropout: float = 0.0
+    mlp_act: str = "gelu"
+    norm_eps: float = 1e-5
+    checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "img_size", _as_tuple(self.img_size, 3, "img_size"))
+        object.__setattr__(self, "skip_layers", tuple(int(s) for s in self.skip_layers))
+        for name in ("in_channels", "out_channels", "patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.proj_type not in PROJ_TYPES:
+            raise ValueError(f"proj_type must be one of {PROJ_TYPES}, got {self.proj_type!r}")
+        if self.mlp_act not in ("gelu", "relu"):
+            raise ValueError(f"mlp_act must be 'gelu' or 'relu', got {self.mlp_act!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if not 0.0 <= self.dropout <= 1.0:
+            raise ValueError(f"dropout must be in [0, 1], got {self.dropout}")
+        for s in self.img_size:
+            if s % self.patch_size:
+                raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        n_skips = 3 if self.variant == "paper" else 4
+        if len(self.skip_layers) != n_skips:
+            raise ValueError(f"variant {self.variant!r} needs {n_skips} skip_layers, got {self.skip_layers}")
+        if list(self.skip_layers) != sorted(set(self.skip_layers)) or not all(
+            1 <= s <= self.num_layers for s in self.skip_layers
+        ):
+            raise ValueError(
+                f"skip_layers must be increasing block numbers in 1..{self.num_layers}, got {self.skip_layers}"
+            )
+        if self.variant == "paper" and (self.patch_size & (self.patch_size - 1) or self.patch_size < 16):
+            raise ValueError(f"the paper decoder up-samples 4 times by 2: patch_size must be 16, got {self.patch_size}")
+
+
+# Presets: the architecture; channels, classes and ROI are filled in per dataset.
+PRESETS: dict = {
+    # The paper's network as MONAI implements it: ViT-B/16, feature size 16, residual decoder, instance norm.
+    "paper": dict(variant="paper"),
+    # The seed tutorial's network (tamasino52): Conv+BN+ReLU decoder, ReLU FFN of 2048, skips 3/6/9/12.
+    "tutorial": dict(
+        variant="tutorial", mlp_dim=2048, mlp_act="relu", skip_layers=(3, 6, 9, 12), qkv_bias=True,
+        dropout=0.1, norm_eps=1e-6, norm="batch",
+    ),
+    # Same architecture as `paper`, narrower and shallower: trains on a CPU in minutes.
+    "small": dict(variant="paper", hidden_size=384, mlp_dim=1536, num_heads=6, num_layers=8, skip_layers=(2, 4, 6),
+                  feature_size=16),
+    "tiny": dict(variant="paper", hidden_size=192, mlp_dim=384, num_heads=4, num_layers=4, skip_layers=(1, 2, 3),
+                 feature_size=8),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """Return the :class:`ModelConfig` of a preset, with keyword overrides.
+
+    Example:
+        >>> preset("paper", in_channels=1, out_channels=14).hidden_size
+        768
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+@dataclass(frozen=True)
+class Plan(_DictMixin):
+    """How a dataset is preprocessed; written once as ``plan.json`` and read by preprocess, train and predict.
+
+    Attributes:
+        target_spacing: voxel spacing in mm (x, y, z) after resampling, in RAS orientation.
+        roi: the patch size the model trains on (multiple of 16).
+        in_channels / num_classes: image channels and label classes (background included).
+        class_names: one name per class, background first.
+        channel_names: one name per channel (``CT``, ``T1`` ...).
+        intensity: ``ct_window`` (clip to [a_min, a_max] and scale to [b_min, b_max], the paper's CT scheme),
+            ``ct_zscore`` (clip to the foreground percentiles, then z-score with the dataset's foreground
+            mean/std, as nnU-Net does for CT), or ``zscore`` (per channel and case over non-zero voxels, MRI).
+        window: (a_min, a_max, b_min, b_max) for ``ct_window``; clip bounds and mean/std go in ``ct_stats``.
+        ct_stats: per channel (lo, hi, mean, std) for ``ct_zscore``.
+        crop_foreground: crop each case to its non-zero bounding box before resampling.
+        image_order: spline order for image resampling (1 linear, 3 cubic).
+        preset: the model preset trained on this plan.
+    """
+
+    target_spacing: Tuple[float, float, float] = (1.5, 1.5, 2.0)
+    roi: Tuple[int, int, int] = (96, 96, 96)
+    in_channels: int = 1
+    num_classes: int = 2
+    class_names: Tuple[str, ...] = ("background", "foreground")
+    channel_names: Tuple[str, ...] = ("CT",)
+    intensity: str = "ct_window"
+    window: Tuple[float, float, float, float] = (-175.0, 250.0, 0.0, 1.0)
+    ct_stats: Tuple[Tuple[float, float, float, float], ...] = ()
+    crop_foreground: bool = True
+    image_order: int = 1
+    preset: str = "paper"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_spacing", tuple(float(s) for s in _as_tuple(self.target_spacing, 3, "target_spacing")))
+        object.__setattr__(self, "roi", tuple(int(s) for s in _as_tuple(self.roi, 3, "roi")))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "channel_names", tuple(self.channel_names))
+        object.__setattr__(self, "window", tuple(float(v) for v in self.window))
+        object.__setattr__(self, "ct_stats", tuple(tuple(float(v) for v in s) for s in self.ct_stats))
+        if any(s <= 0 for s in self.target_spacing):
+            raise ValueError(f"target_spacing must be positive, got {self.target_spacing}")
+        if any(r < 16 or r % 16 for r in self.roi):
+            raise ValueError(f"roi must be multiples of 16 (the patch size), got {self.roi}")
+        if self.intensity not in INTENSITY_SCHEMES:
+            raise ValueError(f"intensity must be one of {INTENSITY_SCHEMES}, got {self.intensity!r}")
+        if len(self.window) != 4 or self.window[0] >= self.window[1]:
+            raise ValueError(f"window must be (a_min, a_max, b_min, b_max) with a_min < a_max, got {self.window}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2 (background and one class), got {self.num_classes}")
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names for {self.num_classes} classes")
+        if len(self.channel_names) != self.in_channels:
+            raise ValueError(f"channel_names has {len(self.channel_names)} names for {self.in_channels} channels")
+        if self.intensity == "ct_zscore" and len(self.ct_stats) != self.in_channels:
+            raise ValueError("intensity 'ct_zscore' needs ct_stats (lo, hi, mean, std) for every channel")
+        if self.image_order not in (0, 1, 2, 3):
+            raise ValueError(f"image_order must be 0..3, got {self.image_order}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+
+    def model_config(self, **overrides: Any) -> ModelConfig:
+        """The model this plan trains: its preset with the plan's channels, classes and ROI."""
+        return preset(self.preset, in_channels=self.in_channels, out_channels=self.num_classes, img_size=self.roi,
+                      **overrides)
+
+
+@dataclass(frozen=True)
+class TrainConfig(_DictMixin):
+    """Training settings; the defaults are the recipe of the paper's official code."""
+
+    iterations: int = 25000
+    val_every: int = 500
+    checkpoint_every: int = 500
+    batch_size: int = 1  # volumes per step; each gives `samples_per_volume` crops
+    samples_per_volume: int = 4
+    pos_fraction: float = 0.5  # pos=1, neg=1
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    warmup_iterations: int = 50
+    min_lr: float = 0.0
+    grad_clip: float = 0.0
+    accumulate: int = 1
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    flip_prob: float = 0.2
+    rot90_prob: float = 0.2
+    scale_intensity_prob: float = 0.1
+    shift_intensity_prob: float = 0.1
+    intensity_factor: float = 0.1
+    extra_augment: bool = False  # nnU-Net style rotation/scaling and Gaussian noise
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    include_background: bool = True
+    val_overlap: float = 0.5
+    val_sw_batch: int = 4
+    num_workers: int = 2
+    seed: int = 0
+    fold: int = 0
+    num_folds: int = 5
+    checkpointing: bool = False
+    channels_last: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be positive, got {self.iterations}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
+        if not 0.0 <= self.pos_fraction <= 1.0:
+            raise ValueError(f"pos_fraction must be in [0, 1], got {self.pos_fraction}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.accumulate < 1 or self.batch_size < 1 or self.samples_per_volume < 1:
+            raise ValueError("accumulate, batch_size and samples_per_volume must be at least 1")
+        if not 0.0 <= self.val_overlap < 1.0:
+            raise ValueError(f"val_overlap must be in [0, 1), got {self.val_overlap}")
+
+
+@dataclass(frozen=True)
+class InferConfig(_DictMixin):
+    """Sliding-window inference settings."""
+
+    overlap: float = 0.5
+    mode: str = "gaussian"  # gaussian | constant
+    sigma_scale: float = 0.125
+    sw_batch_size: int = 4
+    tta: bool = False
+    precision: str = "auto"
+    device: str = "auto"
+    largest_component: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.mode not in ("gaussian", "constant"):
+            raise ValueError(f"mode must be 'gaussian' or 'constant', got {self.mode!r}")
+        if self.sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be at least 1, got {self.sw_batch_size}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_json(path: Union[str, Path], data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def load_json(path: Union[str, Path]) -> dict:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_yaml(path: Union[str, Path]) -> dict:
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_set(items: Optional[Sequence[str]]) -> dict:
+    """Parse ``key=value`` strings (``--set lr=3e-4 --set roi=[64,64,64]``); values are read as YAML."""
+    import yaml
+
+    out: dict = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+__all__ = [
+    "ModelConfig", "Plan", "TrainConfig", "InferConfig", "PRESETS", "preset", "atomic_write_text", "save_json",
+    "load_json", "load_yaml", "parse_set", "field",
+]
