@@ -1,0 +1,442 @@
+"""Segmentation metrics per case and class: Dice, IoU, HD95, average surface distance, surface Dice.
+
+Definitions (``P`` prediction mask, ``R`` reference mask of one class; distances in mm using the voxel
+spacing):
+
+- **Dice** ``2|P & R| / (|P| + |R|)``; **IoU** ``|P & R| / |P | R|``.
+- **Surface** of a mask: its voxels with at least one of the 6 face neighbours outside the mask (the
+  volume border counts as outside), i.e. ``mask & ~erode(mask)``.
+- ``d(P -> R)``: for every surface voxel of ``P``, the Euclidean distance (mm) from its centre to the
+  nearest surface voxel centre of ``R``; ``d(R -> P)`` likewise.
+- **HD95** ``max(q95(d(P -> R)), q95(d(R -> P)))`` with linear interpolation between order statistics.
+- **ASD** (average symmetric surface distance) the mean of ``d(P -> R)`` and ``d(R -> P)`` pooled, i.e.
+  ``(sum d(P->R) + sum d(R->P)) / (n_P + n_R)``.
+- **Surface Dice** at tolerance ``t`` mm: ``(#{d(P->R) <= t} + #{d(R->P) <= t}) / (n_P + n_R)``.
+
+Conventions for empty masks:
+
+- absent from both prediction and reference: every metric is NaN and is left out of means (a class that
+  is not there cannot be scored; counting it as 1 would inflate the mean);
+- present in only one of them (a miss or a false alarm): Dice = IoU = surface Dice = 0, and HD95 and
+  ASD take the *penalty*: the diagonal of the volume in mm, ``sqrt(sum((shape * spacing) ** 2))``, larger
+  than any distance inside the volume. MONAI returns NaN or inf here, which its reductions then drop,
+  so a model that misses an organ entirely can look better than one that finds it badly (MONAI#9095).
+
+These definitions are those of MONAI's ``DiceMetric``, ``MeanIoU``, ``HausdorffDistanceMetric(percentile=95)``,
+``SurfaceDistanceMetric(symmetric=True)`` and ``SurfaceDiceMetric`` (``use_subvoxels=False``) whenever
+both masks are non-empty, which the tests check. They differ from the DeepMind ``surface-distance``
+package, which weights boundary elements by their area and places them between voxels.
+
+Speed: Dice and IoU of all classes come from one confusion matrix (one pass over the volume); the
+bounding boxes of all classes from one pass per map; the two distance transforms of a class run on the
+bounding box of the union of its two masks only, and HD95, ASD and surface Dice share them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from scipy import ndimage
+
+log = logging.getLogger(__name__)
+
+METRICS = ("dice", "iou", "hd95", "asd", "surface_dice")
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """The metrics of one class in one case; NaN where the class is absent from both masks."""
+
+    dice: float
+    iou: float
+    hd95: float
+    asd: float
+    surface_dice: float
+    pred_voxels: int
+    ref_voxels: int
+
+    def as_dict(self) -> Dict[str, float]:
+        return {m: getattr(self, m) for m in METRICS} | {"pred_voxels": self.pred_voxels, "ref_voxels": self.ref_voxels}
+
+
+def _check_spacing(spacing: Sequence[float], ndim: int) -> Tuple[float, ...]:
+    sp = tuple(float(s) for s in spacing)
+    if len(sp) != ndim or any(not s > 0 for s in sp):
+        raise ValueError(f"spacing must be {ndim} positive values, got {tuple(spacing)}")
+    return sp
+
+
+def diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The penalty distance: the diagonal of a volume of ``shape`` voxels of ``spacing`` mm."""
+    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
+
+
+def confusion_matrix(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.ndarray:
+    """Voxel counts ``C[p, r]`` of predicted class ``p`` against reference class ``r``.
+
+    Args:
+        pred: label map ``(X, Y, Z)`` of integers in ``[0, num_classes)``.
+        ref: label map of the same shape.
+        num_classes: K, background included.
+
+    Returns:
+        int64 array ``(K, K)``.
+    """
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    p = np.asarray(pred).ravel()
+    r = np.asarray(ref).ravel()
+    for name, a in (("prediction", p), ("reference", r)):
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise ValueError(f"{name} has labels outside 0..{num_classes - 1} (found {a.min()}..{a.max()})")
+    idx = p.astype(np.int64) * num_classes + r.astype(np.int64)
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with a face neighbour outside it (the border counts as outside).
+
+    Equal to ``mask ^ scipy.ndimage.binary_erosion(mask)`` with the default cross, computed by shifts.
+    """
+    m = np.asarray(mask, dtype=bool)
+    p = np.pad(m, 1)
+    interior = m.copy()
+    for axis in range(m.ndim):
+        for lo, hi in ((0, -2), (2, None)):
+            sl = [slice(1, -1)] * m.ndim
+            sl[axis] = slice(lo, hi)
+            interior &= p[tuple(sl)]
+    return m & ~interior
+
+
+def surface_distances(
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Distances in mm from the surface of ``pred`` to that of ``ref`` and back.
+
+    Args:
+        pred: boolean mask ``(X, Y, Z)``; must not be empty.
+        ref: boolean mask of the same shape; must not be empty.
+        spacing: voxel size in mm along (X, Y, Z).
+
+    Returns:
+        ``(d_pred_to_ref, d_ref_to_pred)``: float64 arrays with one value per surface voxel.
+    """
+    sp = _check_spacing(spacing, pred.ndim)
+    union = pred | ref
+    if not pred.any() or not ref.any():
+        raise ValueError("surface distances need two non-empty masks")
+    box = ndimage.find_objects(union.astype(np.uint8))[0]
+    return _distances_in_box(pred[box], ref[box], sp)
+
+
+def _distances_in_box(pred: np.ndarray, ref: np.ndarray, spacing: Tuple[float, ...]) -> Tuple[np.ndarray, np.ndarray]:
+    # The box holds both masks, so every nearest surface voxel lies inside it and the transforms are exact.
+    sp_pred, sp_ref = surface(pred), surface(ref)
+    to_ref = ndimage.distance_transform_edt(~sp_ref, sampling=spacing)  # (x, y, z) mm to R's surface
+    to_pred = ndimage.distance_transform_edt(~sp_pred, sampling=spacing)
+    return to_ref[sp_pred], to_pred[sp_ref]
+
+
+def _union_box(a: Optional[Tuple[slice, ...]], b: Optional[Tuple[slice, ...]]) -> Tuple[slice, ...]:
+    if a is None:
+        assert b is not None
+        return b
+    if b is None:
+        return a
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
+
+
+def evaluate_case(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Sequence[float],
+    num_classes: Optional[int] = None,
+    *,
+    classes: Optional[Iterable[int]] = None,
+    tolerance_mm: float = 2.0,
+    percentile: float = 95.0,
+    surface_metrics: bool = True,
+) -> Dict[int, ClassScore]:
+    """All metrics of one case, per class.
+
+    Args:
+        pred: predicted label map ``(X, Y, Z)``, integers.
+        ref: reference label map of the same shape.
+        spacing: voxel size in mm (x, y, z).
+        num_classes: K (background included); default ``max(pred.max(), ref.max()) + 1``.
+        classes: the classes to score; default ``1..K-1`` (background left out).
+        tolerance_mm: tolerance of the surface Dice.
+        percentile: the percentile of the Hausdorff distance (95 for HD95).
+        surface_metrics: compute HD95, ASD and surface Dice (else they are NaN; Dice/IoU only, fast).
+
+    Returns:
+        ``{class: ClassScore}``; see the module docstring for the conventions on empty masks.
+    """
+    pred = np.asarray(pred)
+    ref = np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    if not np.issubdtype(pred.dtype, np.integer) and pred.dtype != bool:
+        raise ValueError(f"prediction must be an integer label map, got dtype {pred.dtype}")
+    if not np.issubdtype(ref.dtype, np.integer) and ref.dtype != bool:
+        raise ValueError(f"reference must be an integer label map, got dtype {ref.dtype}")
+    sp = _check_spacing(spacing, pred.ndim)
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    if tolerance_mm < 0:
+        raise ValueError(f"tolerance_mm must be non-negative, got {tolerance_mm}")
+    if num_classes is None:
+        num_classes = int(max(pred.max(initial=0), ref.max(initial=0))) + 1
+    class_list = list(range(1, num_classes)) if classes is None else [int(c) for c in classes]
+    for c in class_list:
+        if not 0 <= c < num_classes:
+            raise ValueError(f"class {c} is outside 0..{num_classes - 1}")
+
+    cm = confusion_matrix(pred, ref, num_classes)
+    penalty = diagonal_mm(pred.shape, sp)
+    need_boxes = surface_metrics and class_list
+    # find_objects labels 1..K-1; background (0) gets the whole volume.
+    boxes_p = ndimage.find_objects(pred.astype(np.int32, copy=False), num_classes - 1) if need_boxes else []
+    boxes_r = ndimage.find_objects(ref.astype(np.int32, copy=False), num_classes - 1) if need_boxes else []
+    full = tuple(slice(0, n) for n in pred.shape)
+    out: Dict[int, ClassScore] = {}
+    nan = float("nan")
+    for c in class_list:
+        tp = int(cm[c, c])
+        n_p = int(cm[c].sum())
+        n_r = int(cm[:, c].sum())
+        if n_p == 0 and n_r == 0:
+            out[c] = ClassScore(nan, nan, nan, nan, nan, 0, 0)
+            continue
+        dice = 2.0 * tp / (n_p + n_r)
+        iou = tp / (n_p + n_r - tp)
+        if not surface_metrics:
+            out[c] = ClassScore(dice, iou, nan, nan, nan, n_p, n_r)
+        elif n_p == 0 or n_r == 0:
+            out[c] = ClassScore(0.0, 0.0, penalty, penalty, 0.0, n_p, n_r)
+        else:
+            bp = full if c == 0 else boxes_p[c - 1]
+            br = full if c == 0 else boxes_r[c - 1]
+            box = _union_box(bp, br)
+            d_pr, d_rp = _distances_in_box(pred[box] == c, ref[box] == c, sp)
+            hd = max(float(np.percentile(d_pr, percentile)), float(np.percentile(d_rp, percentile)))
+            n = d_pr.size + d_rp.size
+            asd = float((d_pr.sum() + d_rp.sum()) / n)
+            nsd = float(((d_pr <= tolerance_mm).sum() + (d_rp <= tolerance_mm).sum()) / n)
+            out[c] = ClassScore(dice, iou, hd, asd, nsd, n_p, n_r)
+    return out
+
+
+def summarize(
+    per_case: Mapping[str, Mapping[int, ClassScore]], metrics: Sequence[str] = METRICS
+) -> Dict[int, Dict[str, Dict[str, float]]]:
+    """Mean, std, median and count over cases, per class and metric, NaN left out.
+
+    Args:
+        per_case: ``{case: {class: ClassScore}}`` as :func:`evaluate_case` returns.
+        metrics: which metrics to summarise.
+
+    Returns:
+        ``{class: {metric: {"mean", "std", "median", "n"}}}``; a class with no finite value has NaN
+        statistics and ``n = 0``.
+    """
+    classes = sorted({c for scores in per_case.values() for c in scores})
+    out: Dict[int, Dict[str, Dict[str, float]]] = {}
+    for c in classes:
+        out[c] = {}
+        for m in metrics:
+            v = np.array([getattr(s[c], m) for s in per_case.values() if c in s], dtype=np.float64)
+            v = v[~np.isnan(v)]
+            if v.size:
+                out[c][m] = {"mean": float(v.mean()), "std": float(v.std()), "median": float(np.median(v)),
+                             "n": int(v.size)}
+            else:
+                out[c][m] = {"mean": float("nan"), "std": float("nan"), "median": float("nan"), "n": 0}
+    return out
+
+
+def mean_over_classes(summary: Mapping[int, Mapping[str, Mapping[str, float]]], metric: str = "dice") -> float:
+    """The mean over classes of the per-class means of ``metric`` (classes with no value left out)."""
+    v = [s[metric]["mean"] for s in summary.values() if not math.isnan(s[metric]["mean"])]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def write_csv(path: Union[str, Path], per_case: Mapping[str, Mapping[int, ClassScore]],
+              class_names: Optional[Sequence[str]] = None) -> None:
+    """One row per case and class: case, class, name, the metrics, voxel counts (NaN written as ``nan``)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["case", "class", "name", *METRICS, "pred_voxels", "ref_voxels"])
+    for case, scores in per_case.items():
+        for c, s in scores.items():
+            name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
+            w.writerow([case, c, name, *(f"{getattr(s, m):.6g}" for m in METRICS), s.pred_voxels, s.ref_voxels])
+    _atomic_write(path, buf.getvalue())
+
+
+def read_csv(path: Union[str, Path]) -> Dict[str, Dict[int, ClassScore]]:
+    """Read what :func:`write_csv` wrote."""
+    import csv
+
+    out: Dict[str, Dict[int, ClassScore]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            out.setdefault(row["case"], {})[int(row["class"])] = ClassScore(
+                *(float(row[m]) for m in METRICS), int(row["pred_voxels"]), int(row["ref_voxels"])
+            )
+    return out
+
+
+def write_summary_json(path: Union[str, Path], summary: Mapping[int, Mapping[str, Mapping[str, float]]],
+                       class_names: Optional[Sequence[str]] = None, extra: Optional[dict] = None) -> None:
+    """The summary as JSON, classes keyed by name (NaN written as ``null``)."""
+
+    def clean(x):
+        if isinstance(x, float) and math.isnan(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        return x
+
+    names = {c: (class_names[c] if class_names is not None and c < len(class_names) else str(c)) for c in summary}
+    data = {"classes": {names[c]: clean(dict(v)) | {"label": c} for c, v in summary.items()},
+            "mean_dice": clean(mean_over_classes(summary, "dice")),
+            "mean_hd95": clean(mean_over_classes(summary, "hd95")),
+            "mean_surface_dice": clean(mean_over_classes(summary, "surface_dice"))}
+    if extra:
+        data.update(extra)
+    _atomic_write(path, json.dumps(data, indent=2) + "\n")
+
+
+def format_table(summary: Mapping[int, Mapping[str, Mapping[str, float]]],
+                 class_names: Optional[Sequence[str]] = None, metrics: Sequence[str] = METRICS) -> str:
+    """A plain-text table: one row per class, mean ± std of each metric, and a mean row."""
+    names = [class_names[c] if class_names is not None and c < len(class_names) else str(c) for c in summary]
+    width = max([len(n) for n in names] + [5])
+    head = f"{'class':<{width}}  " + "  ".join(f"{m:>15}" for m in metrics) + f"  {'n':>4}"
+    lines = [head, "-" * len(head)]
+    for name, (c, s) in zip(names, summary.items()):
+        cells = []
+        for m in metrics:
+            mean, std = s[m]["mean"], s[m]["std"]
+            cells.append(f"{'nan':>15}" if math.isnan(mean) else f"{mean:>8.3f} ± {std:<5.3f}"[:15].rjust(15))
+        lines.append(f"{name:<{width}}  " + "  ".join(cells) + f"  {s[metrics[0]]['n']:>4}")
+    lines.append("-" * len(head))
+    lines.append(f"{'mean':<{width}}  " + "  ".join(f"{mean_over_classes(summary, m):>15.3f}" for m in metrics))
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Union[str, Path], text: str) -> None:
+    from unetr.config import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def evaluate_folders(
+    pred_dir: Union[str, Path],
+    ref_dir: Union[str, Path],
+    *,
+    num_classes: Optional[int] = None,
+    class_names: Optional[Sequence[str]] = None,
+    tolerance_mm: float = 2.0,
+    out_dir: Optional[Union[str, Path]] = None,
+    read_label=None,
+) -> Tuple[Dict[str, Dict[int, ClassScore]], Dict[int, Dict[str, Dict[str, float]]], List[str]]:
+    """Score every prediction in ``pred_dir`` against the reference of the same file name in ``ref_dir``.
+
+    The spacing comes from the reference's header. Writes ``metrics.csv`` and ``summary.json`` into
+    ``out_dir`` (default ``pred_dir``).
+
+    Args:
+        pred_dir: folder of predicted label maps (``.nii.gz``/``.nii``).
+        ref_dir: folder of reference label maps with the same file names.
+        num_classes: K; default from ``class_names`` or the largest label found.
+        class_names: names of the classes, background first.
+        tolerance_mm: tolerance of the surface Dice.
+        out_dir: where the CSV and JSON go.
+        read_label: ``path -> (array (X, Y, Z), spacing)``; default reads NIfTI with nibabel.
+
+    Returns:
+        ``(per_case, summary, problems)``: problems are one message per case that could not be scored.
+    """
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    for d in (pred_dir, ref_dir):
+        if not d.is_dir():
+            raise NotADirectoryError(f"{d}: not a folder")
+    read = read_label or _read_nifti_label
+    preds = sorted(p for p in pred_dir.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
+    if not preds:
+        raise FileNotFoundError(f"{pred_dir}: no .nii/.nii.gz predictions")
+    if num_classes is None and class_names is not None:
+        num_classes = len(class_names)
+    loaded = []
+    problems: List[str] = []
+    for p in preds:
+        r = ref_dir / p.name
+        if not r.exists():
+            problems.append(f"{p.name}: no reference {r}")
+            continue
+        try:
+            pa, _ = read(p)
+            ra, spacing = read(r)
+        except Exception as e:  # noqa: BLE001 - one message per unreadable case, the others go on
+            problems.append(f"{p.name}: cannot read ({e})")
+            continue
+        if pa.shape != ra.shape:
+            problems.append(f"{p.name}: prediction shape {pa.shape} differs from reference shape {ra.shape}")
+            continue
+        loaded.append((p.name, pa, ra, spacing))
+    if num_classes is None:
+        num_classes = max([int(max(pa.max(), ra.max())) for _, pa, ra, _ in loaded] + [1]) + 1
+    per_case: Dict[str, Dict[int, ClassScore]] = {}
+    for name, pa, ra, spacing in loaded:
+        case = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
+        try:
+            per_case[case] = evaluate_case(pa, ra, spacing, num_classes, tolerance_mm=tolerance_mm)
+        except ValueError as e:
+            problems.append(f"{name}: {e}")
+    for msg in problems:
+        log.error(msg)
+    summary = summarize(per_case)
+    out = Path(out_dir) if out_dir is not None else pred_dir
+    if per_case:
+        write_csv(out / "metrics.csv", per_case, class_names)
+        write_summary_json(out / "summary.json", summary, class_names,
+                           extra={"cases": len(per_case), "tolerance_mm": tolerance_mm, "problems": problems})
+    return per_case, summary, problems
+
+
+def _read_nifti_label(path: Path) -> Tuple[np.ndarray, Tuple[float, ...]]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    arr = np.asanyarray(img.dataobj)
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise ValueError(f"expected a 3D label map, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        rounded = np.rint(arr)
+        if not np.allclose(arr, rounded):
+            raise ValueError("label map has non-integer values")
+        arr = rounded
+    return arr.astype(np.int16 if arr.max(initial=0) < 32768 else np.int32), tuple(
+        float(s) for s in img.header.get_zooms()[:3]
+    )
+
+
+__all__ = [
+    "ClassScore", "METRICS", "confusion_matrix", "surface", "surface_distances", "evaluate_case", "summarize",
+    "mean_over_classes", "diagonal_mm", "write_csv", "read_csv", "write_summary_json", "format_table",
+    "evaluate_folders",
+]
