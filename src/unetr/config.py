@@ -271,10 +271,27 @@ class TrainConfig(_DictMixin):
     checkpointing: bool = False
     channels_last: bool = False
     device: str = "auto"
+    smooth_nr: float = 1e-5  # Dice smoothing, numerator
+    smooth_dr: float = 1e-5  # Dice smoothing, denominator
+    batch_dice: bool = False  # one Dice per class over the batch instead of per sample
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    log_every: int = 50  # a metrics.csv row (train loss, lr) every N iterations, besides validations
+    tensorboard: bool = True  # also log to run_dir/tensorboard when tensorboard is installed
+    pad_to_roi: bool = True  # pad images smaller than the ROI; when False such images are an error
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise ValueError(f"iterations must be positive, got {self.iterations}")
+        for name in ("val_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_workers < 0 or self.warmup_iterations < 0 or self.seed < 0:
+            raise ValueError("num_workers, warmup_iterations and seed must be non-negative")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.dice_weight < 0 or self.ce_weight < 0 or self.dice_weight + self.ce_weight == 0:
+            raise ValueError(f"dice_weight and ce_weight must be non-negative and not both 0, got "
+                             f"{self.dice_weight}, {self.ce_weight}")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         if not 0.0 <= self.pos_fraction <= 1.0:
@@ -299,6 +316,8 @@ class InferConfig(_DictMixin):
     precision: str = "auto"
     device: str = "auto"
     largest_component: bool = False
+    accum_device: str = "auto"  # where the sliding-window sums live: auto (= device) | cpu | cuda ...
+    accum_fp16: bool = False  # half-precision sums (half the memory, ~1e-3 relative error)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
