@@ -1,0 +1,400 @@
+"""Prediction of files: model + plan -> preprocess -> sliding window -> exact inverse -> NIfTI.
+
+The label map written for each input has the input's shape and affine (qform/sform included), so it
+overlays the image in any viewer. Files are written under a temporary name and renamed, so a file under
+its final name is always complete; an interrupted run continues where it stopped (finished cases are
+skipped unless ``overwrite``).
+
+Example:
+    >>> model, plan = load_predictor("runs/spleen")                       # doctest: +SKIP
+    >>> results = predict_files(model, plan, ["img.nii.gz"], "preds/")    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from unetr.config import InferConfig, Plan
+from unetr.errors import CheckpointError, UnetrError
+from unetr.inference.sliding_window import count_windows, sliding_window
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def case_name(path: PathLike) -> str:
+    """The file name without its volume ending (``a/b/case_01.nii.gz`` -> ``case_01``)."""
+    name = Path(path).name
+    for end in _ENDINGS:
+        if name.lower().endswith(end):
+            return name[: -len(end)]
+    return Path(name).stem
+
+
+def find_inputs(spec: Union[PathLike, Sequence[PathLike]], in_channels: int = 1) -> List[Tuple[str, List[Path]]]:
+    """Resolve ``FILE | FOLDER | GLOB`` (or a list of them) into cases.
+
+    With ``in_channels > 1``, files named ``<case>_0000``, ``<case>_0001`` ... (nnU-Net's convention) are
+    grouped into one case; a single 4D file (channels last) is also one case.
+
+    Args:
+        spec: a file, a folder (its image files, not recursive), a glob pattern, or a list of these.
+        in_channels: the model's image channels.
+
+    Returns:
+        ``[(case name, [channel files])]`` sorted by name.
+
+    Raises:
+        FileNotFoundError: nothing matches.
+    """
+    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    files: List[Path] = []
+    for s in specs:
+        p = Path(s)
+        if p.is_dir():
+            files += sorted(q for q in p.iterdir() if q.is_file() and q.name.lower().endswith(_ENDINGS)
+                            and not q.name.startswith("."))
+        elif p.exists():
+            files.append(p)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(str(s)))
+            if not matches:
+                raise FileNotFoundError(f"{s}: no such file, folder or matching pattern")
+            files += [m for m in matches if m.is_file()]
+    if not files:
+        raise FileNotFoundError(f"{', '.join(map(str, specs))}: no image files (.nii.gz, .nii, .nrrd, .mha)")
+    cases: Dict[str, List[Path]] = {}
+    for f in dict.fromkeys(files):  # keep order, drop duplicates
+        name = case_name(f)
+        m = _CHANNEL_RE.match(name)
+        if m and (in_channels > 1 or m.group("channel") == "0000"):
+            cases.setdefault(m.group("case"), []).append(f)
+        else:
+            cases.setdefault(name, []).append(f)
+    return sorted((k, sorted(v)) for k, v in cases.items())
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as torch reads it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for but CUDA is not available")
+    return dev
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """An autocast context for ``precision`` (``auto``: bf16 on CUDA when supported, fp32 on CPU)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def load_predictor(
+    model_path: PathLike, *, plan: Optional[Plan] = None, device: Union[str, torch.device] = "cpu",
+    **model_overrides,
+) -> Tuple[torch.nn.Module, Plan]:
+    """Load a model and the plan its inputs need.
+
+    Args:
+        model_path: a run directory, or a checkpoint file (ours, MONAI's or the tutorial's).
+        plan: the preprocessing for a bare checkpoint (one without a plan); a run's own plan wins
+            otherwise.
+        device: where the model goes.
+        **model_overrides: ModelConfig fields for bare checkpoints (``img_size``, ``num_heads``).
+
+    Returns:
+        ``(model in eval mode, plan)``.
+
+    Raises:
+        CheckpointError: the file is not a model, or a bare checkpoint came without a plan.
+    """
+    from unetr.model import load_model
+
+    try:
+        model, info = load_model(model_path, map_location=device, **model_overrides)
+    except (CheckpointError, FileNotFoundError):
+        raise
+    except Exception as e:  # noqa: BLE001 - anything else means "not a model" to the user
+        raise CheckpointError(f"{model_path}: not a model checkpoint ({type(e).__name__}: {e})") from None
+    if info.get("plan"):
+        run_plan = Plan.from_dict(info["plan"])
+        if plan is not None:
+            log.warning("%s has its own plan; the preprocessing options given are ignored", model_path)
+        plan = run_plan
+    if plan is None:
+        raise CheckpointError(
+            f"{model_path}: a bare checkpoint has no plan; give the preprocessing "
+            "(--spacing, --window or --intensity, --roi, --out-channels)"
+        )
+    mcfg = info["model"]
+    if int(mcfg["out_channels"]) != plan.num_classes:
+        raise CheckpointError(f"{model_path}: the model has {mcfg['out_channels']} outputs, the plan "
+                              f"{plan.num_classes} classes")
+    if int(mcfg["in_channels"]) != plan.in_channels:
+        raise CheckpointError(f"{model_path}: the model takes {mcfg['in_channels']} channels, the plan "
+                              f"{plan.in_channels}")
+    return model, plan
+
+
+def make_predictor(
+    model: torch.nn.Module, device: torch.device, precision: str = "auto", tta: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The window function for :func:`sliding_window`: logits ``(B, K, *roi)`` in float32.
+
+    With ``tta`` the logits are averaged over the 8 mirrorings of the three spatial axes.
+    """
+    flips: List[Tuple[int, ...]] = [()]
+    if tta:
+        flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+
+    def predict(x: torch.Tensor) -> torch.Tensor:  # (B, C, *roi) -> (B, K, *roi)
+        total: Optional[torch.Tensor] = None
+        with torch.inference_mode(), autocast(device, precision):
+            for axes in flips:
+                xi = torch.flip(x, axes) if axes else x
+                yi = model(xi).float()
+                yi = torch.flip(yi, axes) if axes else yi
+                total = yi if total is None else total + yi
+        assert total is not None
+        return total / len(flips)
+
+    return predict
+
+
+def predict_volume(
+    model: torch.nn.Module,
+    image: Union[np.ndarray, torch.Tensor],
+    roi: Sequence[int],
+    config: InferConfig = InferConfig(),
+    *,
+    probabilities: bool = False,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Segment one preprocessed volume.
+
+    Args:
+        model: maps ``(B, C, *roi)`` to logits ``(B, K, *roi)``.
+        image: preprocessed ``(C, X, Y, Z)``.
+        roi: the window (the model's ``img_size``).
+        config: overlap, blending, batch, TTA, precision, devices.
+        probabilities: also return the softmax probabilities (the float volume is then held).
+        progress: called with the number of windows done.
+
+    Returns:
+        ``(labels (X, Y, Z) uint8 on the CPU, probabilities (K, X, Y, Z) float16 or None)``.
+    """
+    device = resolve_device(config.device)
+    accum = device if config.accum_device == "auto" else resolve_device(config.accum_device)
+    x = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
+    if x.dim() != 4:
+        raise ValueError(f"image must be (C, X, Y, Z), got shape {tuple(x.shape)}")
+    fn = make_predictor(model, device, config.precision, config.tta)
+    common = dict(overlap=config.overlap, mode=config.mode, sigma_scale=config.sigma_scale,
+                  batch_size=config.sw_batch_size, device=device, accum_device=accum,
+                  accum_dtype=torch.float16 if config.accum_fp16 else torch.float32, progress=progress)
+    if not probabilities:
+        labels = sliding_window(x, fn, roi, output="argmax", **common)  # (X, Y, Z)
+        return labels.cpu(), None
+    logits = sliding_window(x, fn, roi, output="probabilities", out_dtype=torch.float32, **common)  # (K, X, Y, Z)
+    labels = logits.argmax(0).to(torch.uint8).cpu()
+    probs = torch.softmax(logits, 0).to(torch.float16).cpu()
+    return labels, probs
+
+
+def keep_largest_component(labels: np.ndarray, classes: Optional[Sequence[int]] = None) -> np.ndarray:
+    """For each class, keep only its largest 26-connected component (the rest becomes background).
+
+    Args:
+        labels: ``(X, Y, Z)`` integer map; changed in place and returned.
+        classes: the classes to clean (default: all foreground classes present).
+    """
+    from scipy import ndimage
+
+    present = [int(c) for c in np.unique(labels) if c != 0] if classes is None else list(classes)
+    boxes = ndimage.find_objects(labels.astype(np.int32, copy=False))
+    for c in present:
+        if c < 1 or c > len(boxes) or boxes[c - 1] is None:
+            continue
+        box = boxes[c - 1]
+        sub = labels[box]
+        comp, n = ndimage.label(sub == c, structure=np.ones((3, 3, 3), bool))
+        if n > 1:
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            sub[(comp != 0) & (comp != int(sizes.argmax()))] = 0
+    return labels
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case."""
+
+    case: str
+    status: str  # done | skipped | failed
+    output: Optional[Path] = None
+    seconds: float = 0.0
+    shape: Tuple[int, ...] = ()
+    classes: List[int] = field(default_factory=list)
+    message: str = ""
+
+    def line(self) -> str:
+        if self.status == "done":
+            return (f"{self.case}: {'x'.join(map(str, self.shape))}, {self.seconds:.1f} s, "
+                    f"classes {self.classes or 'none'} -> {self.output}")
+        if self.status == "skipped":
+            return f"{self.case}: skipped ({self.output} exists; --overwrite to redo)"
+        return f"{self.case}: FAILED: {self.message}"
+
+
+def _progress_bar(total: int, desc: str, leave: bool, position: int):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return contextlib.nullcontext(None)
+    return tqdm(total=total, desc=desc, leave=leave, position=position, unit="case" if leave else "win",
+                disable=None, dynamic_ncols=True)
+
+
+def predict_case(
+    model: torch.nn.Module,
+    plan: Plan,
+    files: Sequence[PathLike],
+    out_dir: PathLike,
+    config: InferConfig = InferConfig(),
+    *,
+    name: Optional[str] = None,
+    probabilities: bool = False,
+    overwrite: bool = False,
+    window_progress: bool = False,
+) -> CaseResult:
+    """Predict one case from its files and write ``<out_dir>/<name>.nii.gz`` (and ``_probabilities``).
+
+    Args:
+        model: the network (eval mode, on ``config.device``).
+        plan: the preprocessing the model was trained with.
+        files: the case's image file, or one file per channel.
+        out_dir: output folder.
+        config: sliding-window and post-processing settings.
+        name: case name (default: from the first file).
+        probabilities: also write softmax probabilities ``(X, Y, Z, K)`` (computed and held as float16,
+            stored as float32 because NIfTI-1 readers have no float16 type).
+        overwrite: redo a case whose output exists.
+        window_progress: show a progress bar over the windows.
+
+    Returns:
+        A :class:`CaseResult`; problems with the input are reported there (status ``failed``), not raised.
+    """
+    from unetr.data.io import write_image, write_label
+    from unetr.data.preprocess import invert_to_original, preprocess_image_file, record_geometry
+
+    files = [Path(f) for f in files]
+    name = name or case_name(files[0])
+    out_dir = Path(out_dir)
+    out = out_dir / f"{name}.nii.gz"
+    prob_out = out_dir / f"{name}_probabilities.nii.gz"
+    if not overwrite and out.exists() and (not probabilities or prob_out.exists()):
+        return CaseResult(name, "skipped", out)
+    t0 = time.perf_counter()
+    try:
+        image, record = preprocess_image_file(files if len(files) > 1 else files[0], plan)
+        roi = tuple(int(r) for r in getattr(model, "img_size", plan.roi))
+        n_win = count_windows(image.shape[1:], roi, config.overlap)
+        with _progress_bar(n_win, name, False, 1) if window_progress else contextlib.nullcontext(None) as bar:
+            labels, probs = predict_volume(model, image, roi, config, probabilities=probabilities,
+                                           progress=bar.update if bar is not None else None)
+        del image
+        labels_np = invert_to_original(labels.numpy(), record, is_label=True, num_classes=plan.num_classes)
+        if config.largest_component:
+            keep_largest_component(labels_np)
+        geom = record_geometry(record)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if probs is not None:
+            p = invert_to_original(probs.float().numpy(), record, is_label=False)  # (K, X, Y, Z)
+            write_image(prob_out, p, geom, dtype="float32")  # NIfTI-1 (nibabel) has no float16 code
+            del p
+        write_label(out, labels_np, geom)  # last: its existence marks the case as finished
+    except (UnetrError, ValueError, OSError, RuntimeError) as e:
+        return CaseResult(name, "failed", message=str(e) or type(e).__name__, seconds=time.perf_counter() - t0)
+    classes = [int(c) for c in np.unique(labels_np) if c != 0]
+    return CaseResult(name, "done", out, time.perf_counter() - t0, tuple(labels_np.shape), classes)
+
+
+def predict_files(
+    model: torch.nn.Module,
+    plan: Plan,
+    inputs: Union[PathLike, Sequence[PathLike]],
+    out_dir: PathLike,
+    config: InferConfig = InferConfig(),
+    *,
+    probabilities: bool = False,
+    overwrite: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> List[CaseResult]:
+    """Predict every case of ``inputs`` into ``out_dir``; this rank takes every ``world_size``-th case.
+
+    Args:
+        model: the network (eval mode, on ``config.device``).
+        plan: the preprocessing the model was trained with.
+        inputs: ``FILE | FOLDER | GLOB`` or a list of them (see :func:`find_inputs`).
+        out_dir: output folder.
+        config: sliding-window and post-processing settings.
+        probabilities: also write the probabilities (see :func:`predict_case`).
+        overwrite: redo finished cases.
+        rank / world_size: this process's share under ``torchrun``.
+        progress: progress bars over cases and windows.
+
+    Returns:
+        One :class:`CaseResult` per case of this rank; a failed case does not stop the others.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    cases = find_inputs(inputs, plan.in_channels)[rank::world_size]
+    results: List[CaseResult] = []
+    with _progress_bar(len(cases), "cases", True, 0) if progress else contextlib.nullcontext(None) as bar:
+        for name, files in cases:
+            r = predict_case(model, plan, files, out_dir, config, name=name, probabilities=probabilities,
+                             overwrite=overwrite, window_progress=progress)
+            (log.error if r.status == "failed" else log.info)(r.line())
+            results.append(r)
+            if bar is not None:
+                bar.update(1)
+    return results
+
+
+def iter_failed(results: Sequence[CaseResult]) -> Iterator[CaseResult]:
+    return (r for r in results if r.status == "failed")
+
+
+__all__ = [
+    "find_inputs", "case_name", "load_predictor", "make_predictor", "predict_volume", "predict_case",
+    "predict_files", "keep_largest_component", "CaseResult", "resolve_device", "autocast",
+]
