@@ -1,0 +1,363 @@
+"""The deterministic per-case transform and its exact inverse.
+
+``preprocess_case`` runs, in this order (cheapest first, so the expensive resampling sees the fewest voxels):
+
+1. reorient to RAS by flips and transposes only (views, no interpolation);
+2. crop to the bounding box of the body (CT: voxels above the window's lower bound; MRI: non-zero voxels);
+3. resample to the plan's target spacing (image: linear via ``torch`` trilinear, cubic via scipy; label:
+   nearest neighbour by index selection, so it stays an integer map);
+4. normalise intensities (CT window, CT percentile clipping + z-score, or per-channel z-score).
+
+Sampling positions follow the half-voxel ("grid") convention: the cropped block keeps its physical extent,
+and output voxel ``i`` samples input coordinate ``(i + 0.5) * n_in / n_out - 0.5``. The returned record
+(JSON-able) holds everything :func:`invert_to_original` needs to put a prediction back on the input file's
+grid: resample to the cropped shape, pad with background, undo the reorientation.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from unetr.config import Plan
+from unetr.data.io import Geometry, PathLike, read_image
+from unetr.errors import DataError
+
+log = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------- orientation
+
+
+def ras_ornt(affine: np.ndarray) -> np.ndarray:
+    """(3, 2) nibabel orientation that takes the array axes of ``affine`` to RAS (closest axes)."""
+    import nibabel as nib
+
+    return nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64))
+
+
+def apply_ornt(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Flip and transpose the last three axes of ``array`` by ``ornt`` (a view; any leading axes kept).
+
+    Row ``i`` of ``ornt`` is ``(output axis, flip)`` for input axis ``i`` (nibabel's convention).
+    """
+    lead = array.ndim - 3
+    for ax, flip in enumerate(ornt[:, 1]):
+        if flip == -1:
+            array = np.flip(array, axis=lead + ax)
+    order = list(range(lead)) + [lead + int(a) for a in np.argsort(ornt[:, 0])]
+    return array.transpose(order)
+
+
+def invert_ornt(ornt: np.ndarray) -> np.ndarray:
+    """The orientation that undoes ``ornt``."""
+    ornt = np.asarray(ornt)
+    inv = np.zeros_like(ornt)
+    for i, (out_ax, flip) in enumerate(ornt):
+        inv[int(out_ax)] = (i, flip)
+    return inv
+
+
+def _ornt_affine(affine: np.ndarray, ornt: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(affine, dtype=np.float64) @ nib.orientations.inv_ornt_aff(ornt, tuple(shape))
+
+
+# ------------------------------------------------------------------------------------------ resampling
+
+
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Input index sampled by output voxel ``i`` (half-voxel convention, nearest neighbour)."""
+    idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64)
+    return np.clip(idx, 0, n_in - 1)
+
+
+def resample_nearest(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour resampling of the last three axes to ``shape`` (keeps the dtype)."""
+    lead = array.ndim - 3
+    if tuple(array.shape[lead:]) == tuple(shape):
+        return np.ascontiguousarray(array)
+    ix, iy, iz = (_nearest_index(a, b) for a, b in zip(array.shape[lead:], shape))
+    out = array[(Ellipsis, ix[:, None, None], iy[None, :, None], iz[None, None, :])]
+    return np.ascontiguousarray(out)
+
+
+def resample_linear(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Trilinear resampling of ``(C, X, Y, Z)`` float32 to ``(C, *shape)`` (torch, multi-threaded)."""
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(array.shape[1:]) == tuple(shape):
+        return np.ascontiguousarray(array, dtype=np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]  # (1, C, X, Y, Z)
+    y = F.interpolate(x, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)
+    return y[0].numpy()  # (C, *shape)
+
+
+def resample_spline(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+    """Spline resampling (order 2 or 3) of ``(C, X, Y, Z)`` with scipy, half-voxel convention."""
+    from scipy import ndimage
+
+    if tuple(array.shape[1:]) == tuple(shape):
+        return np.ascontiguousarray(array, dtype=np.float32)
+    zoom = [b / a for a, b in zip(array.shape[1:], shape)]
+    out = np.empty((array.shape[0], *shape), dtype=np.float32)
+    for c in range(array.shape[0]):
+        out[c] = ndimage.zoom(np.asarray(array[c], dtype=np.float32), zoom, order=order, mode="nearest",
+                              grid_mode=True, prefilter=True)
+    return out
+
+
+def resample_image(array: np.ndarray, shape: Sequence[int], order: int = 1) -> np.ndarray:
+    """Resample ``(C, X, Y, Z)`` to ``(C, *shape)`` with spline ``order`` (0 nearest, 1 linear, 2-3 spline)."""
+    if order == 0:
+        return resample_nearest(array, shape).astype(np.float32, copy=False)
+    if order == 1:
+        return resample_linear(array, shape)
+    return resample_spline(array, shape, order)
+
+
+def resample_label_onehot(label: np.ndarray, shape: Sequence[int], num_classes: Optional[int] = None) -> np.ndarray:
+    """Resample a label map ``(X, Y, Z)`` through its one-hot masks: each class mask is resampled linearly
+    and every voxel takes the class with the largest value (smoother than nearest neighbour).
+
+    Memory stays at two float32 volumes of the output size, whatever the number of classes.
+    """
+    if tuple(label.shape) == tuple(shape):
+        return np.ascontiguousarray(label)
+    classes = np.unique(label) if num_classes is None else np.arange(num_classes)
+    best = np.full(tuple(shape), -1.0, dtype=np.float32)
+    out = np.zeros(tuple(shape), dtype=label.dtype)
+    for k in classes:
+        mask = label == k
+        if not mask.any():
+            continue
+        value = resample_linear(mask[None].astype(np.float32), shape)[0]
+        better = value > best
+        out[better] = k
+        best = np.where(better, value, best)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- intensities
+
+
+def foreground_mask(image: np.ndarray, plan: Plan) -> np.ndarray:
+    """Voxels that belong to the body, used for the crop: ``(X, Y, Z)`` bool.
+
+    CT (``ct_window``/``ct_zscore``): any channel above the window's lower bound ``a_min`` (air is out);
+    MRI (``zscore``): any channel non-zero.
+    """
+    if plan.intensity == "zscore":
+        mask = image[0] != 0
+        for c in range(1, image.shape[0]):
+            mask |= image[c] != 0
+    else:
+        threshold = plan.window[0]
+        mask = image[0] > threshold
+        for c in range(1, image.shape[0]):
+            mask |= image[c] > threshold
+    return mask
+
+
+def bounding_box(mask: np.ndarray) -> Tuple[Tuple[int, int], ...]:
+    """``((x0, x1), (y0, y1), (z0, z1))`` half-open box of the True voxels; the whole array when none are."""
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        box.append((int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, mask.shape[axis]))
+    return tuple(box)
+
+
+def normalize(image: np.ndarray, plan: Plan) -> np.ndarray:
+    """Normalise ``(C, X, Y, Z)`` float32 in place by the plan's intensity scheme; returns it."""
+    if plan.intensity == "ct_window":
+        a_min, a_max, b_min, b_max = plan.window
+        np.clip(image, a_min, a_max, out=image)
+        image -= np.float32(a_min)
+        image *= np.float32((b_max - b_min) / (a_max - a_min))
+        image += np.float32(b_min)
+    elif plan.intensity == "ct_zscore":
+        for c, (lo, hi, mean, std) in enumerate(plan.ct_stats):
+            np.clip(image[c], lo, hi, out=image[c])
+            image[c] -= np.float32(mean)
+            image[c] /= np.float32(max(std, 1e-8))
+    else:  # zscore over non-zero voxels, per channel and case; the outside stays 0
+        for c in range(image.shape[0]):
+            mask = image[c] != 0
+            values = image[c][mask] if mask.any() else image[c].ravel()
+            mean, std = float(values.mean()), float(values.std())
+            image[c] -= np.float32(mean)
+            image[c] /= np.float32(max(std, 1e-8))
+            if mask.any():
+                image[c][~mask] = 0.0
+    return image
+
+
+# ---------------------------------------------------------------------------------------------- public
+
+
+def target_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> Tuple[int, int, int]:
+    """Voxel counts after resampling ``shape`` at ``spacing`` to ``target`` spacing (at least 1)."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))  # type: ignore[return-value]
+
+
+def preprocess_case(
+    image: np.ndarray, geometry: Geometry, plan: Plan, label: Optional[np.ndarray] = None
+) -> Tuple[np.ndarray, Optional[np.ndarray], dict]:
+    """Reorient, crop, resample and normalise one case.
+
+    Args:
+        image: ``(C, X, Y, Z)`` float32, as :func:`unetr.data.io.read_image` returns it.
+        geometry: the image file's geometry.
+        plan: target spacing, intensity scheme, crop switch and image spline order.
+        label: optional ``(X, Y, Z)`` integer label map on the same grid.
+
+    Returns:
+        ``(image (C, X', Y', Z') float32, label (X', Y', Z') uint8 or None, record)``; the record is a
+        JSON-able dict for :func:`invert_to_original`.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, X, Y, Z), got shape {image.shape}")
+    if tuple(image.shape[1:]) != tuple(geometry.shape):
+        raise ValueError(f"image shape {image.shape[1:]} does not match its geometry {geometry.shape}")
+    if image.shape[0] != plan.in_channels:
+        raise DataError(f"image has {image.shape[0]} channel(s), the plan expects {plan.in_channels}")
+    if label is not None:
+        if tuple(label.shape) != tuple(image.shape[1:]):
+            raise DataError(f"label shape {label.shape} differs from image shape {image.shape[1:]}")
+        if label.size and int(label.max()) > 255:
+            raise DataError(f"label values up to {int(label.max())} do not fit uint8")
+
+    # 1. reorient (views only)
+    ornt = ras_ornt(geometry.affine)
+    ras_image = apply_ornt(image, ornt)
+    ras_affine = _ornt_affine(geometry.affine, ornt, geometry.shape)
+    ras_shape = tuple(int(s) for s in ras_image.shape[1:])
+    ras_spacing = tuple(float(s) for s in np.sqrt((ras_affine[:3, :3] ** 2).sum(axis=0)))
+
+    # 2. crop to the body
+    if plan.crop_foreground:
+        box = bounding_box(foreground_mask(ras_image, plan))
+    else:
+        box = tuple((0, s) for s in ras_shape)
+    sl = tuple(slice(a, b) for a, b in box)
+    cropped = ras_image[(slice(None), *sl)]
+    crop_shape = tuple(b - a for a, b in box)
+
+    # 3. resample
+    new_shape = target_shape(crop_shape, ras_spacing, plan.target_spacing)
+    out = resample_image(cropped, new_shape, plan.image_order)
+    if out is image or np.shares_memory(out, image):
+        out = out.copy()  # normalisation is in place; never touch the caller's array
+
+    # 4. normalise
+    normalize(out, plan)
+
+    out_label = None
+    if label is not None:
+        ras_label = apply_ornt(label, ornt)[sl]
+        out_label = resample_nearest(ras_label, new_shape).astype(np.uint8, copy=False)
+
+    scale = np.array(crop_shape, dtype=np.float64) / np.array(new_shape, dtype=np.float64)
+    to_crop = np.eye(4)  # preprocessed voxel -> RAS voxel
+    to_crop[:3, :3] = np.diag(scale)
+    to_crop[:3, 3] = np.array([a for a, _ in box], dtype=np.float64) + (scale - 1) / 2
+    record = {
+        "version": RECORD_VERSION,
+        "geometry": geometry.to_dict(),
+        "ornt": np.asarray(ornt).tolist(),
+        "ras_shape": list(ras_shape),
+        "ras_spacing": list(ras_spacing),
+        "bbox": [list(b) for b in box],
+        "crop_shape": list(crop_shape),
+        "shape": list(new_shape),
+        "spacing": [float(s) for s in np.array(ras_spacing) * scale],
+        "affine": (ras_affine @ to_crop).tolist(),
+        "target_spacing": list(plan.target_spacing),
+    }
+    return out, out_label, record
+
+
+def invert_to_original(array, record: dict, is_label: bool, num_classes: Optional[int] = None) -> np.ndarray:
+    """Put a prediction on the preprocessed grid back on the original file's grid.
+
+    Args:
+        array: a label map ``(X', Y', Z')`` (``is_label=True``) or probabilities/logits ``(K, X', Y', Z')``
+            on the preprocessed grid (numpy or torch).
+        record: the record :func:`preprocess_case` returned for this case.
+        is_label: label maps are resampled through their one-hot masks (linear, then argmax); probabilities
+            are resampled linearly per channel.
+        num_classes: optional class count for label maps (default: the classes present).
+
+    Returns:
+        ``(X, Y, Z)`` label map (same dtype) or ``(K, X, Y, Z)`` float32 probabilities with the shape of the
+        input file; outside the crop the label is 0 and the probabilities are background (1, 0, ...).
+    """
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    shape = tuple(record["shape"])
+    crop_shape = tuple(record["crop_shape"])
+    ras_shape = tuple(record["ras_shape"])
+    ornt = np.asarray(record["ornt"], dtype=np.float64)
+    sl = tuple(slice(a, b) for a, b in record["bbox"])
+    if is_label:
+        if array.ndim != 3 or tuple(array.shape) != shape:
+            raise ValueError(f"label map must have the preprocessed shape {shape}, got {array.shape}")
+        back = resample_label_onehot(array, crop_shape, num_classes)
+        full = np.zeros(ras_shape, dtype=array.dtype)
+        full[sl] = back
+    else:
+        if array.ndim != 4 or tuple(array.shape[1:]) != shape:
+            raise ValueError(f"probabilities must be (K, *{shape}), got {array.shape}")
+        back = resample_linear(array.astype(np.float32, copy=False), crop_shape)
+        full = np.zeros((array.shape[0], *ras_shape), dtype=np.float32)
+        full[0] = 1.0  # background outside the crop
+        full[(slice(None), *sl)] = back
+    out = apply_ornt(full, invert_ornt(ornt))
+    expected = tuple(record["geometry"]["shape"])
+    assert tuple(out.shape[-3:]) == expected, (out.shape, expected)
+    return np.ascontiguousarray(out)
+
+
+def record_geometry(record: dict) -> Geometry:
+    """The original file's geometry stored in a record (to write predictions with)."""
+    return Geometry.from_dict(record["geometry"])
+
+
+def preprocess_files(
+    image_paths: Union[PathLike, Sequence[PathLike]], plan: Plan, label_path: Optional[PathLike] = None
+) -> Tuple[np.ndarray, Optional[np.ndarray], dict]:
+    """Read and preprocess one case from files; the label must lie on the image's grid."""
+    from unetr.data.io import read_label
+
+    image, geom = read_image(image_paths)
+    label = None
+    if label_path is not None:
+        label, lgeom = read_label(label_path)
+        if lgeom.shape != geom.shape:
+            raise DataError(f"{label_path}: label shape {lgeom.shape} differs from the image's {geom.shape}")
+        if not np.allclose(lgeom.affine, geom.affine, atol=1e-3 * max(1.0, float(np.abs(geom.affine).max()))):
+            raise DataError(f"{label_path}: label affine differs from the image's")
+    return preprocess_case(image, geom, plan, label)
+
+
+def preprocess_image_file(paths: Union[PathLike, Sequence[PathLike]], plan: Plan) -> Tuple[np.ndarray, dict]:
+    """Read and preprocess an image for inference: ``(image (C, X', Y', Z') float32, record)``."""
+    image, _, record = preprocess_files(paths, plan)
+    return image, record
+
+
+__all__ = [
+    "preprocess_case", "invert_to_original", "preprocess_files", "preprocess_image_file", "record_geometry",
+    "resample_image", "resample_nearest", "resample_linear", "resample_label_onehot", "normalize",
+    "foreground_mask", "bounding_box", "target_shape", "apply_ornt", "invert_ornt", "ras_ornt",
+]
+
