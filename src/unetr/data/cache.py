@@ -185,6 +185,8 @@ def build_cache(
                 _build_one(c, plan_dict, str(cdir))
                 bar.update()
         else:
+            import torch  # noqa: F401  (imported once here, so forked workers inherit it)
+
             threads = max(1, (os.cpu_count() or 1) // workers)
             # the platform default (fork on Linux): no re-import of the caller's __main__; torch resets its
             # thread pool in forked children, and the initializer sizes it
