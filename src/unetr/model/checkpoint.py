@@ -88,8 +88,12 @@ def read_checkpoint(path: PathLike) -> Dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused: the file holds objects other than tensors and plain values, and "
-                              f"loading them could run code ({str(e).splitlines()[0][:200]})") from None
+        lines = [ln.strip() for ln in str(e).splitlines()]
+        detail = " ".join(ln for ln in lines if "GLOBAL" in ln or ln.startswith("Unsupported"))
+        if "GLOBAL" in detail:
+            raise CheckpointError(f"{path}: refused: the file holds objects other than tensors and plain values, "
+                                  f"and loading them could run code ({detail.strip()[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail.strip()[:200]})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})") from None
     try:
