@@ -39,7 +39,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
@@ -350,7 +350,7 @@ def evaluate_folders(
     class_names: Optional[Sequence[str]] = None,
     tolerance_mm: float = 2.0,
     out_dir: Optional[Union[str, Path]] = None,
-    read_label=None,
+    read_label: Callable[[Path], Tuple[np.ndarray, Sequence[float]]],
 ) -> Tuple[Dict[str, Dict[int, ClassScore]], Dict[int, Dict[str, Dict[str, float]]], List[str]]:
     """Score every prediction in ``pred_dir`` against the reference of the same file name in ``ref_dir``.
 
@@ -364,7 +364,8 @@ def evaluate_folders(
         class_names: names of the classes, background first.
         tolerance_mm: tolerance of the surface Dice.
         out_dir: where the CSV and JSON go.
-        read_label: ``path -> (array (X, Y, Z), spacing)``; default reads NIfTI with nibabel.
+        read_label: ``path -> (array (X, Y, Z), spacing)`` (this module reads no files itself; the CLI
+            passes :func:`unetr.data.io.read_label`'s array and spacing).
 
     Returns:
         ``(per_case, summary, problems)``: problems are one message per case that could not be scored.
@@ -373,8 +374,9 @@ def evaluate_folders(
     for d in (pred_dir, ref_dir):
         if not d.is_dir():
             raise NotADirectoryError(f"{d}: not a folder")
-    read = read_label or _read_nifti_label
-    preds = sorted(p for p in pred_dir.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
+    read = read_label
+    preds = sorted(p for p in pred_dir.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".")
+                   and not p.name.endswith(("_probabilities.nii.gz", "_probabilities.nii")))
     if not preds:
         raise FileNotFoundError(f"{pred_dir}: no .nii/.nii.gz predictions")
     if num_classes is None and class_names is not None:
@@ -414,25 +416,6 @@ def evaluate_folders(
         write_summary_json(out / "summary.json", summary, class_names,
                            extra={"cases": len(per_case), "tolerance_mm": tolerance_mm, "problems": problems})
     return per_case, summary, problems
-
-
-def _read_nifti_label(path: Path) -> Tuple[np.ndarray, Tuple[float, ...]]:
-    import nibabel as nib
-
-    img = nib.load(str(path))
-    arr = np.asanyarray(img.dataobj)
-    if arr.ndim == 4 and arr.shape[3] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise ValueError(f"expected a 3D label map, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        rounded = np.rint(arr)
-        if not np.allclose(arr, rounded):
-            raise ValueError("label map has non-integer values")
-        arr = rounded
-    return arr.astype(np.int16 if arr.max(initial=0) < 32768 else np.int32), tuple(
-        float(s) for s in img.header.get_zooms()[:3]
-    )
 
 
 __all__ = [
