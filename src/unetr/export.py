@@ -1,0 +1,143 @@
+"""Export a trained model to ONNX or TorchScript, and check that the export computes what PyTorch does.
+
+The exported graph takes one window ``(B, C, *roi)`` and returns logits ``(B, K, *roi)``; the sliding
+window, pre- and post-processing stay outside (they are in the run's ``config.json``, which is copied next
+to the export). ONNX needs the optional extra ``unetr[export]`` (onnx, onnxruntime) for the check.
+
+Example:
+    >>> export_model("runs/spleen", format="onnx")   # doctest: +SKIP
+    ExportResult(path=PosixPath('runs/spleen/model.onnx'), max_abs_diff=2.1e-06, ...)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from unetr.errors import UnetrError
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+FORMATS = ("onnx", "torchscript")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """The exported file and how far its outputs are from PyTorch's on a random window."""
+
+    path: Path
+    format: str
+    max_abs_diff: float
+    max_abs_logit: float
+
+
+def _tmp_next_to(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    kwargs = dict(input_names=["image"], output_names=["logits"], opset_version=opset,
+                  dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    try:
+        torch.onnx.export(model, (example,), str(path), dynamo=False, **kwargs)
+    except TypeError:  # torch versions without the `dynamo` switch
+        torch.onnx.export(model, (example,), str(path), **kwargs)
+
+
+def _run_onnx(path: Path, example: torch.Tensor) -> torch.Tensor:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UnetrError("checking an ONNX export needs onnxruntime: pip install 'unetr[export]' "
+                         "(or pass --no-check)") from None
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(["logits"], {"image": example.numpy()})
+    return torch.from_numpy(out)
+
+
+def export_model(
+    model_path: PathLike,
+    out: Optional[PathLike] = None,
+    *,
+    format: str = "onnx",
+    check: bool = True,
+    atol: float = 1e-3,
+    opset: int = 17,
+    batch: int = 2,
+) -> ExportResult:
+    """Export the model of a run directory (or checkpoint) and check the export against PyTorch.
+
+    Args:
+        model_path: a run directory or a checkpoint file (see :func:`unetr.model.load_model`).
+        out: the file to write (default ``<run>/model.onnx`` or ``<run>/model.torchscript.pt``).
+        format: ``onnx`` or ``torchscript``.
+        check: run the export (onnxruntime / ``torch.jit.load``) on a random ``(batch, C, *roi)`` window and
+            compare with the PyTorch model; a difference above ``atol`` raises and leaves no file.
+        atol: the largest absolute difference of the logits accepted.
+        opset: the ONNX opset.
+        batch: windows in the check (a batch of 2 also checks the dynamic batch axis of ONNX).
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        ValueError: unknown format. UnetrError: the export's outputs differ from PyTorch's.
+    """
+    from unetr.model import load_model
+
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    model_path = Path(model_path)
+    model, info = load_model(model_path, map_location="cpu")
+    model.eval()
+    cfg = info["model"]
+    roi = tuple(int(s) for s in cfg["img_size"])
+    base = model_path if model_path.is_dir() else model_path.parent
+    target = Path(out) if out is not None else base / ("model.onnx" if format == "onnx" else "model.torchscript.pt")
+    g = torch.Generator().manual_seed(0)
+    trace_input = torch.randn((1, int(cfg["in_channels"])) + roi, generator=g)
+    check_input = torch.randn((batch, int(cfg["in_channels"])) + roi, generator=g)
+    tmp = _tmp_next_to(target)
+    try:
+        with torch.no_grad():
+            if format == "onnx":
+                _export_onnx(model, trace_input, tmp, opset)
+            else:
+                traced = torch.jit.trace(model, trace_input, check_trace=False)
+                torch.jit.save(traced, str(tmp))
+            diff, scale = float("nan"), float("nan")
+            if check:
+                ref = model(check_input)
+                if format == "onnx":
+                    got = _run_onnx(tmp, check_input)
+                else:
+                    got = torch.jit.load(str(tmp), map_location="cpu")(check_input)
+                if got.shape != ref.shape:
+                    raise UnetrError(f"the {format} export returns shape {tuple(got.shape)}, PyTorch {tuple(ref.shape)}")
+                diff = float((got - ref).abs().max())
+                scale = float(ref.abs().max())
+                if not diff <= atol:
+                    raise UnetrError(f"the {format} export differs from PyTorch by up to {diff:.3g} (> {atol})")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    cfg_src = base / "config.json"
+    if cfg_src.is_file() and target.parent.resolve() != base.resolve():
+        shutil.copyfile(cfg_src, target.parent / "config.json")
+    log.info("wrote %s (%s); max |export - PyTorch| = %.3g on logits up to %.3g", target, format, diff, scale)
+    return ExportResult(target, format, diff, scale)
+
+
+__all__ = ["export_model", "ExportResult", "FORMATS"]

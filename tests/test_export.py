@@ -1,0 +1,42 @@
+"""Export: ONNX and TorchScript outputs equal PyTorch's; bad format; no file left when the check fails."""
+
+import pytest
+import torch
+
+from unetr.config import preset
+from unetr.errors import UnetrError
+from unetr.export import export_model
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from unetr.model import build_model, save_run
+
+    torch.manual_seed(0)
+    cfg = preset("tiny", in_channels=1, out_channels=2, img_size=(32, 16, 16))
+    d = tmp_path_factory.mktemp("run")
+    save_run(d, build_model(cfg).eval(), cfg)
+    return d
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_matches_pytorch(run_dir, tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    out = tmp_path / f"m.{fmt}"
+    res = export_model(run_dir, out, format=fmt)
+    assert res.path == out and out.stat().st_size > 0
+    assert res.max_abs_diff <= 1e-3 and res.max_abs_logit > 0
+    assert (tmp_path / "config.json").exists()
+
+
+def test_export_bad_format(run_dir):
+    with pytest.raises(ValueError, match="format"):
+        export_model(run_dir, format="tflite")
+
+
+def test_failed_check_leaves_no_file(run_dir, tmp_path):
+    out = tmp_path / "m.pt"
+    with pytest.raises(UnetrError, match="differs"):
+        export_model(run_dir, out, format="torchscript", atol=-1.0)  # nothing passes a negative tolerance
+    assert not list(tmp_path.iterdir())
