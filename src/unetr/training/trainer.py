@@ -397,6 +397,7 @@ class TrainResult:
     last_dice: List[float] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: int = 0
+    model: Optional[nn.Module] = None  # the final weights (unwrapped)
 
 
 def _infinite(loader: torch.utils.data.DataLoader) -> Iterator:
@@ -498,7 +499,7 @@ def fit(
     if start >= cfg.iterations:
         if env.is_main:
             log.info("%s already trained for %d iterations; nothing to do", run_dir, start)
-        return TrainResult(run_dir, start, best_dice, best_it, seconds=seconds0, resumed_from=start)
+        return TrainResult(run_dir, start, best_dice, best_it, seconds=seconds0, resumed_from=start, model=model)
 
     ddp = model
     if env.distributed:
@@ -618,7 +619,7 @@ def fit(
         save_best(run_dir, model, config)
     D.barrier(env)
     return TrainResult(run_dir, iteration, best_dice, best_it, last_dice=last_dice,
-                       seconds=time.perf_counter() - t0, resumed_from=start)
+                       seconds=time.perf_counter() - t0, resumed_from=start, model=model)
 
 
 def _last_iteration(path: Path) -> Any:

@@ -1,0 +1,213 @@
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import ROI, DictLoader, flip_augmenter, make_cases, simple_sampler, tiny_setup
+
+from unetr.errors import UnetrError
+from unetr.model import build_model, load_model
+from unetr.training.loss import DiceCELoss
+from unetr.training.optim import build_optimizer
+from unetr.training.trainer import (
+    NonFiniteLossError,
+    PatchSource,
+    confusion_counts,
+    dice_from_counts,
+    fit,
+    mean_foreground,
+    resolve_precision,
+)
+
+HERE = Path(__file__).parent
+CASES = make_cases()
+IDS = sorted(CASES)
+
+
+def _fit(run_dir, on_step=None, **train):
+    plan, model_cfg, cfg = tiny_setup(**train)
+    return fit(run_dir=run_dir, train_ids=IDS[:4], val_ids=IDS[4:], load=DictLoader(CASES), plan=plan,
+               model_cfg=model_cfg, cfg=cfg, progress=False, sampler=simple_sampler, augmenter=flip_augmenter,
+               on_step=on_step)
+
+
+def _rows(path, drop=("seconds",)):
+    with open(path, newline="") as f:
+        return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(f)]
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+# ---------------------------------------------------------------------------------------------- units
+
+
+def test_one_step_lowers_the_loss_on_a_fixed_batch():
+    _, model_cfg, _ = tiny_setup()
+    model = build_model(model_cfg)
+    g = np.random.default_rng(0)
+    image, label = CASES[IDS[0]]
+    x, y = simple_sampler(image, label, ROI, 2, 1.0, g)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    loss_fn = DiceCELoss()
+    opt = build_optimizer(model, lr=1e-3, weight_decay=1e-5, device=torch.device("cpu"))
+    before = loss_fn(model(x), y)
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = loss_fn(model(x), y)
+    assert after.item() < before.item()
+
+
+def test_confusion_counts_and_dice_by_hand():
+    label = torch.tensor([0, 0, 1, 1, 2, 2]).reshape(1, 2, 3)
+    pred = torch.tensor([0, 1, 1, 1, 0, 0]).reshape(1, 2, 3)
+    counts = confusion_counts(pred, label, 4)  # class 3 absent everywhere
+    assert counts.tolist() == [[1, 2, 0, 0], [2, 1, 0, 0], [1, 0, 2, 0]]
+    dice = dice_from_counts(counts)
+    assert dice[0] == pytest.approx(2 / 5) and dice[1] == pytest.approx(4 / 5) and dice[2] == 0.0
+    assert math.isnan(dice[3])
+    assert mean_foreground(dice) == pytest.approx(0.4)  # NaN class excluded, background excluded
+    assert math.isnan(mean_foreground([0.9, float("nan")]))
+
+
+def test_patch_source_is_a_pure_function_of_the_step_and_rank():
+    kw = dict(volumes=2, samples_per_volume=2, pos_fraction=0.5, seed=3, sampler=simple_sampler)
+    a = PatchSource(DictLoader(CASES), IDS, ROI, rank=0, world_size=2, **kw)
+    b = PatchSource(DictLoader(CASES), IDS, ROI, rank=1, world_size=2, **kw)
+    x0, y0 = a[5]
+    assert x0.shape == (4, 1, *ROI) and y0.shape == (4, 1, *ROI) and y0.dtype == torch.uint8
+    torch.testing.assert_close(a[5][0], x0)
+    assert not torch.equal(b[5][0], x0)
+    # every case is drawn once per epoch of len(IDS) draws, across ranks
+    assert sorted(a.case_of_draw(d) for d in range(len(IDS))) == IDS
+
+
+def test_patch_source_needs_cases():
+    with pytest.raises(ValueError, match="at least one case"):
+        PatchSource(DictLoader(CASES), [], ROI, volumes=1, samples_per_volume=1, pos_fraction=0.5, seed=0)
+
+
+@pytest.mark.parametrize("name, expected", [("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")])
+def test_resolve_precision_explicit(name, expected):
+    assert resolve_precision(name, torch.device("cpu")) == expected
+
+
+def test_resolve_precision_auto_and_bad():
+    assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8", torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def test_run_directory_contents(tmp_path):
+    result = _fit(tmp_path / "run", iterations=4, val_every=2, checkpoint_every=2)
+    run = tmp_path / "run"
+    assert {"config.json", "model.safetensors", "last.pt", "metrics.csv", "curves.png"} <= {p.name for p in run.iterdir()}
+    rows = _rows(run / "metrics.csv", drop=())
+    assert list(rows[0]) == ["iteration", "train_loss", "lr", "val_dice_background", "val_dice_box", "val_dice_ball",
+                             "val_mean_dice", "seconds"]
+    assert [r["iteration"] for r in rows] == ["1", "2", "3", "4"] and rows[1]["val_mean_dice"] != ""
+    assert result.iteration == 4 and 0.0 <= result.best_dice <= 1.0
+    doc = json.loads((run / "config.json").read_text())
+    assert doc["format"] == "unetr-run" and doc["train"]["iterations"] == 4 and doc["plan"]["roi"] == list(ROI)
+    model, info = load_model(run)
+    assert info["model"]["out_channels"] == 3
+    last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)  # plain tensors and values only
+    assert last["iteration"] == 4 and set(last["rng"]) >= {"python", "numpy", "torch"}
+
+
+def test_resume_equals_uninterrupted_and_same_seed_same_metrics(tmp_path):
+    _fit(tmp_path / "a", iterations=6)
+
+    class Crash(Exception):
+        pass
+
+    def crash(iteration, images, labels):
+        if iteration == 5:  # after the checkpoint of iteration 4, mid-way through the next step
+            raise Crash
+
+    with pytest.raises(Crash):
+        _fit(tmp_path / "b", on_step=crash, iterations=6)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["iteration"] == 4
+    result = _fit(tmp_path / "b", iterations=6, num_workers=2)  # the batches do not depend on the workers
+    assert result.resumed_from == 4 and result.iteration == 6
+    a, b = _state(tmp_path / "a" / "last.pt"), _state(tmp_path / "b" / "last.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _rows(tmp_path / "a" / "metrics.csv") == _rows(tmp_path / "b" / "metrics.csv")
+    # a finished run is not trained again
+    assert _fit(tmp_path / "b", iterations=6).resumed_from == 6
+
+
+def test_same_seed_identical_metrics_different_seed_differs(tmp_path):
+    _fit(tmp_path / "a", iterations=3, val_every=3)
+    _fit(tmp_path / "b", iterations=3, val_every=3)
+    _fit(tmp_path / "c", iterations=3, val_every=3, seed=1)
+    assert _rows(tmp_path / "a" / "metrics.csv") == _rows(tmp_path / "b" / "metrics.csv")
+    assert _rows(tmp_path / "a" / "metrics.csv") != _rows(tmp_path / "c" / "metrics.csv")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    def poison(iteration, images, labels):
+        if iteration == 3:
+            images.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError, match="iteration 3"):
+        _fit(tmp_path / "r", on_step=poison, iterations=6)
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["iteration"] == 2
+
+
+def test_resume_refuses_another_model(tmp_path):
+    _fit(tmp_path / "r", iterations=2)
+    plan, model_cfg, cfg = tiny_setup(iterations=4)
+    with pytest.raises(UnetrError, match="another model"):
+        fit(run_dir=tmp_path / "r", train_ids=IDS[:4], val_ids=IDS[4:], load=DictLoader(CASES), plan=plan,
+            model_cfg=model_cfg.replace(num_layers=3), cfg=cfg, progress=False, sampler=simple_sampler,
+            augmenter=flip_augmenter)
+
+
+def test_fp16_needs_cuda(tmp_path):
+    with pytest.raises(ValueError, match="CUDA"):
+        _fit(tmp_path / "r", precision="fp16")
+
+
+def test_kill_and_rerun(tmp_path):
+    """SIGKILL mid-run, rerun the same command: it resumes and ends with the uninterrupted run's weights."""
+    run = tmp_path / "killed"
+    cmd = [sys.executable, str(HERE / "train_script.py"), str(run), "6", "--record"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd + ["--slow", "0.3"], env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            last = run / "last.pt"
+            if last.exists() and torch.load(last, weights_only=True)["iteration"] >= 2:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("no checkpoint within 120 s")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "rank0.json").exists()
+    subprocess.run(cmd, env=env, check=True)
+    ref = tmp_path / "reference"
+    subprocess.run([sys.executable, str(HERE / "train_script.py"), str(ref), "6", "--record"], env=env, check=True)
+    assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 6
+    killed, reference = json.loads((run / "rank0.json").read_text()), json.loads((ref / "rank0.json").read_text())
+    assert killed["weights"] == reference["weights"]
+    assert _rows(run / "metrics.csv") == _rows(ref / "metrics.csv")
+    assert not list(run.glob(".*.tmp"))  # no temporary files left behind
