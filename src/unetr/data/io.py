@@ -198,6 +198,8 @@ def _geometry_from_nifti(img, shape: Tuple[int, ...]) -> Geometry:
 
 def _read_nifti(path: Path, dtype: Optional[np.dtype]) -> Tuple[np.ndarray, Geometry]:
     img, data, slope, inter = _load_nifti(path)
+    if data.ndim < 3:
+        raise DataError(f"{path}: a 2D image of shape {data.shape}; a 3D volume is needed")
     geom = _geometry_from_nifti(img, data.shape)
     scaled = slope is not None and not (np.isnan(slope) or (slope == 1 and (inter is None or inter == 0)))
     if scaled:
@@ -233,7 +235,7 @@ def _read_itk(path: Path, dtype: Optional[np.dtype]) -> Tuple[np.ndarray, Geomet
         itk = sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise DataError(f"{path}: not a readable image ({str(e).strip().splitlines()[-1]})") from None
-    arr = sitk.GetArrayViewFromImage(itk)  # (Z, Y, X) or (Z, Y, X, C)
+    arr = sitk.GetArrayFromImage(itk)  # (Z, Y, X) or (Z, Y, X, C), a copy (a view dies with `itk`)
     dim = itk.GetDimension()
     ncomp = itk.GetNumberOfComponentsPerPixel()
     arr = np.asarray(arr).transpose(tuple(range(dim - 1, -1, -1)) + ((dim,) if ncomp > 1 else ()))
@@ -352,7 +354,10 @@ def read_label(path: PathLike) -> Tuple[np.ndarray, Geometry]:
     lo, hi = (arr.min(), arr.max()) if arr.size else (0, 0)
     if lo < 0:
         raise DataError(f"{path}: label map has negative values (min {lo})")
-    return arr.astype(np.uint8 if hi < 256 else np.int32, copy=False), geom
+    out = arr.astype(np.uint8 if hi < 256 else np.int32, copy=False)
+    if not out.flags.writeable:  # a view of the decompressed file: hand out an array the caller owns
+        out = np.array(out, order="K")
+    return out, geom
 
 
 def _atomic_target(path: Path):
