@@ -40,3 +40,12 @@ def test_failed_check_leaves_no_file(run_dir, tmp_path):
     with pytest.raises(UnetrError, match="differs"):
         export_model(run_dir, out, format="torchscript", atol=-1.0)  # nothing passes a negative tolerance
     assert not list(tmp_path.iterdir())
+
+
+def test_export_cli(run_dir, tmp_path, capsys):
+    from unetr.cli import main
+
+    out = tmp_path / "m.ts"
+    assert main(["export", str(run_dir), "--format", "torchscript", "-o", str(out)]) == 0
+    assert out.exists() and "max |diff|" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "missing"), "--format", "torchscript"]) == 2

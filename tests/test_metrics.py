@@ -170,3 +170,65 @@ def test_csv_json_table_round_trip(tmp_path):
     assert data["classes"]["spleen"]["dice"]["n"] == 2
     table = M.format_table(summary, ["bg", "liver", "spleen", "kidney"])
     assert "kidney" in table and "mean" in table.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [({"labels": {"0": "background", "1": "liver", "2": "spleen"}}, ["background", "liver", "spleen"]),
+     ({"labels": {"background": 0, "spleen": 2, "liver": 1}}, ["background", "liver", "spleen"]),
+     ({"plan": {"class_names": ["bg", "x"]}}, ["bg", "x"]), (["bg", "y"], ["bg", "y"])],
+)
+def test_read_class_names(tmp_path, content, expected):
+    import json
+
+    (tmp_path / "d.json").write_text(json.dumps(content))
+    assert M.read_class_names(tmp_path / "d.json") == expected
+
+
+@pytest.mark.parametrize("content,match", [({"name": "x"}, "labels"), ({"labels": {"0": "bg", "2": "b"}}, "gaps")])
+def test_read_class_names_bad(tmp_path, content, match):
+    import json
+
+    (tmp_path / "d.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=match):
+        M.read_class_names(tmp_path / "d.json")
+
+
+def _write_label(path, lab, spacing=(1.0, 1.0, 2.0)):
+    from unetr.data.io import Geometry, write_label
+
+    write_label(path, lab, Geometry.from_affine(np.diag([*spacing, 1.0]), lab.shape))
+
+
+def test_evaluate_folders_and_cli_problems(tmp_path, capsys):
+    from unetr.cli import main
+
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    pred.mkdir()
+    ref.mkdir()
+    a = _blobs(11, 3, shape=(20, 16, 12))
+    _write_label(pred / "a.nii.gz", a)
+    _write_label(ref / "a.nii.gz", a)
+    _write_label(pred / "b.nii.gz", a)  # no reference
+    _write_label(pred / "c.nii.gz", a)
+    _write_label(ref / "c.nii.gz", a[:-1])  # other shape
+    rc = main(["evaluate", str(pred), str(ref), "-o", str(tmp_path / "ev")])
+    captured = capsys.readouterr()
+    assert rc == 1  # problems are reported, the good case scored
+    assert "mean" in captured.out
+    rows = M.read_csv(tmp_path / "ev" / "metrics.csv")
+    assert list(rows) == ["a"] and rows["a"][1].dice == 1.0
+    import json
+
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert len(summary["problems"]) == 2 and summary["mean_dice"] == 1.0
+    # spacing comes from the reference header: HD95 of a 1-voxel z shift is 2 mm
+    b = np.zeros((20, 16, 12), np.uint8)
+    b[5:10, 5:10, 3:6] = 1
+    _write_label(pred / "a.nii.gz", np.roll(b, 1, axis=2))
+    _write_label(ref / "a.nii.gz", b)
+    (pred / "b.nii.gz").unlink()
+    (pred / "c.nii.gz").unlink()
+    assert main(["evaluate", str(pred), str(ref)]) == 0
+    assert M.read_csv(pred / "metrics.csv")["a"][1].hd95 == pytest.approx(2.0)
+    assert main(["evaluate", str(tmp_path / "nope"), str(ref)]) == 2

@@ -138,8 +138,247 @@ def _run_preprocess(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ training
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="plan, preprocess (cached) and train a UNETR; rerun to resume",
+                       description="Train on one CPU/GPU, or on many with `torchrun --nproc_per_node=N -m unetr "
+                                   "train ...`. Settings: defaults < --config YAML < --set < the options below.")
+    p.add_argument("dataset", help="dataset folder, dataset.json or MONAI datalist JSON")
+    p.add_argument("-o", "--out", required=True, help="run directory (rerunning the same command resumes it)")
+    p.add_argument("--preset", default=None, help="model preset: paper | small | tiny | tutorial (default: the plan's)")
+    p.add_argument("--config", help="YAML file of TrainConfig fields (and optional plan:/model: sections)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a TrainConfig field (plan.KEY / model.KEY for the plan and the model); repeatable")
+    p.add_argument("--iterations", type=int, help="optimizer steps in all")
+    p.add_argument("--val-every", type=int, help="validate every N iterations")
+    p.add_argument("--checkpoint-every", type=int, help="write last.pt every N iterations")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--batch-size", type=int, help="volumes per step (each gives samples_per_volume crops)")
+    p.add_argument("--roi", type=int, nargs="+", help="crop size: one value (cube) or three, multiples of 16")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--fold", type=int, help="cross-validation fold used for validation")
+    p.add_argument("--num-workers", type=int, help="data-loader worker processes")
+    p.add_argument("--plan", help="use this plan.json (from `unetr plan`) instead of making one")
+    p.add_argument("--cache", help="preprocessed cache folder (default: OUT/cache)")
+    p.add_argument("--workers", type=int, default=2, help="processes for planning and preprocessing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from unetr.config import TrainConfig, load_yaml, parse_set
+    from unetr.training import distributed
+    from unetr.training.trainer import train_dataset
+
+    settings: dict = load_yaml(args.config) if args.config else {}
+    plan_over, model_over = dict(settings.pop("plan", None) or {}), dict(settings.pop("model", None) or {})
+    for key, value in parse_set(args.set).items():
+        section, name = key.split(".", 1) if "." in key else ("train", key)
+        target = {"train": settings, "plan": plan_over, "model": model_over}.get(section)
+        if target is None:
+            raise ValueError(f"--set {key}: expected KEY (training), plan.KEY or model.KEY")
+        target[name] = value
+    flags = {"iterations": args.iterations, "val_every": args.val_every, "checkpoint_every": args.checkpoint_every,
+             "lr": args.lr, "batch_size": args.batch_size, "precision": args.precision, "device": args.device,
+             "seed": args.seed, "fold": args.fold, "num_workers": args.num_workers}
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    if args.roi:
+        plan_over["roi"] = tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
+    cfg = TrainConfig.from_dict(settings)
+    env = distributed.setup(cfg.device)
+    try:
+        result = train_dataset(args.dataset, args.out, cfg, preset_name=args.preset, plan_path=args.plan,
+                               plan_overrides=plan_over, model_overrides=model_over, cache_dir=args.cache,
+                               workers=args.workers, env=env, progress=not args.no_progress)
+    finally:
+        distributed.teardown(env)
+    if env.is_main:
+        log.info("%s: %d iterations, best validation mean Dice %.4f at iteration %d (%.0f s)", args.out,
+                 result.iteration, result.best_dice, result.best_iteration, result.seconds)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ inference
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="segment images with a trained model (run dir or checkpoint)")
+    p.add_argument("-m", "--model", required=True, help="run directory, or a checkpoint (ours, MONAI's)")
+    p.add_argument("-i", "--input", required=True, nargs="+", help="image file(s), folder(s) or glob(s)")
+    p.add_argument("-o", "--output", required=True, help="output folder (one <case>.nii.gz per case)")
+    p.add_argument("--probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
+    p.add_argument("--tta", action="store_true", help="average over the 8 mirrorings (8x slower)")
+    p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1)")
+    p.add_argument("--mode", default="gaussian", choices=["gaussian", "constant"], help="window blending")
+    p.add_argument("--batch", type=int, default=4, help="windows per forward pass")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--accum-device", default="auto", help="where the window sums live (auto: --device)")
+    p.add_argument("--accum-fp16", action="store_true", help="half-precision window sums (half the memory)")
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    p.add_argument("--largest-component", action="store_true", help="keep each class's largest component")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("preprocessing for a bare checkpoint (a run directory has its own plan)")
+    g.add_argument("--spacing", type=float, nargs=3, help="target spacing in mm (x y z); marks a bare checkpoint")
+    g.add_argument("--roi", type=int, nargs="+", help="window / model img_size: one value or three")
+    g.add_argument("--intensity", default="ct_window", choices=["ct_window", "zscore"])
+    g.add_argument("--window", type=float, nargs=4, default=[-175.0, 250.0, 0.0, 1.0],
+                   metavar=("A_MIN", "A_MAX", "B_MIN", "B_MAX"), help="CT window and its output range")
+    g.add_argument("--in-channels", type=int, default=1)
+    g.add_argument("--out-channels", type=int, help="classes including background")
+    g.add_argument("--class-names", nargs="+", help="one per class, background first")
+    g.add_argument("--no-crop", action="store_true", help="do not crop to the body before resampling")
+    g.add_argument("--num-heads", type=int, help="attention heads (not stored in MONAI checkpoints)")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args) -> int:
+    import os
+
+    from unetr.config import InferConfig, Plan
+    from unetr.inference.predict import load_predictor, predict_files, resolve_device
+
+    cfg = InferConfig(overlap=args.overlap, mode=args.mode, sw_batch_size=args.batch, tta=args.tta,
+                      precision=args.precision, device=args.device, largest_component=args.largest_component,
+                      accum_device=args.accum_device, accum_fp16=args.accum_fp16)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is None and world > 1:
+        device = __import__("torch").device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        cfg = cfg.replace(device=str(device))
+    plan, overrides = None, {}
+    roi = None if args.roi is None else tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
+    if roi is not None:
+        overrides["img_size"] = roi
+    if args.num_heads:
+        overrides["num_heads"] = args.num_heads
+    if args.spacing is not None:
+        if args.out_channels is None:
+            raise ValueError("a bare checkpoint needs --out-channels (classes including background)")
+        names = args.class_names or ["background"] + [f"class_{i}" for i in range(1, args.out_channels)]
+        plan = Plan(target_spacing=tuple(args.spacing), roi=roi or (96, 96, 96), in_channels=args.in_channels,
+                    num_classes=args.out_channels, class_names=tuple(names),
+                    channel_names=tuple(f"ch{i}" for i in range(args.in_channels)), intensity=args.intensity,
+                    window=tuple(args.window), crop_foreground=not args.no_crop)
+    model, plan = load_predictor(args.model, plan=plan, device=device, **overrides)
+    results = predict_files(model, plan, args.input, args.output, cfg, probabilities=args.probabilities,
+                            overwrite=args.overwrite, rank=rank, world_size=world, progress=not args.no_progress)
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    log.info("%d done, %d skipped, %d failed -> %s", counts["done"], counts["skipped"], counts["failed"], args.output)
+    return 1 if counts["failed"] else 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASD and surface Dice of predictions against references")
+    p.add_argument("pred_dir", help="folder of predicted label maps")
+    p.add_argument("ref_dir", help="folder of reference label maps with the same file names")
+    p.add_argument("--labels", help="dataset.json (or a run's config.json) naming the classes")
+    p.add_argument("--num-classes", type=int, help="classes including background (default: from --labels or data)")
+    p.add_argument("--tolerance", type=float, default=2.0, help="surface Dice tolerance in mm")
+    p.add_argument("-o", "--output", help="folder for metrics.csv and summary.json (default: PRED_DIR)")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from pathlib import Path
+
+    from unetr.data.io import read_label
+    from unetr.metrics import evaluate_folders, format_table, read_class_names
+
+    def reader(path: Path):
+        arr, geom = read_label(path)
+        return arr, geom.spacing
+
+    names = read_class_names(args.labels) if args.labels else None
+    per_case, summary, problems = evaluate_folders(
+        args.pred_dir, args.ref_dir, num_classes=args.num_classes, class_names=names,
+        tolerance_mm=args.tolerance, out_dir=args.output, read_label=reader)
+    if not per_case:
+        raise ValueError(f"no case could be scored ({len(problems)} problem(s))")
+    print(format_table(summary, names))
+    out = Path(args.output or args.pred_dir)
+    print(f"{len(per_case)} case(s) -> {out / 'metrics.csv'}, {out / 'summary.json'}")
+    return 1 if problems else 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="pictures and a Markdown report of a run and/or predictions")
+    p.add_argument("-o", "--output", required=True, help="report folder")
+    p.add_argument("--run", help="run directory (training curves, class names)")
+    p.add_argument("--pred", help="folder of predictions")
+    p.add_argument("--labels", help="folder of reference label maps (metrics are computed when no --metrics)")
+    p.add_argument("--images", help="folder of the images (for the pictures)")
+    p.add_argument("--metrics", help="a metrics.csv written by `unetr evaluate`")
+    p.add_argument("--show", type=int, default=2, help="best and worst cases drawn")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    from pathlib import Path
+
+    from unetr.data.io import read_label
+    from unetr.metrics import evaluate_folders, read_class_names, read_csv
+    from unetr.report import load_case_from_files, make_report
+
+    if not (args.run or args.pred or args.metrics):
+        raise ValueError("give --run, --pred (with --labels) or --metrics")
+    names = None
+    if args.run and (Path(args.run) / "config.json").is_file():
+        try:
+            names = read_class_names(Path(args.run) / "config.json")
+        except ValueError:
+            names = None
+    per_case = None
+    if args.metrics:
+        per_case = read_csv(args.metrics)
+    elif args.pred and args.labels:
+        def reader(path: Path):
+            arr, geom = read_label(path)
+            return arr, geom.spacing
+
+        per_case, _, _ = evaluate_folders(args.pred, args.labels, class_names=names, out_dir=args.output,
+                                          read_label=reader)
+
+    def load_case(case: str):
+        if not args.images:
+            return None
+        images = Path(args.images)
+        cands = [images / f"{case}{end}" for end in (".nii.gz", "_0000.nii.gz", ".nii", "_0000.nii")]
+        image = next((c for c in cands if c.exists()), None)
+        if image is None:
+            raise FileNotFoundError(f"no image for {case} in {images}")
+        ref = Path(args.labels) / f"{case}.nii.gz" if args.labels else None
+        pred = Path(args.pred) / f"{case}.nii.gz" if args.pred else None
+        return load_case_from_files(image, ref, pred)
+
+    path = make_report(args.output, run_dir=args.run, per_case=per_case, class_names=names, load_case=load_case,
+                       n_show=args.show)
+    print(f"report -> {path}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a run's model to ONNX or TorchScript (checked against PyTorch)")
+    p.add_argument("model", help="run directory or checkpoint")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("-o", "--output", help="file to write (default: in the run directory)")
+    p.add_argument("--no-check", action="store_true", help="skip running the export against PyTorch")
+    p.add_argument("--atol", type=float, default=1e-3, help="largest accepted difference of the logits")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from unetr.export import export_model
+
+    res = export_model(args.model, args.output, format=args.format, check=not args.no_check, atol=args.atol)
+    check = "not checked" if args.no_check else f"max |diff| {res.max_abs_diff:.2g} vs PyTorch"
+    print(f"{res.format} -> {res.path} ({check})")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
-_ADDERS: list = [_add_summary, _add_synth, _add_check, _add_plan, _add_preprocess]
+_ADDERS: list = [_add_summary, _add_synth, _add_check, _add_plan, _add_preprocess,
+                 _add_predict, _add_evaluate, _add_report, _add_export, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

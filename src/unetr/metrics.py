@@ -325,7 +325,7 @@ def format_table(summary: Mapping[int, Mapping[str, Mapping[str, float]]],
     width = max([len(n) for n in names] + [5])
     head = f"{'class':<{width}}  " + "  ".join(f"{m:>15}" for m in metrics) + f"  {'n':>4}"
     lines = [head, "-" * len(head)]
-    for name, (c, s) in zip(names, summary.items()):
+    for name, s in zip(names, summary.values()):
         cells = []
         for m in metrics:
             mean, std = s[m]["mean"], s[m]["std"]
@@ -418,8 +418,39 @@ def evaluate_folders(
     return per_case, summary, problems
 
 
+def read_class_names(path: Union[str, Path]) -> List[str]:
+    """Class names, background first, from a ``dataset.json`` (MSD ``{"0": "background", ...}`` or nnU-Net v2
+    ``{"background": 0, ...}`` under ``labels``), a run's ``config.json`` (``plan.class_names``) or a plain
+    JSON list.
+
+    Raises:
+        ValueError: the file has no usable label names (the message says why).
+    """
+    from unetr.config import load_json
+
+    data = load_json(path)
+    if isinstance(data, dict) and isinstance(data.get("plan"), dict) and "class_names" in data["plan"]:
+        return [str(n) for n in data["plan"]["class_names"]]
+    labels = data.get("labels") if isinstance(data, dict) else data
+    if isinstance(labels, list):
+        return [str(n) for n in labels]
+    if not isinstance(labels, dict) or not labels:
+        raise ValueError(f"{path}: no 'labels' mapping")
+    try:
+        if all(str(k).lstrip("-").isdigit() for k in labels):  # MSD: {"0": "background"}
+            pairs = {int(k): str(v) for k, v in labels.items()}
+        else:  # nnU-Net v2: {"background": 0}
+            pairs = {int(v): str(k) for k, v in labels.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: labels must map integers to names (or names to integers)") from None
+    k = max(pairs) + 1
+    if sorted(pairs) != list(range(k)):
+        raise ValueError(f"{path}: label values must be 0..{k - 1} without gaps, got {sorted(pairs)}")
+    return [pairs[i] for i in range(k)]
+
+
 __all__ = [
     "ClassScore", "METRICS", "confusion_matrix", "surface", "surface_distances", "evaluate_case", "summarize",
     "mean_over_classes", "diagonal_mm", "write_csv", "read_csv", "write_summary_json", "format_table",
-    "evaluate_folders",
+    "evaluate_folders", "read_class_names",
 ]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from unetr.config import InferConfig, Plan
+from unetr.config import InferConfig
 from unetr.errors import CheckpointError
 from unetr.inference import predict as P
 

@@ -189,7 +189,7 @@ def predict_volume(
     model: torch.nn.Module,
     image: Union[np.ndarray, torch.Tensor],
     roi: Sequence[int],
-    config: InferConfig = InferConfig(),
+    config: Optional[InferConfig] = None,
     *,
     probabilities: bool = False,
     progress: Optional[Callable[[int], None]] = None,
@@ -207,6 +207,7 @@ def predict_volume(
     Returns:
         ``(labels (X, Y, Z) uint8 on the CPU, probabilities (K, X, Y, Z) float16 or None)``.
     """
+    config = config or InferConfig()
     device = resolve_device(config.device)
     accum = device if config.accum_device == "auto" else resolve_device(config.accum_device)
     x = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
@@ -287,7 +288,7 @@ def predict_case(
     plan: Plan,
     files: Sequence[PathLike],
     out_dir: PathLike,
-    config: InferConfig = InferConfig(),
+    config: Optional[InferConfig] = None,
     *,
     name: Optional[str] = None,
     probabilities: bool = False,
@@ -314,6 +315,7 @@ def predict_case(
     from unetr.data.io import write_image, write_label
     from unetr.data.preprocess import invert_to_original, preprocess_image_file, record_geometry
 
+    config = config or InferConfig()
     files = [Path(f) for f in files]
     name = name or case_name(files[0])
     out_dir = Path(out_dir)
@@ -351,7 +353,7 @@ def predict_files(
     plan: Plan,
     inputs: Union[PathLike, Sequence[PathLike]],
     out_dir: PathLike,
-    config: InferConfig = InferConfig(),
+    config: Optional[InferConfig] = None,
     *,
     probabilities: bool = False,
     overwrite: bool = False,
@@ -375,6 +377,7 @@ def predict_files(
     Returns:
         One :class:`CaseResult` per case of this rank; a failed case does not stop the others.
     """
+    config = config or InferConfig()
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     cases = find_inputs(inputs, plan.in_channels)[rank::world_size]
