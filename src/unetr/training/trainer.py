@@ -157,7 +157,7 @@ class CachedCases:
 
 def _augment_kwargs(cfg: TrainConfig) -> dict:
     return dict(flip_prob=cfg.flip_prob, rot90_prob=cfg.rot90_prob, scale_prob=cfg.scale_intensity_prob,
-                shift_prob=cfg.shift_intensity_prob, factor=cfg.intensity_factor)
+                shift_prob=cfg.shift_intensity_prob, factor=cfg.intensity_factor, extra=cfg.extra_augment)
 
 
 # ------------------------------------------------------------------------------------------- precision
@@ -243,7 +243,7 @@ def validate(model: nn.Module, case_ids: Sequence[str], load: CaseLoader, *, roi
     mine = list(case_ids)[env.rank::env.world_size]
     for cid in tqdm(mine, desc="validation", leave=False, disable=not progress, dynamic_ncols=True):
         image, label = load(cid)
-        img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))  # (C, X, Y, Z)
+        img = torch.from_numpy(np.array(image, dtype=np.float32))  # (C, X, Y, Z), a writable copy
         pred = sliding_window(img, predictor, roi, overlap=overlap, batch_size=sw_batch, device=device,
                               accum_device=device, output="argmax")  # (X, Y, Z)
         lab = torch.from_numpy(np.asarray(label).astype(np.int64))
@@ -349,38 +349,14 @@ class MetricsLog:
         atomic_write_text(self.path, buf.getvalue())
 
 
-def plot_curves(rows: Sequence[Dict[str, str]], path: Path) -> None:
-    """Train loss and validation mean Dice against the iteration, written atomically as a PNG."""
-    import matplotlib
+def plot_curves(metrics_csv: Path, path: Path) -> None:
+    """Redraw the curves PNG from ``metrics.csv`` (:func:`unetr.report.plot_training_curves`)."""
+    from unetr.report import plot_training_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def col(name: str) -> Tuple[List[int], List[float]]:
-        pts = [(int(r["iteration"]), float(r[name])) for r in rows if r.get(name) not in ("", None, "nan")]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a.plot(*col("train_loss"), color="tab:blue")
-    a.set(xlabel="iteration", ylabel="train loss (Dice + CE)", title="training loss")
-    a.grid(alpha=0.3)
-    dice_cols = [c for c in rows[0] if c.startswith("val_dice_")] if rows else []
-    for c in dice_cols[1:]:
-        b.plot(*col(c), marker=".", alpha=0.6, label=c[len("val_dice_"):])
-    b.plot(*col("val_mean_dice"), marker="o", color="black", label="mean (foreground)")
-    b.set(xlabel="iteration", ylabel="Dice", title="validation Dice", ylim=(0, 1))
-    b.grid(alpha=0.3)
-    if dice_cols:
-        b.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+        plot_training_curves(metrics_csv, path)
+    except (ValueError, OSError) as e:  # a picture must never stop training
+        log.warning("could not draw %s: %s", path, e)
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -604,7 +580,7 @@ def fit(
                 if env.is_main:
                     metrics.add(row)
                     if do_val:
-                        plot_curves(metrics.rows, run_dir / "curves.png")
+                        plot_curves(metrics.path, run_dir / "curves.png")
                     if tb is not None:
                         for k, v in row.items():
                             if k != "iteration" and v is not None and not (isinstance(v, float) and math.isnan(v)):
@@ -636,3 +612,140 @@ def _tensorboard(run_dir: Path) -> Any:
         log.debug("tensorboard not installed; skipping its logs")
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+# ------------------------------------------------------------------------------------------- from a dataset
+
+
+def check_writable(folder: Path) -> None:
+    """Fail early, with a message, when ``folder`` cannot be created or written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UnetrError(f"{folder}: cannot write the run directory there ({e.strerror or e})") from None
+
+
+def check_cases(case_ids: Sequence[str], cache_dir: Path, plan: Plan, pad_to_roi: bool) -> None:
+    """Labels inside the declared classes, and (without padding) every image at least as large as the ROI.
+
+    Raises:
+        DataError: naming the offending cases.
+    """
+    from unetr.data.cache import load_cached
+    from unetr.errors import DataError
+
+    bad_labels, small = [], []
+    for cid in case_ids:
+        image, label, record = load_cached(cache_dir, cid)
+        if label is None:
+            raise DataError(f"case {cid}: no label in the cache {cache_dir}")
+        present = [int(k) for k in record.get("class_voxels", {})] or [int(label.max())]
+        extra = sorted(k for k in present if k >= plan.num_classes)
+        if extra:
+            bad_labels.append(f"{cid} (labels {extra})")
+        if not pad_to_roi and any(s < r for s, r in zip(image.shape[1:], plan.roi)):
+            small.append(f"{cid} {tuple(image.shape[1:])}")
+    if bad_labels:
+        raise DataError(f"labels outside the {plan.num_classes} declared classes {list(plan.class_names)}: "
+                        + ", ".join(bad_labels[:10]) + (" ..." if len(bad_labels) > 10 else ""))
+    if small:
+        raise DataError(f"ROI {plan.roi} is larger than {len(small)} preprocessed image(s) and padding is off "
+                        f"(pad_to_roi=false): " + ", ".join(small[:10]) + " -- use a smaller --roi or pad")
+
+
+def train_dataset(
+    dataset: os.PathLike,
+    out: os.PathLike,
+    cfg: TrainConfig,
+    *,
+    preset_name: Optional[str] = None,
+    plan_path: Optional[os.PathLike] = None,
+    plan_overrides: Optional[dict] = None,
+    model_overrides: Optional[dict] = None,
+    cache_dir: Optional[os.PathLike] = None,
+    workers: int = 2,
+    env: Optional[D.DistEnv] = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Plan and preprocess a dataset when needed (both cached), check it, then :func:`fit`.
+
+    ``out/plan.json`` and the cache (``out/cache`` unless ``cache_dir``) are reused when present, so rerunning
+    the same command resumes instead of starting over.
+
+    Args:
+        dataset: dataset folder, ``dataset.json`` or MONAI datalist.
+        out: the run directory.
+        cfg: training settings.
+        preset_name: model preset (default: the plan's).
+        plan_path: an existing ``plan.json`` (e.g. from ``unetr plan``); else one is made (and saved in ``out``).
+        plan_overrides: :class:`Plan` fields for a new plan (``roi``, ``target_spacing``, ...).
+        model_overrides: :class:`ModelConfig` fields (``dropout``, ``feature_size``, ...).
+        cache_dir: the preprocessed cache.
+        workers: processes for planning and preprocessing.
+        env: the distributed environment (one process when omitted).
+        progress: progress bars.
+    """
+    from unetr.data.cache import build_cache
+    from unetr.data.cases import dataset_split, load_dataset
+    from unetr.data.plan import fingerprint, load_plan, make_plan, save_plan
+    from unetr.errors import DataError
+
+    env = env or D.DistEnv(device=D.resolve_device(cfg.device))
+    out = Path(out)
+    cache = Path(cache_dir) if cache_dir else out / "cache"
+    if env.is_main:
+        check_writable(out)
+    ds = load_dataset(dataset)
+    if not ds.labelled:
+        raise DataError(f"{dataset}: no labelled training cases")
+    train_cases, val_cases = dataset_split(ds, cfg.fold, cfg.num_folds, cfg.seed)
+    if not train_cases:
+        raise DataError(f"{dataset}: no training cases after the split (fold {cfg.fold} of {cfg.num_folds})")
+
+    own_plan = out / "plan.json"
+    plan_existed = plan_path is not None or own_plan.is_file()
+    plan = None
+    if env.is_main:
+        if plan_path is not None:
+            plan = load_plan(plan_path)
+        elif own_plan.is_file():
+            plan = load_plan(own_plan)
+            log.info("reusing %s", own_plan)
+        else:
+            overrides = dict(plan_overrides or {})
+            if preset_name:
+                overrides.setdefault("preset", preset_name)
+            fp = fingerprint(ds, workers=workers, progress=progress)
+            plan = make_plan(ds, fp, **overrides)
+            save_plan(plan, own_plan, fingerprint=fp)
+        build_cache(list(train_cases) + list(val_cases), plan, cache, workers=workers, progress=progress)
+    plan = Plan.from_dict(D.broadcast_object(plan.to_dict() if plan is not None else None, env))
+    D.barrier(env)
+
+    # the preset and the ROI do not change the preprocessed arrays: they may differ from the cached plan
+    run_changes = {k: v for k, v in (plan_overrides or {}).items() if k in ("roi", "preset")}
+    if preset_name:
+        run_changes["preset"] = preset_name
+    run_plan = plan.replace(**run_changes)
+    ignored = sorted(set(plan_overrides or {}) - {"roi", "preset"})
+    if ignored and plan_existed and env.is_main:
+        log.warning("the plan exists already; ignoring the plan settings %s (use a new --out)", ", ".join(ignored))
+    train_ids, val_ids = [c.id for c in train_cases], [c.id for c in val_cases]
+    check_cases(train_ids + val_ids, cache, run_plan, cfg.pad_to_roi)
+    model_cfg = run_plan.model_config(**(model_overrides or {}))
+    if env.is_main:
+        log.info("training %s (%s preset, %.1fM parameters) on %d cases, validating on %d; ROI %s; run %s",
+                 dataset, run_plan.preset, _count_params(model_cfg) / 1e6, len(train_ids), len(val_ids),
+                 run_plan.roi, out)
+    return fit(run_dir=out, train_ids=train_ids, val_ids=val_ids, load=CachedCases(cache), plan=run_plan,
+               model_cfg=model_cfg, cfg=cfg, env=env, progress=progress)
+
+
+def _count_params(model_cfg: ModelConfig) -> int:
+    from unetr.model import build_model
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_model(model_cfg).parameters())
