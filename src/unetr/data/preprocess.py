@@ -5,7 +5,7 @@
 1. reorient to RAS by flips and transposes only (views, no interpolation);
 2. crop to the bounding box of the body (CT: voxels above the window's lower bound; MRI: non-zero voxels);
 3. resample to the plan's target spacing (image: linear via ``torch`` trilinear, cubic via scipy; label:
-   nearest neighbour by index selection, so it stays an integer map);
+   through its one-hot masks (linear, then argmax) or by nearest neighbour, so it stays an integer map);
 4. normalise intensities (CT window, CT percentile clipping + z-score, or per-channel z-score).
 
 Sampling positions follow the half-voxel ("grid") convention: the cropped block keeps its physical extent,
@@ -126,22 +126,34 @@ def resample_label_onehot(label: np.ndarray, shape: Sequence[int], num_classes: 
     """Resample a label map ``(X, Y, Z)`` through its one-hot masks: each class mask is resampled linearly
     and every voxel takes the class with the largest value (smoother than nearest neighbour).
 
-    Memory stays at two float32 volumes of the output size, whatever the number of classes.
+    Memory stays at a few volumes of the output size, whatever the number of classes.
     """
+    import torch
+    import torch.nn.functional as F
+
     if tuple(label.shape) == tuple(shape):
         return np.ascontiguousarray(label)
-    classes = np.unique(label) if num_classes is None else np.arange(num_classes)
-    best = np.full(tuple(shape), -1.0, dtype=np.float32)
-    out = np.zeros(tuple(shape), dtype=label.dtype)
+    src = torch.from_numpy(np.ascontiguousarray(label))
+    classes = torch.unique(src).tolist() if num_classes is None else range(num_classes)
+    size = tuple(int(s) for s in shape)
+    best = torch.full(size, -1.0)
+    out = torch.zeros(size, dtype=src.dtype)
     for k in classes:
-        mask = label == k
-        if not mask.any():
+        mask = src == k
+        if not bool(mask.any()):
             continue
-        value = resample_linear(mask[None].astype(np.float32), shape)[0]
+        value = F.interpolate(mask[None, None].float(), size=size, mode="trilinear", align_corners=False)[0, 0]
         better = value > best
         out[better] = k
-        best = np.where(better, value, best)
-    return out
+        best = torch.maximum(best, value)
+    return out.numpy()
+
+
+def resample_label(label: np.ndarray, shape: Sequence[int], mode: str = "onehot") -> np.ndarray:
+    """Resample a label map by ``mode``: ``onehot`` (linear per class, then argmax) or ``nearest``."""
+    if mode == "nearest":
+        return resample_nearest(label, shape)
+    return resample_label_onehot(label, shape)
 
 
 # ----------------------------------------------------------------------------------------- intensities
@@ -263,7 +275,7 @@ def preprocess_case(
     out_label = None
     if label is not None:
         ras_label = apply_ornt(label, ornt)[sl]
-        out_label = resample_nearest(ras_label, new_shape).astype(np.uint8, copy=False)
+        out_label = resample_label(ras_label, new_shape, plan.label_resample).astype(np.uint8, copy=False)
 
     scale = np.array(crop_shape, dtype=np.float64) / np.array(new_shape, dtype=np.float64)
     to_crop = np.eye(4)  # preprocessed voxel -> RAS voxel
@@ -357,7 +369,7 @@ def preprocess_image_file(paths: Union[PathLike, Sequence[PathLike]], plan: Plan
 
 __all__ = [
     "preprocess_case", "invert_to_original", "preprocess_files", "preprocess_image_file", "record_geometry",
-    "resample_image", "resample_nearest", "resample_linear", "resample_label_onehot", "normalize",
+    "resample_image", "resample_nearest", "resample_linear", "resample_label_onehot", "resample_label", "normalize",
     "foreground_mask", "bounding_box", "target_shape", "apply_ornt", "invert_ornt", "ras_ornt",
 ]
 
