@@ -187,6 +187,8 @@ class Plan(_DictMixin):
         crop_foreground: crop each case to its non-zero bounding box before resampling.
         image_order: spline order for image resampling (1 linear, 3 cubic).
         preset: the model preset trained on this plan.
+        label_resample: ``onehot`` (each class mask resampled linearly, then argmax; smoother, as nnU-Net)
+            or ``nearest`` (MONAI's ``Spacingd`` mode for labels).
     """
 
     target_spacing: Tuple[float, float, float] = (1.5, 1.5, 2.0)
@@ -201,6 +203,7 @@ class Plan(_DictMixin):
     crop_foreground: bool = True
     image_order: int = 1
     preset: str = "paper"
+    label_resample: str = "onehot"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_spacing", tuple(float(s) for s in _as_tuple(self.target_spacing, 3, "target_spacing")))
@@ -229,6 +232,8 @@ class Plan(_DictMixin):
             raise ValueError(f"image_order must be 0..3, got {self.image_order}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.label_resample not in ("onehot", "nearest"):
+            raise ValueError(f"label_resample must be 'onehot' or 'nearest', got {self.label_resample!r}")
 
     def model_config(self, **overrides: Any) -> ModelConfig:
         """The model this plan trains: its preset with the plan's channels, classes and ROI."""
