@@ -79,7 +79,7 @@ def monai_deterministic():
     return Compose([
         LoadImaged(keys=keys, image_only=False),
         EnsureChannelFirstd(keys=keys),
-        Orientationd(keys=keys, axcodes="RAS"),
+        Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(keys=keys, pixdim=(1.5, 1.5, 2.0), mode=("bilinear", "nearest")),
         ScaleIntensityRanged(keys=["image"], a_min=-175, a_max=250, b_min=0.0, b_max=1.0, clip=True),
         CropForegroundd(keys=keys, source_key="image"),

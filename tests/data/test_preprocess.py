@@ -144,7 +144,7 @@ def test_orientation_matches_monai():
     image, _, geom = _phantom(affine=_affine((2, 0, 1), (1, -1, -1)))
     ornt = ras_ornt(geom.affine)
     ours = apply_ornt(image, ornt)
-    ref = Orientation(axcodes="RAS")(MetaTensor(image, affine=geom.affine))
+    ref = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(MetaTensor(image, affine=geom.affine))
     np.testing.assert_array_equal(ours, ref.numpy())
     _, _, rec = preprocess_case(image, geom, _plan(target_spacing=(1.2, 3.0, 1.4), crop_foreground=False))
     np.testing.assert_allclose(rec["affine"], ref.affine.numpy(), atol=1e-5)
@@ -224,7 +224,8 @@ def test_nearest_label_resampling_branch():
     _, onehot, _ = preprocess_case(image, geom, _plan(), label)
     assert near.shape == onehot.shape and not np.array_equal(near, onehot)
     back = invert_to_original(near, rec, is_label=True)
-    for k in (1, 2):
-        assert _dice(back == k, label == k) >= 0.97
+    back_onehot = invert_to_original(onehot, rec, is_label=True)
+    for k in (1, 2):  # nearest loses more at the boundary: why one-hot is the default
+        assert 0.95 <= _dice(back == k, label == k) < _dice(back_onehot == k, label == k)
     with pytest.raises(ValueError, match="label_resample"):
         _plan(label_resample="cubic")
