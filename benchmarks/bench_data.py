@@ -72,8 +72,15 @@ def make_volume(path_img: Path, path_lab: Path, seed: int = 0) -> None:
 
 
 def monai_deterministic():
-    from monai.transforms import (Compose, CropForegroundd, EnsureChannelFirstd, LoadImaged, Orientationd,
-                                  ScaleIntensityRanged, Spacingd)
+    from monai.transforms import (
+        Compose,
+        CropForegroundd,
+        EnsureChannelFirstd,
+        LoadImaged,
+        Orientationd,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
 
     keys = ["image", "label"]
     return Compose([
@@ -87,8 +94,14 @@ def monai_deterministic():
 
 
 def monai_random(roi):
-    from monai.transforms import (Compose, RandCropByPosNegLabeld, RandFlipd, RandRotate90d, RandScaleIntensityd,
-                                  RandShiftIntensityd)
+    from monai.transforms import (
+        Compose,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandRotate90d,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
 
     keys = ["image", "label"]
     return Compose([
@@ -132,7 +145,7 @@ def main() -> None:
     plan = Plan(target_spacing=(1.5, 1.5, 2.0), roi=(96, 96, 96), num_classes=4,
                 class_names=("background", "a", "b", "c"), intensity="ct_window")
     roi = plan.roi
-    det_m, det_u = monai_deterministic(), None
+    det_m = monai_deterministic()
     data = {"image": str(img_p), "label": str(lab_p)}
 
     # warm-up (imports, thread pools)
@@ -212,7 +225,6 @@ def main() -> None:
         tmp.write_text(new)
         tmp.replace(results)
         print(f"updated {results}")
-    del det_u
 
 
 if __name__ == "__main__":

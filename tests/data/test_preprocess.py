@@ -229,3 +229,20 @@ def test_nearest_label_resampling_branch():
         assert 0.95 <= _dice(back == k, label == k) < _dice(back_onehot == k, label == k)
     with pytest.raises(ValueError, match="label_resample"):
         _plan(label_resample="cubic")
+
+
+@pytest.mark.parametrize("shape", [(40, 33, 55), (61, 50, 40), (90, 20, 41)])
+def test_onehot_resampling_equals_dense_onehot_interpolation(shape):
+    """The boundary-only vote equals resampling every class mask with torch's trilinear and taking argmax."""
+    import torch
+    import torch.nn.functional as F
+    from scipy import ndimage
+
+    from unetr.data.preprocess import resample_label_onehot
+
+    noise = ndimage.gaussian_filter(np.random.default_rng(0).normal(size=(60, 50, 40)), 4)
+    label = (np.clip(np.round(noise * 40), -2, 3) + 2).astype(np.uint8)  # 6 classes, smooth blobs
+    src = torch.from_numpy(label)
+    masks = torch.stack([(src == k).float() for k in range(6)])[None]  # (1, K, X, Y, Z)
+    dense = F.interpolate(masks, size=shape, mode="trilinear", align_corners=False)[0].argmax(0).numpy()
+    np.testing.assert_array_equal(resample_label_onehot(label, shape), dense)

@@ -193,9 +193,14 @@ def build_cache(
             ctx = multiprocessing.get_context()
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
                 futures = [pool.submit(_build_one, c, plan_dict, str(cdir)) for c in todo]
-                for f in as_completed(futures):
-                    f.result()
-                    bar.update()
+                try:
+                    for f in as_completed(futures):
+                        f.result()
+                        bar.update()
+                except BaseException:
+                    for f in futures:  # stop at the first failure; finished cases stay valid
+                        f.cancel()
+                    raise
     finally:
         bar.close()
     return ids

@@ -342,7 +342,7 @@ def check_dataset(path: PathLike, workers: int = 2) -> List[str]:
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = list(pool.map(lambda c: _check_case(c, nch, ds.num_classes), cases))
     counts = set()
-    for case, (probs, channels) in zip(cases, results):
+    for probs, channels in results:
         problems.extend(probs)
         if channels is not None:
             counts.add(channels)

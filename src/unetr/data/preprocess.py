@@ -122,31 +122,53 @@ def resample_image(array: np.ndarray, shape: Sequence[int], order: int = 1) -> n
     return resample_spline(array, shape, order)
 
 
+def _linear_taps(n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower/upper input index and upper weight of linear interpolation (torch's ``align_corners=False``)."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
 def resample_label_onehot(label: np.ndarray, shape: Sequence[int], num_classes: Optional[int] = None) -> np.ndarray:
-    """Resample a label map ``(X, Y, Z)`` through its one-hot masks: each class mask is resampled linearly
-    and every voxel takes the class with the largest value (smoother than nearest neighbour).
+    """Resample a label map ``(X, Y, Z)`` through its one-hot masks: the result is the class whose mask,
+    resampled linearly, is largest (smoother than nearest neighbour; ties go to the lower class).
 
-    Memory stays at a few volumes of the output size, whatever the number of classes.
+    Computed exactly but only where it matters: an output voxel whose 8 input neighbours share one class
+    takes that class; the weighted vote runs only on the voxels whose neighbourhood is mixed (the class
+    boundaries), so the cost does not grow with the number of classes.
+
+    Args:
+        num_classes: unused, kept for callers that pass it (every class present is considered).
     """
-    import torch
-    import torch.nn.functional as F
-
     if tuple(label.shape) == tuple(shape):
         return np.ascontiguousarray(label)
-    src = torch.from_numpy(np.ascontiguousarray(label))
-    classes = torch.unique(src).tolist() if num_classes is None else range(num_classes)
-    size = tuple(int(s) for s in shape)
-    best = torch.full(size, -1.0)
-    out = torch.zeros(size, dtype=src.dtype)
-    for k in classes:
-        mask = src == k
-        if not bool(mask.any()):
-            continue
-        value = F.interpolate(mask[None, None].float(), size=size, mode="trilinear", align_corners=False)[0, 0]
-        better = value > best
-        out[better] = k
-        best = torch.maximum(best, value)
-    return out.numpy()
+    lab = np.ascontiguousarray(label)
+    (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = (_linear_taps(a, b) for a, b in zip(lab.shape, shape))
+    # cells (i..i+1, j..j+1, k..k+1) of the input grid whose corners disagree; the last plane pairs with itself
+    X, Y, Z = lab.shape
+    padded = np.pad(lab, ((0, 1), (0, 1), (0, 1)), mode="edge")
+    mixed = np.zeros(lab.shape, dtype=bool)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                if dx or dy or dz:
+                    mixed |= padded[dx:dx + X, dy:dy + Y, dz:dz + Z] != lab
+    grid = (x0[:, None, None], y0[None, :, None], z0[None, None, :])
+    out = lab[grid]  # (X', Y', Z'): the class of uniform neighbourhoods
+    ox, oy, oz = np.nonzero(mixed[grid])
+    if ox.size:
+        corners = []
+        for ax, wa in ((x0[ox], 1 - wx[ox]), (x1[ox], wx[ox])):
+            for ay, wb in ((y0[oy], 1 - wy[oy]), (y1[oy], wy[oy])):
+                for az, wc in ((z0[oz], 1 - wz[oz]), (z1[oz], wz[oz])):
+                    corners.append((lab[ax, ay, az], wa * wb * wc))
+        classes = np.unique(np.concatenate([c for c, _ in corners]))
+        score = np.zeros((classes.size, ox.size), dtype=np.float32)
+        for values, weight in corners:
+            score[np.searchsorted(classes, values), np.arange(ox.size)] += weight
+        out[ox, oy, oz] = classes[score.argmax(axis=0)]
+    return out
 
 
 def resample_label(label: np.ndarray, shape: Sequence[int], mode: str = "onehot") -> np.ndarray:

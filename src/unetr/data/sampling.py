@@ -75,9 +75,9 @@ def sample_centres(
     if np.any(shape < roi_a):
         raise ValueError(f"label {tuple(shape)} is smaller than the ROI {tuple(roi)}; pad it first")
     flat = np.asarray(label).reshape(-1)
-    body = None
+    image_flat = None
     if image is not None and image_threshold is not None:
-        body = (np.asarray(image) > image_threshold).any(axis=0).reshape(-1)
+        image_flat = image.reshape(image.shape[0], -1)  # a view (memory maps stay lazy)
     size = flat.size
 
     fg_cache: dict = {}
@@ -88,10 +88,12 @@ def sample_centres(
         return fg_cache[k]
 
     def bg_test(i: int) -> bool:
-        return flat[i] == 0 and (body is None or bool(body[i]))
+        return flat[i] == 0 and (image_flat is None or bool((image_flat[:, i] > image_threshold).any()))
 
     def bg_list() -> np.ndarray:
-        return np.flatnonzero((flat == 0) & (body if body is not None else True))
+        if image_flat is None:
+            return np.flatnonzero(flat == 0)
+        return np.flatnonzero((flat == 0) & (np.asarray(image_flat) > image_threshold).any(axis=0))
 
     classes = None
     if class_balanced:
@@ -170,7 +172,8 @@ def sample_crops(
 # ------------------------------------------------------------------------------------------ augmentation
 
 
-def _rotation_matrix(angles) -> "torch.Tensor":  # noqa: F821
+def _rotation_matrix(angles):
+    """(3, 3) float32 rotation about x, then y, then z (radians)."""
     import torch
 
     ax, ay, az = (float(a) for a in angles)
