@@ -53,6 +53,13 @@ def test_channel_files_are_stacked(tmp_path):
     np.testing.assert_array_equal(image[1] - image[0], 1)
 
 
+def test_4d_file_among_channel_files(tmp_path):
+    a = save_nifti(tmp_path / "c_0000.nii.gz", _ramp(), LPS)
+    b = save_nifti(tmp_path / "c_0001.nii.gz", np.stack([_ramp()] * 2, -1), LPS)
+    with pytest.raises(DataError, match="c_0001.nii.gz: expected a 3D volume.*one file per channel"):
+        read_image([a, b])
+
+
 def test_channel_files_on_different_grids(tmp_path):
     a = save_nifti(tmp_path / "c_0000.nii.gz", _ramp(), LPS)
     b = save_nifti(tmp_path / "c_0001.nii.gz", _ramp(), np.eye(4))

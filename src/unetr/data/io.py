@@ -292,7 +292,8 @@ def _squeeze_spatial(array: np.ndarray, path: PathLike, allow_channels: bool) ->
     if array.ndim < 3 or 1 in array.shape[:3]:
         raise DataError(f"{path}: a 2D image of shape {array.shape}; a 3D volume is needed")
     if array.ndim == 4 and not allow_channels:
-        raise DataError(f"{path}: a label map must be 3D, got shape {array.shape}")
+        raise DataError(f"{path}: expected a 3D volume here (a label map, or one file per channel), "
+                        f"got shape {array.shape}")
     if array.ndim > 4:
         raise DataError(f"{path}: {array.ndim}D data of shape {array.shape}; expected 3D or 4D (channels last)")
     return array

@@ -257,7 +257,8 @@ def augment(
             theta = torch.stack([thetas[n] for n in moved]).to(images.device)  # (M, 3, 4)
             # affine_grid works in (x=W, y=H, z=D) order: our (X, Y, Z) are (D, H, W)
             perm = torch.tensor([2, 1, 0])
-            theta = torch.cat([theta[:, perm][:, :, perm], theta[:, :, 3:]], dim=2)
+            rows = theta[:, perm]
+            theta = torch.cat([rows[:, :, perm], rows[:, :, 3:]], dim=2)
             grid = F.affine_grid(theta, [len(moved), 1, *images.shape[2:]], align_corners=False)
             idx = torch.tensor(moved, device=images.device)
             warped = F.grid_sample(out_i[idx].float(), grid, mode="bilinear", padding_mode="border",
