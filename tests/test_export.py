@@ -13,7 +13,7 @@ def run_dir(tmp_path_factory):
     from unetr.model import build_model, save_run
 
     torch.manual_seed(0)
-    cfg = preset("tiny", in_channels=1, out_channels=2, img_size=(32, 16, 16))
+    cfg = preset("tiny", in_channels=1, out_channels=2, img_size=(32, 16, 16), hidden_size=48, mlp_dim=96)
     d = tmp_path_factory.mktemp("run")
     save_run(d, build_model(cfg).eval(), cfg)
     return d

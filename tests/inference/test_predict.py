@@ -130,11 +130,11 @@ def test_bare_checkpoint_needs_a_plan(run_dir, tmp_path, plan):
     shutil.copy(run_dir / "model.safetensors", bare)
     with pytest.raises(CheckpointError, match="plan"):
         P.load_predictor(bare, num_heads=4)
-    model, got = P.load_predictor(bare, plan=plan, num_heads=4, mlp_dim=384, skip_layers=(1, 2, 3), feature_size=8)
+    model, got = P.load_predictor(bare, plan=plan, num_heads=4)
     assert got == plan
     wrong = plan.replace(num_classes=2, class_names=("bg", "fg"))
     with pytest.raises(CheckpointError, match="outputs"):
-        P.load_predictor(bare, plan=wrong, num_heads=4, mlp_dim=384, skip_layers=(1, 2, 3), feature_size=8)
+        P.load_predictor(bare, plan=wrong, num_heads=4)
 
 
 def test_keep_largest_component():
