@@ -34,9 +34,9 @@ RUN_VERSION = 1
 PathLike = Union[str, Path]
 
 
-def build_model(config: ModelConfig) -> UNETR:
+def build_model(config: ModelConfig, *, channels_last: bool = True) -> UNETR:
     """The one bridge from a :class:`ModelConfig` to a :class:`UNETR` module."""
-    return UNETR(**config.to_dict())
+    return UNETR(**config.to_dict(), channels_last=channels_last)
 
 
 def save_safetensors(path: PathLike, model_or_state: Union[nn.Module, Dict[str, torch.Tensor]],
