@@ -246,3 +246,15 @@ def test_onehot_resampling_equals_dense_onehot_interpolation(shape):
     masks = torch.stack([(src == k).float() for k in range(6)])[None]  # (1, K, X, Y, Z)
     dense = F.interpolate(masks, size=shape, mode="trilinear", align_corners=False)[0].argmax(0).numpy()
     np.testing.assert_array_equal(resample_label_onehot(label, shape), dense)
+
+
+def test_preprocess_image_file_for_inference(tmp_path):
+    from unetr.data.io import write_image
+    from unetr.data.preprocess import preprocess_image_file, record_geometry
+
+    image, label, geom = _phantom()
+    write_image(tmp_path / "i.nii.gz", image[0], geom, dtype="int16")
+    out, rec = preprocess_image_file(tmp_path / "i.nii.gz", _plan())
+    ref, _, ref_rec = preprocess_case(image, geom, _plan())
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    assert rec["shape"] == ref_rec["shape"] and record_geometry(rec).same_grid(geom)
