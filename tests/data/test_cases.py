@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import save_nifti
+from data_helpers import save_nifti
 
 from unetr.data.cases import Case, check_dataset, dataset_split, load_dataset, split_cases
 from unetr.errors import DataError

@@ -6,7 +6,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import save_nifti
+from data_helpers import save_nifti
 
 from unetr.data.io import Geometry, read_geometry, read_image, read_label, write_image, write_label
 from unetr.errors import DataError

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import save_nifti
+from data_helpers import save_nifti
 
 from unetr.config import Plan
 from unetr.data.cases import load_dataset
