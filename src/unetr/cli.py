@@ -376,9 +376,52 @@ def _run_export(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ examples
+def _add_mni(sub) -> None:
+    p = sub.add_parser("mni", help="write the real brain-MRI example dataset (MNI152 template shipped by nilearn)")
+    p.add_argument("out", help="dataset folder to create")
+    p.add_argument("--cases", type=int, default=8, help="training cases (the template under random transforms)")
+    p.add_argument("--test-cases", type=int, default=2, help="held-out cases (imagesTs, labelsTs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spacing", type=float, default=3.0, help="isotropic voxel size in mm")
+    p.set_defaults(func=_run_mni)
+
+
+def _run_mni(args) -> int:
+    from unetr.data.brain import make_brain_dataset
+
+    out = make_brain_dataset(args.out, cases=args.cases, test_cases=args.test_cases, seed=args.seed,
+                             spacing=args.spacing)
+    print(f"wrote {args.cases} training and {args.test_cases} test brain cases to {out}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the whole job on generated data: synth, train, predict, evaluate, report")
+    p.add_argument("--out", default="demo", help="demo folder (reused by a rerun)")
+    p.add_argument("--data", choices=["phantom", "brain"], default="phantom",
+                   help="phantom CT-like volumes, or the real MNI152 brain MRI (needs nilearn)")
+    p.add_argument("--cases", type=int, default=None, help="training cases (default: 20 phantoms, 8 brains)")
+    p.add_argument("--test-cases", type=int, default=None, help="held-out cases (default: 4 phantoms, 2 brains)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true", help="start again instead of reusing finished steps")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from unetr.demo import run_demo
+
+    cases = args.cases if args.cases is not None else (20 if args.data == "phantom" else 8)
+    test_cases = args.test_cases if args.test_cases is not None else (4 if args.data == "phantom" else 2)
+    result = run_demo(args.out, data=args.data, cases=cases, test_cases=test_cases, seed=args.seed,
+                      fresh=args.fresh)
+    print(f"\ndemo finished in {result['seconds'] / 60:.1f} min; report: {result['report']}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
 _ADDERS: list = [_add_summary, _add_synth, _add_check, _add_plan, _add_preprocess,
-                 _add_predict, _add_evaluate, _add_report, _add_export, _add_train]
+                 _add_predict, _add_evaluate, _add_report, _add_export, _add_train, _add_mni, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
