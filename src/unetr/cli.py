@@ -160,6 +160,7 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--fold", type=int, help="cross-validation fold used for validation")
     p.add_argument("--num-workers", type=int, help="data-loader worker processes")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a CPU shared with other jobs)")
     p.add_argument("--plan", help="use this plan.json (from `unetr plan`) instead of making one")
     p.add_argument("--cache", help="preprocessed cache folder (default: OUT/cache)")
     p.add_argument("--workers", type=int, default=2, help="processes for planning and preprocessing")
@@ -187,6 +188,10 @@ def _run_train(args) -> int:
     if args.roi:
         plan_over["roi"] = tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
     cfg = TrainConfig.from_dict(settings)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     env = distributed.setup(cfg.device)
     try:
         result = train_dataset(args.dataset, args.out, cfg, preset_name=args.preset, plan_path=args.plan,
