@@ -3,6 +3,18 @@
 ``torchrun`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; this module is the only place in the
 package that reads them. With one process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) nothing is
 initialised and every helper is a no-op, so the same training code runs both ways.
+
+Commands::
+
+    unetr train DATASET --out runs/NAME                                   # one process: CPU or one GPU
+    torchrun --standalone --nproc_per_node=4 -m unetr train DATASET --out runs/NAME   # 4 GPUs, one node
+    # two nodes of 8 GPUs; run on each node with its --node_rank (0 and 1):
+    torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --rdzv_backend=c10d \
+        --rdzv_endpoint=HOST0:29500 -m unetr train DATASET --out runs/NAME
+
+Each process trains on its own crops (``batch_size`` volumes per process and step), gradients are
+averaged, validation cases are split over the processes and their counts summed, and only rank 0 writes.
+The run directory must be on a file system every node sees (for resume).
 """
 
 from __future__ import annotations
