@@ -121,7 +121,7 @@ def bench(preset_name: str, device: torch.device, precision: str, repeats: int) 
     x = torch.rand(BATCH, IN_CH, *ROI, generator=g).to(device)
     y = torch.randint(0, K, (BATCH, 1, *ROI), generator=g).to(device)
     sides = {"unetr": ours(preset_name, device, precision), "MONAI": monai(preset_name, device, precision)}
-    for name, step in sides.items():  # warm-up (allocator, oneDNN primitives, fused kernels)
+    for step in sides.values():  # warm-up (allocator, oneDNN primitives, fused kernels)
         step(x, y)
     times: Dict[str, List[float]] = {n: [] for n in sides}
     for r in range(repeats):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unetr.config import ModelConfig, Plan, TrainConfig, save_json
+from unetr.config import ModelConfig, Plan, TrainConfig
 from unetr.errors import UnetrError
 from unetr.training import distributed as D
 from unetr.training.loss import DiceCELoss
