@@ -409,6 +409,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--cases", type=int, default=None, help="training cases (default: 20 phantoms, 8 brains)")
     p.add_argument("--test-cases", type=int, default=None, help="held-out cases (default: 4 phantoms, 2 brains)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=int, default=None, help="training iterations (default: the demo's 600)")
     p.add_argument("--fresh", action="store_true", help="start again instead of reusing finished steps")
     p.set_defaults(func=_run_demo)
 
@@ -419,7 +420,14 @@ def _run_demo(args) -> int:
     cases = args.cases if args.cases is not None else (20 if args.data == "phantom" else 8)
     test_cases = args.test_cases if args.test_cases is not None else (4 if args.data == "phantom" else 2)
     result = run_demo(args.out, data=args.data, cases=cases, test_cases=test_cases, seed=args.seed,
-                      fresh=args.fresh)
+                      fresh=args.fresh, iterations=args.iterations)
+    classes = result["summary"].get("classes", {})
+    print(f"\n{'class':<16}{'Dice':>10}{'HD95 (mm)':>12}{'surface Dice':>15}")
+    for name, m in classes.items():
+        print(f"{name:<16}{m['dice']['mean']:>10.3f}{m['hd95']['mean']:>12.2f}{m['surface_dice']['mean']:>15.3f}")
+    if classes:
+        print(f"{'mean':<16}{result['summary']['mean_dice']:>10.3f}{result['summary']['mean_hd95']:>12.2f}"
+              f"{result['summary']['mean_surface_dice']:>15.3f}")
     print(f"\ndemo finished in {result['seconds'] / 60:.1f} min; report: {result['report']}")
     return 0
 

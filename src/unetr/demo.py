@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
+from unetr.errors import UnetrError
+
 log = logging.getLogger(__name__)
 
 # Training settings of the demo: the `tiny` preset on 64x64x48 crops; reaches mean foreground Dice >= 0.85 on
@@ -43,7 +45,9 @@ def demo_commands(out: Union[str, Path], *, data: str = "phantom", cases: int = 
         default_train = BRAIN_TRAIN
     else:
         raise ValueError(f"data must be 'phantom' or 'brain', got {data!r}")
-    train = ["train", ds, "--out", run, "--seed", str(seed), *(default_train if train_args is None else train_args)]
+    folds = max(2, min(5, cases // 2))  # validation on a fifth of the cases, or half of very few
+    train = ["train", ds, "--out", run, "--seed", str(seed), "--set", f"num_folds={folds}",
+             *(default_train if train_args is None else train_args)]
     return [
         make,
         train,
@@ -55,13 +59,14 @@ def demo_commands(out: Union[str, Path], *, data: str = "phantom", cases: int = 
 
 
 def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, test_cases: int = 4, seed: int = 0,
-             train_args: Optional[Sequence[str]] = None, fresh: bool = False,
+             train_args: Optional[Sequence[str]] = None, fresh: bool = False, iterations: Optional[int] = None,
              runner: Optional[Callable[[List[str]], int]] = None) -> dict:
     """Run the demo's commands; returns ``{"seconds", "summary", "report"}``.
 
     Args:
         out: the demo folder (``data/``, ``run/``, ``predictions/``, ``evaluation/``, ``report/``).
         fresh: start again (remove ``out`` first) instead of reusing finished steps.
+        iterations: training iterations instead of the demo's (validation every sixth of them).
         runner: how a command runs (default: ``unetr.cli.main`` in this process).
     """
     import shutil
@@ -73,6 +78,11 @@ def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, t
         shutil.rmtree(out)
     runner = runner or cli_main
     t0 = time.perf_counter()
+    if iterations is not None:
+        train_args = list(train_args if train_args is not None else (PHANTOM_TRAIN if data == "phantom" else BRAIN_TRAIN))
+        every = str(max(1, iterations // 6))
+        for flag, value in (("--iterations", str(iterations)), ("--val-every", every), ("--checkpoint-every", every)):
+            train_args[train_args.index(flag) + 1] = value
     cmds = demo_commands(out, data=data, cases=cases, test_cases=test_cases, seed=seed, train_args=train_args)
     for i, cmd in enumerate(cmds):
         if i == 0 and (out / "data" / "dataset.json").is_file():
@@ -81,7 +91,7 @@ def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, t
         log.info("[demo] step %d/%d: unetr %s", i + 1, len(cmds), " ".join(cmd))
         rc = runner(cmd)
         if rc != 0:
-            raise RuntimeError(f"demo step `unetr {' '.join(cmd)}` failed with exit code {rc}")
+            raise UnetrError(f"demo step `unetr {' '.join(cmd)}` failed with exit code {rc}")
     summary_path = out / "evaluation" / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     seconds = time.perf_counter() - t0
