@@ -283,6 +283,7 @@ class TrainConfig(_DictMixin):
     log_every: int = 50  # a metrics.csv row (train loss, lr) every N iterations, besides validations
     tensorboard: bool = True  # also log to run_dir/tensorboard when tensorboard is installed
     pad_to_roi: bool = True  # pad images smaller than the ROI; when False such images are an error
+    class_balanced: bool = False  # foreground crops centred on a class drawn uniformly (rare classes get crops)
 
     def __post_init__(self) -> None:
         if self.iterations < 1:

@@ -97,6 +97,7 @@ class PatchSource(torch.utils.data.Dataset):
         seed: run seed.
         rank / world_size: this process and the number of processes.
         sampler: the crop sampler (default :func:`unetr.data.sampling.sample_crops`).
+        sampler_kwargs: extra keyword arguments of the sampler (``class_balanced=True``).
 
     Returns (per item):
         ``images (volumes * samples_per_volume, C, *roi)`` float32 and labels ``(N, 1, *roi)`` uint8.
@@ -104,7 +105,8 @@ class PatchSource(torch.utils.data.Dataset):
 
     def __init__(self, load: CaseLoader, case_ids: Sequence[str], roi: Sequence[int], *, volumes: int,
                  samples_per_volume: int, pos_fraction: float, seed: int, rank: int = 0, world_size: int = 1,
-                 sampler: Optional[CropSampler] = None, length: int = 1 << 62) -> None:
+                 sampler: Optional[CropSampler] = None, sampler_kwargs: Optional[dict] = None,
+                 length: int = 1 << 62) -> None:
         if not case_ids:
             raise ValueError("PatchSource needs at least one case")
         self.load = load
@@ -115,6 +117,7 @@ class PatchSource(torch.utils.data.Dataset):
         self.pos_fraction = float(pos_fraction)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.sampler = sampler
+        self.sampler_kwargs = dict(sampler_kwargs or {})
         self.length = int(length)
 
     def __len__(self) -> int:
@@ -136,7 +139,8 @@ class PatchSource(torch.utils.data.Dataset):
             draw = (micro_step * self.world_size + self.rank) * self.volumes + j
             image, label = self.load(self.case_of_draw(draw))
             rng = np.random.default_rng([self.seed, self.rank, micro_step, j])
-            im, lb = sampler(image, label, self.roi, self.samples_per_volume, self.pos_fraction, rng)
+            im, lb = sampler(image, label, self.roi, self.samples_per_volume, self.pos_fraction, rng,
+                             **self.sampler_kwargs)
             images.append(np.asarray(im, dtype=np.float32))
             labels.append(np.asarray(lb, dtype=np.uint8))
         return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
@@ -483,7 +487,7 @@ def fit(
 
     source = PatchSource(load, train_ids, roi, volumes=cfg.batch_size, samples_per_volume=cfg.samples_per_volume,
                          pos_fraction=cfg.pos_fraction, seed=cfg.seed, rank=env.rank, world_size=env.world_size,
-                         sampler=sampler)
+                         sampler=sampler, sampler_kwargs={"class_balanced": True} if cfg.class_balanced else None)
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, env.rank, 1))
     loader = torch.utils.data.DataLoader(
         source, batch_size=None, sampler=range(start * cfg.accumulate, cfg.iterations * cfg.accumulate),
