@@ -79,7 +79,13 @@ class PatchEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = tuple(s // self.patch_size for s in x.shape[2:])
         if self.proj_type == "conv":
-            x = self.patch_embeddings(x).flatten(2).transpose(1, 2)  # (B, C, X, Y, Z) -> (B, N, E)
+            # A stride-P, kernel-P convolution is one GEMM over the flattened cubes: (B, N, C·P³) @ (C·P³, E).
+            conv = self.patch_embeddings
+            b, c, X, Y, Z = x.shape
+            p = self.patch_size
+            cubes = x.reshape(b, c, X // p, p, Y // p, p, Z // p, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+            cubes = cubes.reshape(b, -1, c * p**3)  # (B, N, C p1 p2 p3), the weight's order
+            x = F.linear(cubes, conv.weight.reshape(conv.out_channels, -1), conv.bias)  # (B, N, E)
         else:
             x = self.patch_embeddings(x)  # (B, C, X, Y, Z) -> (B, N, E)
         return self.dropout(x + self.position_embedding_for(grid))
