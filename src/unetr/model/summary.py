@@ -86,7 +86,7 @@ def summarize(config: ModelConfig, depth: int = 3, flops: bool = True, batch: in
     out.append(f"Trainable params: {sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
     out.append(f"Input: {list(x.shape)}   preset variant: {config.variant}")
     if total_flops is not None:
-        out.append(f"Forward FLOPs: {total_flops / 1e9:,.1f} GFLOP (torch.utils.flop_counter; multiply-add = 2)")
+        out.append(f"Forward FLOPs: {total_flops / 1e9:,.3f} GFLOP (torch.utils.flop_counter; multiply-add = 2)")
     out.append(f"Params size (MB): {total * 4 / 1e6:,.2f}")
     out.append(line)
     return "\n".join(out)
