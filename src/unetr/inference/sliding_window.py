@@ -185,6 +185,7 @@ def sliding_window(
     shape = tuple(image.shape[1:])  # (X, Y, Z) padded
     weights = importance_map(roi, mode, sigma_scale)
     w_run = weights.to(device)[None, None]  # (1, 1, *roi)
+    w_acc = weights.to(device=accum_device, dtype=accum_dtype)  # (*roi)
     corners = window_grid(shape, roi, overlap)
     x_starts = sorted({c[0] for c in corners})
 
@@ -203,19 +204,19 @@ def sliding_window(
             return
         a, b = o_lo - base, o_hi - base
         yz = (crop[1], crop[2])
-        blended = acc[(slice(None), slice(a, b)) + yz].float() / cnt[(slice(None), slice(a, b)) + yz].float()
+        sums = acc[(slice(None), slice(a, b)) + yz]  # (K, b - a, Y, Z)
         dst = slice(o_lo - crop[0].start, o_hi - crop[0].start)
         if result is None:
-            k = blended.shape[0]
+            k = sums.shape[0]
             if output == "argmax":
                 ldtype = torch.uint8 if k <= 256 else torch.int64
                 result = torch.empty(orig_shape, dtype=ldtype, device=accum_device)
             else:
                 result = torch.empty((k,) + orig_shape, dtype=out_dtype, device=accum_device)
-        if output == "argmax":
-            result[dst] = blended.argmax(0).to(result.dtype)
+        if output == "argmax":  # the weight sum is one positive number per voxel: it cannot change the argmax
+            result[dst] = sums.argmax(0).to(result.dtype)
         else:
-            result[:, dst] = blended.to(result.dtype)
+            result[:, dst] = (sums.float() / cnt[(slice(None), slice(a, b)) + yz].float()).to(result.dtype)
 
     base = x_starts[0]
     done = 0
@@ -243,7 +244,6 @@ def sliding_window(
             out = (out.float() * w_run).to(device=accum_device, dtype=accum_dtype)  # (B, K, *roi)
             if acc is None:
                 acc = torch.zeros((out.shape[1], rx) + shape[1:], dtype=accum_dtype, device=accum_device)
-            w_acc = weights.to(device=accum_device, dtype=accum_dtype)
             for b, (_, y, z) in enumerate(chunk):
                 acc[:, :, y : y + roi[1], z : z + roi[2]] += out[b]
                 cnt[0, :, y : y + roi[1], z : z + roi[2]] += w_acc
