@@ -101,9 +101,8 @@ def export_model(
     model_path = Path(model_path)
     model, info = load_model(model_path, map_location="cpu")
     model.eval()
-    if getattr(model, "channels_last", False):  # layout switches do not trace to ONNX; the maths is the same
+    if hasattr(model, "channels_last"):  # layout switches do not trace to ONNX; the maths is the same
         model.channels_last = False
-        model.to(memory_format=torch.contiguous_format)
     cfg = info["model"]
     roi = tuple(int(s) for s in cfg["img_size"])
     base = model_path if model_path.is_dir() else model_path.parent

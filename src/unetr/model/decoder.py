@@ -30,15 +30,29 @@ class ConvUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
-        if c.kernel_size == (1, 1, 1) and isinstance(c, nn.Conv3d) and x.is_contiguous(memory_format=torch.channels_last_3d):
-            # A 1×1×1 convolution is a matrix product over channels; on the channels-last view it is one GEMM.
-            y = F.linear(x.permute(0, 2, 3, 4, 1), c.weight.flatten(1), c.bias)  # (B, X, Y, Z, Cout)
-            return y.permute(0, 4, 1, 2, 3)  # channels-last (B, Cout, X, Y, Z)
+        if c.kernel_size == (1, 1, 1) and isinstance(c, nn.Conv3d):
+            # A 1×1×1 convolution is a matrix product over channels (PyTorch's CPU kernel for it is slow).
+            w = c.weight.flatten(1)  # (Cout, Cin)
+            if _is_channels_last(x):
+                y = F.linear(x.permute(0, 2, 3, 4, 1), w, c.bias)  # (B, X, Y, Z, Cout)
+                return y.permute(0, 4, 1, 2, 3)  # channels-last (B, Cout, X, Y, Z)
+            if x.is_contiguous():
+                b, _, *spatial = x.shape
+                y = torch.matmul(w, x.view(b, x.shape[1], -1))  # (B, Cout, N)
+                if c.bias is not None:
+                    y = y + c.bias[:, None]
+                return y.view(b, -1, *spatial)
         return c(x)
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
-    return x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    """Channels-last strides (for one channel too, where both layouts are 'contiguous')."""
+    return x.is_contiguous(memory_format=torch.channels_last_3d) and (x.stride(1) == 1 or x.numel() <= 1)
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, X, Y, Z)`` with channels-last strides, also for ``C == 1`` (where ``.contiguous(format)`` is a no-op)."""
+    return x.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3)
 
 
 def instance_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

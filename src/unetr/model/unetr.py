@@ -14,7 +14,7 @@ Two decoders, one encoder:
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -38,8 +38,10 @@ class UNETR(nn.Module):
             block), 4 for ``tutorial`` (the last one is normed).
         feature_size, norm, res_block, conv_block: the ``paper`` decoder.
         checkpointing: recompute transformer blocks in the backward pass (less memory, ~30 % more time).
-        channels_last: run the decoder in ``torch.channels_last_3d`` layout (oneDNN and cuDNN convolutions are
-            faster there); outputs are the same up to float rounding, and parameters keep their values and names.
+        channels_last: run the decoder in ``torch.channels_last_3d`` layout, where oneDNN and cuDNN convolutions
+            are faster. ``None`` (default) chooses per call: channels-last for inference, and for training on
+            GPUs; channels-first for training on CPUs, where PyTorch's channels-last backward kernels of the
+            element-wise ops are slow. Outputs agree up to float rounding; parameters are unchanged.
 
     Example:
         >>> m = UNETR(in_channels=1, out_channels=3, img_size=(32, 32, 48), hidden_size=48, mlp_dim=96,
@@ -53,7 +55,7 @@ class UNETR(nn.Module):
                  num_layers: int = 12, num_heads: int = 12, skip_layers: Sequence[int] = (4, 7, 10),
                  feature_size: int = 16, norm: str = "instance", res_block: bool = True, conv_block: bool = True,
                  proj_type: str = "conv", qkv_bias: bool = False, dropout: float = 0.0, mlp_act: str = "gelu",
-                 norm_eps: float = 1e-5, checkpointing: bool = False, channels_last: bool = True) -> None:
+                 norm_eps: float = 1e-5, checkpointing: bool = False, channels_last: Optional[bool] = None) -> None:
         super().__init__()
         img_size = tuple(int(s) for s in img_size)
         if len(img_size) != 3:
@@ -104,8 +106,6 @@ class UNETR(nn.Module):
                                                     D.SingleDeconv3DBlock(128, 64))
             self.decoder0_header = nn.Sequential(D.Conv3DBlock(128, 64), D.Conv3DBlock(64, 64),
                                                  D.SingleConv3DBlock(64, out_channels, 1))
-        if channels_last:
-            self.to(memory_format=torch.channels_last_3d)
 
     # ------------------------------------------------------------------------------------------ helpers
     @property
@@ -128,9 +128,14 @@ class UNETR(nn.Module):
             raise ValueError(f"spatial size {tuple(x.shape[2:])} is not a multiple of the patch size {self.patch_size}; "
                              "pad the input or use sliding-window inference")
 
-    def _grid(self, tokens: torch.Tensor, grid: Tuple[int, int, int]) -> torch.Tensor:
+    def _use_channels_last(self, x: torch.Tensor) -> bool:
+        if self.channels_last is not None:
+            return self.channels_last
+        return not (self.training and torch.is_grad_enabled()) or x.device.type == "cuda"
+
+    def _grid(self, tokens: torch.Tensor, grid: Tuple[int, int, int], channels_last: bool) -> torch.Tensor:
         b, n, e = tokens.shape
-        if self.channels_last:  # a view: (B, gx, gy, gz, E) is the channels-last layout of (B, E, gx, gy, gz)
+        if channels_last:  # a view: (B, gx, gy, gz, E) is the channels-last layout of (B, E, gx, gy, gz)
             return tokens.reshape(b, *grid, e).permute(0, 4, 1, 2, 3)
         return tokens.transpose(1, 2).reshape(b, e, *grid)  # (B, N, E) -> (B, E, gx, gy, gz)
 
@@ -138,28 +143,30 @@ class UNETR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         grid = tuple(s // self.patch_size for s in x.shape[2:])
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        cl = self._use_channels_last(x)
+        x = D.to_channels_last(x) if cl else x.contiguous()
         last, hidden = self.vit(x)  # (B, N, E), [(B, N, E)] * num_layers
         if self.variant == "paper":
-            return self._decode_paper(x, last, hidden, grid)
-        return self._decode_tutorial(x, last, hidden, grid)
+            return self._decode_paper(x, last, hidden, grid, cl)
+        return self._decode_tutorial(x, last, hidden, grid, cl)
 
-    def _decode_paper(self, x: torch.Tensor, last: torch.Tensor, hidden: List[torch.Tensor], grid) -> torch.Tensor:
+    def _decode_paper(self, x: torch.Tensor, last: torch.Tensor, hidden: List[torch.Tensor], grid, cl: bool
+                      ) -> torch.Tensor:
         s1, s2, s3 = (hidden[i - 1] for i in self.skip_layers)
         enc1 = self.encoder1(x)  # (B, f, X, Y, Z)
-        enc2 = self.encoder2(self._grid(s1, grid))  # (B, 2f, X/2, Y/2, Z/2)
-        enc3 = self.encoder3(self._grid(s2, grid))  # (B, 4f, X/4, ...)
-        enc4 = self.encoder4(self._grid(s3, grid))  # (B, 8f, X/8, ...)
-        d = self.decoder5(self._grid(last, grid), enc4)  # (B, 8f, X/8, ...)
+        enc2 = self.encoder2(self._grid(s1, grid, cl))  # (B, 2f, X/2, Y/2, Z/2)
+        enc3 = self.encoder3(self._grid(s2, grid, cl))  # (B, 4f, X/4, ...)
+        enc4 = self.encoder4(self._grid(s3, grid, cl))  # (B, 8f, X/8, ...)
+        d = self.decoder5(self._grid(last, grid, cl), enc4)  # (B, 8f, X/8, ...)
         d = self.decoder4(d, enc3)  # (B, 4f, X/4, ...)
         d = self.decoder3(d, enc2)  # (B, 2f, X/2, ...)
         d = self.decoder2(d, enc1)  # (B, f, X, Y, Z)
         return self.out(d)  # (B, K, X, Y, Z)
 
-    def _decode_tutorial(self, x: torch.Tensor, last: torch.Tensor, hidden: List[torch.Tensor], grid) -> torch.Tensor:
-        z3, z6, z9 = (self._grid(hidden[i - 1], grid) for i in self.skip_layers[:3])
-        z12 = self._grid(last, grid)  # the deepest skip, through the encoder's final LayerNorm
+    def _decode_tutorial(self, x: torch.Tensor, last: torch.Tensor, hidden: List[torch.Tensor], grid, cl: bool
+                         ) -> torch.Tensor:
+        z3, z6, z9 = (self._grid(hidden[i - 1], grid, cl) for i in self.skip_layers[:3])
+        z12 = self._grid(last, grid, cl)  # the deepest skip, through the encoder's final LayerNorm
         z12 = self.decoder12_upsampler(z12)  # (B, 512, 2g)
         z9 = self.decoder9_upsampler(torch.cat([self.decoder9(z9), z12], dim=1))  # (B, 256, 4g)
         z6 = self.decoder6_upsampler(torch.cat([self.decoder6(z6), z9], dim=1))  # (B, 128, 8g)
