@@ -46,13 +46,30 @@ def _tmp_next_to(path: Path) -> Path:
     return Path(tmp)
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
-    kwargs = dict(input_names=["image"], output_names=["logits"], opset_version=opset,
-                  dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> bool:
+    """Export with a dynamic batch axis when the graph allows it, else with the example's fixed batch.
+
+    Returns:
+        True when the batch axis is dynamic.
+    """
+
+    def export(dynamic: bool) -> None:
+        kwargs = dict(input_names=["image"], output_names=["logits"], opset_version=opset)
+        if dynamic:
+            kwargs["dynamic_axes"] = {"image": {0: "batch"}, "logits": {0: "batch"}}
+        try:
+            torch.onnx.export(model, (example,), str(path), dynamo=False, **kwargs)
+        except TypeError:  # torch versions without the `dynamo` switch
+            torch.onnx.export(model, (example,), str(path), **kwargs)
+
     try:
-        torch.onnx.export(model, (example,), str(path), dynamo=False, **kwargs)
-    except TypeError:  # torch versions without the `dynamo` switch
-        torch.onnx.export(model, (example,), str(path), **kwargs)
+        export(dynamic=True)
+        return True
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types; a static graph often still works
+        log.warning("ONNX export with a dynamic batch failed (%s); exporting with batch %d", str(e).splitlines()[0][:120],
+                    example.shape[0])
+        export(dynamic=False)
+        return False
 
 
 def _run_onnx(path: Path, example: torch.Tensor) -> torch.Tensor:
@@ -86,7 +103,8 @@ def export_model(
             compare with the PyTorch model; a difference above ``atol`` raises and leaves no file.
         atol: the largest absolute difference of the logits accepted.
         opset: the ONNX opset.
-        batch: windows in the check (a batch of 2 also checks the dynamic batch axis of ONNX).
+        batch: windows in the check (a batch of 2 also checks the dynamic batch axis of ONNX; when the model's
+            graph cannot have a dynamic batch, the ONNX file takes batch 1 and the check uses 1).
 
     Returns:
         An :class:`ExportResult`.
@@ -114,7 +132,8 @@ def export_model(
     try:
         with torch.no_grad():
             if format == "onnx":
-                _export_onnx(model, trace_input, tmp, opset)
+                if not _export_onnx(model, trace_input, tmp, opset):
+                    check_input = check_input[:1]  # the graph's batch is fixed at 1
             else:
                 traced = torch.jit.trace(model, trace_input, check_trace=False)
                 torch.jit.save(traced, str(tmp))
