@@ -329,7 +329,7 @@ def format_table(summary: Mapping[int, Mapping[str, Mapping[str, float]]],
         cells = []
         for m in metrics:
             mean, std = s[m]["mean"], s[m]["std"]
-            cells.append(f"{'nan':>15}" if math.isnan(mean) else f"{mean:>8.3f} ± {std:<5.3f}"[:15].rjust(15))
+            cells.append(f"{'nan':>15}" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}".rjust(15))
         lines.append(f"{name:<{width}}  " + "  ".join(cells) + f"  {s[metrics[0]]['n']:>4}")
     lines.append("-" * len(head))
     lines.append(f"{'mean':<{width}}  " + "  ".join(f"{mean_over_classes(summary, m):>15.3f}" for m in metrics))
