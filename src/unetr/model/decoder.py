@@ -37,11 +37,10 @@ class ConvUnit(nn.Module):
                 y = F.linear(x.permute(0, 2, 3, 4, 1), w, c.bias)  # (B, X, Y, Z, Cout)
                 return y.permute(0, 4, 1, 2, 3)  # channels-last (B, Cout, X, Y, Z)
             if x.is_contiguous():
-                b, _, *spatial = x.shape
-                y = torch.matmul(w, x.view(b, x.shape[1], -1))  # (B, Cout, N)
+                y = torch.matmul(w, x.flatten(2))  # (B, Cin, N) -> (B, Cout, N)
                 if c.bias is not None:
                     y = y + c.bias[:, None]
-                return y.view(b, -1, *spatial)
+                return y.unflatten(2, x.shape[2:])  # (B, Cout, X, Y, Z)
         return c(x)
 
 
