@@ -61,7 +61,7 @@ def ours(preset_name: str, device: torch.device, precision: str) -> Callable[[to
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -94,7 +94,7 @@ def monai(preset_name: str, device: torch.device, precision: str) -> Callable[[t
         loss.backward()
         opt.step()
         opt.zero_grad()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 

@@ -211,3 +211,16 @@ def test_kill_and_rerun(tmp_path):
     assert killed["weights"] == reference["weights"]
     assert _rows(run / "metrics.csv") == _rows(ref / "metrics.csv")
     assert not list(run.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_patch_source_passes_sampler_options():
+    seen = {}
+
+    def sampler(image, label, roi, n, pos_fraction, rng, **kwargs):
+        seen.update(kwargs)
+        return simple_sampler(image, label, roi, n, pos_fraction, rng)
+
+    src = PatchSource(DictLoader(CASES), IDS, ROI, volumes=1, samples_per_volume=1, pos_fraction=1.0, seed=0,
+                      sampler=sampler, sampler_kwargs={"class_balanced": True})
+    src[0]
+    assert seen == {"class_balanced": True}
