@@ -409,7 +409,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--cases", type=int, default=None, help="training cases (default: 20 phantoms, 8 brains)")
     p.add_argument("--test-cases", type=int, default=None, help="held-out cases (default: 4 phantoms, 2 brains)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--iterations", type=int, default=None, help="training iterations (default: the demo's 600)")
+    p.add_argument("--iterations", type=int, default=None, help="training iterations (default: the demo's 500)")
     p.add_argument("--fresh", action="store_true", help="start again instead of reusing finished steps")
     p.set_defaults(func=_run_demo)
 
