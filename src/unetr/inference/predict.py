@@ -27,6 +27,7 @@ import torch
 from unetr.config import InferConfig, Plan
 from unetr.errors import CheckpointError, UnetrError
 from unetr.inference.sliding_window import count_windows, sliding_window
+from unetr.precision import autocast as shared_autocast
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """An autocast context for ``precision`` (``auto``: bf16 on CUDA when supported, fp32 on CPU)."""
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return shared_autocast(device, precision)
 
 
 def load_predictor(

@@ -35,6 +35,7 @@ from torch import nn
 
 from unetr.config import ModelConfig, Plan, TrainConfig
 from unetr.errors import UnetrError
+from unetr.precision import autocast
 from unetr.training import distributed as D
 from unetr.training.loss import DiceCELoss
 from unetr.training.optim import build_optimizer, lr_at, set_lr
@@ -181,14 +182,6 @@ def resolve_precision(name: str, device: torch.device) -> str:
         except (AttributeError, RuntimeError):
             return "fp32"
     return "fp32"
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """An autocast context for ``bf16``/``fp16``, a no-op for ``fp32``."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------- validation
