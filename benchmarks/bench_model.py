@@ -76,8 +76,8 @@ def main() -> None:
     ap.add_argument("--train-repeats", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    from monai.networks.nets import UNETR as MonaiUNETR
     import monai
+    from monai.networks.nets import UNETR as MonaiUNETR
 
     torch.manual_seed(0)
     s = args.size

@@ -1,0 +1,58 @@
+"""The decoder's CPU fast paths give what the plain PyTorch ops give."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unetr.model.decoder import ConvUnit, _is_channels_last, _sum_of_squares, instance_norm, to_channels_last
+
+
+def test_to_channels_last_sets_the_channel_stride_also_for_one_channel():
+    for c in (1, 3):
+        x = torch.randn(2, c, 4, 5, 6)
+        y = to_channels_last(x)
+        assert _is_channels_last(y) and torch.equal(y, x)
+    assert not _is_channels_last(torch.randn(1, 1, 4, 5, 6))  # a plain one-channel tensor is channels-first
+
+
+@pytest.mark.parametrize("in_ch,size", [(1, 24), (128, 12)])  # the two shapes PyTorch sends to its slow kernel
+def test_fp32_convolution_equals_conv3d_and_keeps_channels_last(in_ch, size):
+    unit = ConvUnit(in_ch, 8, 3)
+    x = to_channels_last(torch.randn(1, in_ch, size, size, size))
+    with torch.no_grad():
+        got = unit(x)
+        want = F.conv3d(x.contiguous(), unit.conv.weight, None, 1, 1)
+    assert _is_channels_last(got)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_fp32_convolution_has_gradients():
+    unit = ConvUnit(1, 4, 3)
+    x = torch.randn(1, 1, 8, 8, 8, requires_grad=True)
+    unit(x).square().sum().backward()
+    gx, gw = x.grad.clone(), unit.conv.weight.grad.clone()
+    x.grad, unit.conv.weight.grad = None, None
+    F.conv3d(x, unit.conv.weight, None, 1, 1).square().sum().backward()
+    torch.testing.assert_close(gx, x.grad)
+    torch.testing.assert_close(gw, unit.conv.weight.grad)
+
+
+def test_sum_of_squares_is_accurate_and_handles_a_tail():
+    v = torch.randn(2, 3 * 4096 + 17, 5) * 3 + 1
+    want = v.double().square().sum(1)
+    rel = ((_sum_of_squares(v).double() - want) / want).abs().max().item()
+    assert rel < 5e-6  # fp32 accumulation; a squared copy summed pairwise is no better than ~1e-7
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("offset", [0.0, 100.0])  # a large mean takes the two-pass variance
+def test_instance_norm_channels_last_in_and_out_of_place(dtype, tol, offset):
+    x = to_channels_last(torch.randn(2, 6, 10, 12, 14) * 3 + offset).to(dtype)
+    want = F.instance_norm(x.float().contiguous(), eps=1e-5)
+    got = instance_norm(x, 1e-5)
+    assert _is_channels_last(got) and got.dtype == dtype
+    torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+    y = x.clone()
+    out = instance_norm(y, 1e-5, inplace=True)
+    assert out.data_ptr() == y.data_ptr()
+    torch.testing.assert_close(out.float(), want, rtol=tol, atol=tol)
