@@ -56,3 +56,35 @@ def test_instance_norm_channels_last_in_and_out_of_place(dtype, tol, offset):
     out = instance_norm(y, 1e-5, inplace=True)
     assert out.data_ptr() == y.data_ptr()
     torch.testing.assert_close(out.float(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 6e-2)])
+@pytest.mark.parametrize("grad_layout", ["channels_last", "channels_first"])
+def test_instance_norm_channels_last_gradient_equals_pytorch(dtype, tol, grad_layout):
+    x0 = to_channels_last(torch.randn(2, 5, 8, 10, 12) * 2 + 0.5)
+    g = torch.randn(2, 5, 8, 10, 12)
+    g = to_channels_last(g) if grad_layout == "channels_last" else g.contiguous()
+    x = x0.to(dtype).requires_grad_()
+    y = instance_norm(x, 1e-5)
+    assert _is_channels_last(y)
+    y.backward(g.to(dtype))
+    ref = x0.detach().contiguous().requires_grad_()
+    F.instance_norm(ref, eps=1e-5).backward(g.contiguous())
+    assert _is_channels_last(x.grad)
+    torch.testing.assert_close(x.grad.float(), ref.grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_up_sampling_as_gemm_equals_conv_transpose(bias):
+    unit = ConvUnit(6, 4, 2, 2, transposed=True, bias=bias)
+    x0 = torch.randn(2, 6, 3, 4, 5)
+    x = to_channels_last(x0).requires_grad_()
+    y = unit(x)
+    assert _is_channels_last(y) and y.shape == (2, 4, 6, 8, 10)
+    ref_x = x0.clone().requires_grad_()
+    ref = unit.conv(ref_x)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    y.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-5, atol=1e-5)

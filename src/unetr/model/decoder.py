@@ -9,6 +9,8 @@ All volumes are ``(B, C, X, Y, Z)``.
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,6 +43,12 @@ class ConvUnit(nn.Module):
                 if c.bias is not None:
                     y = y + c.bias[:, None]
                 return y.unflatten(2, x.shape[2:])  # (B, Cout, X, Y, Z)
+        if _exporting():  # TorchScript/ONNX graphs get the plain operator
+            return c(x)
+        if (isinstance(c, nn.ConvTranspose3d) and c.kernel_size == c.stride == (2, 2, 2) and c.padding == (0, 0, 0)
+                and c.output_padding == (0, 0, 0) and c.groups == 1 and x.device.type == "cpu"
+                and _is_channels_last(x)):
+            return _up2_channels_last(x, c.weight, c.bias)
         if isinstance(c, nn.Conv3d) and _cpu_fp32(x, c.weight):
             # PyTorch sends fp32 batch-1 convolutions with small B·C·X·Y (one input channel, or 128 channels
             # at 12³) to its slow im2col kernel; oneDNN's is 1.5-2.7× faster for them, with the same result.
@@ -50,6 +58,23 @@ class ConvUnit(nn.Module):
         if _is_channels_last(x) and not _is_channels_last(y):
             y = to_channels_last(y)  # a one-channel input comes back channels-first: keep the decoder's layout
         return y
+
+
+def _up2_channels_last(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``conv_transpose3d(x, w, kernel 2, stride 2)`` for channels-last ``x`` as one GEMM and one copy.
+
+    Each input voxel writes its own 2×2×2 block: ``(B·X·Y·Z, Cin) @ (Cin, 8·Cout)``, then the blocks are put
+    in place. The result is channels-last, and so is the gradient this returns in the backward pass (PyTorch's
+    CPU kernel for this shape returns channels-first for some sizes, which slows everything after it).
+    """
+    b, cin, gx, gy, gz = x.shape
+    cout = w.shape[1]
+    w2 = w.permute(0, 2, 3, 4, 1).reshape(cin, 8 * cout)  # (Cin, kx·ky·kz·Cout)
+    t = x.permute(0, 2, 3, 4, 1)  # (B, X, Y, Z, Cin), contiguous
+    y = torch.matmul(t, w2) if bias is None else torch.addmm(bias.repeat(8), t.reshape(-1, cin), w2)
+    y = y.reshape(b, gx, gy, gz, 2, 2, 2, cout).permute(0, 1, 4, 2, 5, 3, 6, 7)  # (B, X, 2, Y, 2, Z, 2, Cout)
+    y = y.reshape(b, 2 * gx, 2 * gy, 2 * gz, cout)  # the copy that places the blocks
+    return y.permute(0, 4, 1, 2, 3)  # channels-last (B, Cout, 2X, 2Y, 2Z)
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -63,6 +88,10 @@ def _cpu_fp32(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether a convolution of ``x`` by ``w`` runs in fp32 on a CPU with oneDNN (no autocast to lower it)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and not _autocast_on("cpu"))
+
+
+def _exporting() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -81,45 +110,100 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
 def instance_norm(x: torch.Tensor, eps: float = 1e-5, *, inplace: bool = False) -> torch.Tensor:
     """Instance normalisation of ``(B, C, X, Y, Z)`` without affine parameters, fast for channels-last input.
 
-    PyTorch's ``instance_norm`` copies a channels-last tensor to channels-first and back. Here, on the
-    ``(B, X·Y·Z, C)`` view, the statistics are a sum over the voxels and the diagonal of the ``C×C`` Gram
-    matrix (one GEMM, accumulated in fp32; a second pass replaces the one-pass variance when the mean is large
-    against the spread), then one fused multiply-add; the result keeps the input's layout and dtype.
-    ``inplace=True`` writes the result into ``x`` (no new volume: on this path the allocation of a large
-    output costs more than the arithmetic); only for tensors autograd does not track.
+    PyTorch's ``instance_norm`` copies a channels-last tensor to channels-first and back. Here the work is done
+    on the ``(B, X·Y·Z, C)`` view and the result keeps the input's layout and dtype:
+
+    - fp32: the statistics are a sum over the voxels and the diagonal of ``C×C`` Gram matrices (GEMMs,
+      accumulated in fp32; a second pass replaces the one-pass variance when the mean is large against the
+      spread), then one fused multiply-add;
+    - bf16/fp16 on the CPU: PyTorch's channels-last batch-norm kernel per case (batch norm over one case's
+      voxels is instance norm; it accumulates in fp32).
+
+    On the CPU, with autograd, the backward pass is batch norm's backward kernel per case, and incoming
+    gradients are brought to channels-last first (a gradient in the other layout makes every element-wise
+    backward kernel take its slow strided path). ``inplace=True`` writes the result into ``x`` (no new volume:
+    here the allocation of a large output costs more than the arithmetic); only for tensors autograd does
+    not track.
     """
     if not _is_channels_last(x):
         return F.instance_norm(x, eps=eps)
-    b, c = x.shape[:2]
-    v = x.permute(0, 2, 3, 4, 1).reshape(b, -1, c)  # (B, N, C), a view
-    if x.dtype in (torch.bfloat16, torch.float16):
-        # Half precision: batch norm over the voxels of each case is instance norm, and its channels-last
-        # kernel accumulates in fp32 in one pass; its rounding (~1e-4) is far below bf16's (~4e-3).
-        if inplace and x.device.type == "cpu":
-            stats = torch.empty(2, c, dtype=x.dtype, device=x.device)
-            for i in range(b):  # the out= form writes over the input: no new volume
-                torch.ops.aten.native_batch_norm.out(v[i], None, None, None, None, True, 0.0, eps,
-                                                     out=v[i], save_mean=stats[0], save_invstd=stats[1])
+    if x.device.type == "cpu":
+        if inplace:
+            _norm_cl_forward(x, eps, x)
             return x
-        if b == 1:
-            out = F.batch_norm(v[0], None, None, training=True, eps=eps)[None]
-        else:
-            out = torch.stack([F.batch_norm(v[i], None, None, training=True, eps=eps) for i in range(b)])
-        return out.view(b, *x.shape[2:], c).permute(0, 4, 1, 2, 3)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _InstanceNormCL.apply(x, eps)
+        out = torch.empty_like(x, memory_format=torch.channels_last_3d)
+        _norm_cl_forward(x, eps, out)
+        return out
+    # other devices: out of place, autograd through the ops
+    b, c = x.shape[:2]
+    v = _voxels(x)
+    if x.dtype in (torch.bfloat16, torch.float16):
+        out = torch.stack([F.batch_norm(v[i], None, None, training=True, eps=eps) for i in range(b)])
+    else:
+        mean, rstd = _fp32_stats(v, eps)
+        out = torch.addcmul((-mean * rstd)[:, None], v, rstd[:, None])
+    return out.view(b, *x.shape[2:], c).permute(0, 4, 1, 2, 3)
+
+
+def _voxels(x: torch.Tensor) -> torch.Tensor:
+    """The ``(B, X·Y·Z, C)`` view of a channels-last ``(B, C, X, Y, Z)`` tensor."""
+    return x.permute(0, 2, 3, 4, 1).reshape(x.shape[0], -1, x.shape[1])
+
+
+def _fp32_stats(v: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-case mean and 1/std over the voxels of fp32 ``(B, N, C)``: ``(B, C)`` each."""
     n = v.shape[1]
-    vf = v if v.dtype == torch.float32 else v.float()
-    mean = vf.sum(1) / n  # (B, C)
-    sq = _sum_of_squares(vf) / n
-    var = (sq - mean.square()).clamp_min_(0.0)
+    mean = v.sum(1) / n
+    var = (_sum_of_squares(v) / n - mean.square()).clamp_min_(0.0)
     if var.min() < 1e-3 * mean.square().max():  # large offset: one-pass variance loses digits, use two passes
-        var = (vf - mean[:, None]).square().mean(1)
-    rstd = torch.rsqrt(var + eps)
-    scale, shift = rstd.to(x.dtype)[:, None], (-mean * rstd).to(x.dtype)[:, None]
-    if inplace:
-        torch.addcmul(shift, v, scale, out=v)
-        return x
-    out = torch.addcmul(shift, v, scale)  # (B, N, C)
-    return out.view(b, *x.shape[2:], c).permute(0, 4, 1, 2, 3)  # channels-last (B, C, X, Y, Z)
+        var = (v - mean[:, None]).square().mean(1)
+    return mean, torch.rsqrt(var + eps)
+
+
+def _norm_cl_forward(x: torch.Tensor, eps: float, out: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Normalise channels-last ``x`` into channels-last ``out`` (may be ``x``) on the CPU; returns the saved
+    statistics (mean, 1/std) in the form batch norm's backward kernel takes."""
+    b, c = x.shape[:2]
+    v, o = _voxels(x), _voxels(out)
+    if x.dtype == torch.float32:
+        mean, rstd = _fp32_stats(v, eps)
+        torch.addcmul((-mean * rstd)[:, None], v, rstd[:, None], out=o)
+        return mean, rstd
+    mean = torch.empty(b, c, dtype=x.dtype)  # the kernel keeps half-precision statistics for half input
+    rstd = torch.empty(b, c, dtype=x.dtype)
+    for i in range(b):
+        torch.ops.aten.native_batch_norm.out(v[i], None, None, None, None, True, 0.0, eps,
+                                             out=o[i], save_mean=mean[i], save_invstd=rstd[i])
+    return mean, rstd
+
+
+class _InstanceNormCL(torch.autograd.Function):
+    """Channels-last instance norm on the CPU with batch norm's kernels per case, for training."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
+        out = torch.empty_like(x, memory_format=torch.channels_last_3d)
+        mean, rstd = _norm_cl_forward(x, eps, out)
+        ctx.save_for_backward(x, mean, rstd)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, mean, rstd = ctx.saved_tensors
+        if not _is_channels_last(grad):
+            grad = to_channels_last(grad)
+        gx = torch.empty_like(x, memory_format=torch.channels_last_3d)
+        v, g, gv = _voxels(x), _voxels(grad), _voxels(gx)
+        c = x.shape[1]
+        unused = torch.empty(2, c, dtype=x.dtype)  # the out= form wants all three outputs
+        for i in range(x.shape[0]):
+            torch.ops.aten.native_batch_norm_backward.out(
+                g[i], v[i], None, None, None, mean[i], rstd[i], True, ctx.eps, [True, True, True],
+                out0=gv[i], out1=unused[0], out2=unused[1])
+        return gx, None
 
 
 def _sum_of_squares(v: torch.Tensor, length: int = 4096) -> torch.Tensor:

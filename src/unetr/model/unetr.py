@@ -39,9 +39,8 @@ class UNETR(nn.Module):
         feature_size, norm, res_block, conv_block: the ``paper`` decoder.
         checkpointing: recompute transformer blocks in the backward pass (less memory, ~30 % more time).
         channels_last: run the decoder in ``torch.channels_last_3d`` layout, where oneDNN and cuDNN convolutions
-            are faster. ``None`` (default) chooses per call: channels-last for inference, and for training on
-            GPUs; channels-first for training on CPUs, where PyTorch's channels-last backward kernels of the
-            element-wise ops are slow. Outputs agree up to float rounding; parameters are unchanged.
+            are faster (no layout reorders inside each call). ``None`` (default) means ``True``; ``False`` keeps
+            PyTorch's default layout. Outputs agree up to float rounding; parameters are unchanged.
 
     Example:
         >>> m = UNETR(in_channels=1, out_channels=3, img_size=(32, 32, 48), hidden_size=48, mlp_dim=96,
@@ -129,9 +128,7 @@ class UNETR(nn.Module):
                              "pad the input or use sliding-window inference")
 
     def _use_channels_last(self, x: torch.Tensor) -> bool:
-        if self.channels_last is not None:
-            return self.channels_last
-        return not (self.training and torch.is_grad_enabled()) or x.device.type == "cuda"
+        return True if self.channels_last is None else bool(self.channels_last)
 
     def _grid(self, tokens: torch.Tensor, grid: Tuple[int, int, int], channels_last: bool) -> torch.Tensor:
         b, n, e = tokens.shape

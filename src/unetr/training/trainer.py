@@ -213,8 +213,7 @@ def dice_from_counts(counts: torch.Tensor) -> List[float]:
 
 @torch.no_grad()
 def validate(model: nn.Module, case_ids: Sequence[str], load: CaseLoader, *, roi: Sequence[int], num_classes: int,
-             env: D.DistEnv, precision: str, overlap: float = 0.5, sw_batch: int = 4, progress: bool = False,
-             channels_last: bool = False) -> List[float]:
+             env: D.DistEnv, precision: str, overlap: float = 0.5, sw_batch: int = 4, progress: bool = False) -> List[float]:
     """Sliding-window Dice per class over ``case_ids``, from TP/FP/FN summed over the cases (and ranks).
 
     Each rank segments the cases ``case_ids[rank::world_size]``; the counts are summed over ranks.
@@ -231,8 +230,6 @@ def validate(model: nn.Module, case_ids: Sequence[str], load: CaseLoader, *, roi
     model.eval()
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
         with autocast(device, precision):
             return model(x).float()  # (B, K, *roi)
 
@@ -436,11 +433,10 @@ def fit(
     config = run_config(model_cfg, plan, cfg)
 
     torch.manual_seed(derive_seed(cfg.seed))  # the initial weights: the same on every rank
-    model = build_model(model_cfg.replace(img_size=roi) if tuple(model_cfg.img_size) != roi else model_cfg)
+    model = build_model(model_cfg.replace(img_size=roi) if tuple(model_cfg.img_size) != roi else model_cfg,
+                        channels_last=cfg.channels_last)
     model.to(device)
     torch.manual_seed(derive_seed(cfg.seed, env.rank, 3))  # dropout and other in-model randomness: per rank
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last_3d)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     loss_fn = DiceCELoss(include_background=cfg.include_background, dice_weight=cfg.dice_weight,
@@ -526,8 +522,6 @@ def fit(
                 images, labels = augmenter(images, labels, aug_gen, **aug_kwargs)
                 if on_step is not None:
                     on_step(it + 1, images, labels)
-                if cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last_3d)
                 sync = a == cfg.accumulate - 1 or not env.distributed
                 with (contextlib.nullcontext() if sync else ddp.no_sync()):
                     with autocast(device, precision):
@@ -562,7 +556,7 @@ def fit(
                 if do_val:
                     last_dice = validate(model, val_ids, load, roi=roi, num_classes=plan.num_classes, env=env,
                                          precision=precision, overlap=cfg.val_overlap, sw_batch=cfg.val_sw_batch,
-                                         progress=progress and env.is_main, channels_last=cfg.channels_last)
+                                         progress=progress and env.is_main)
                     mean = mean_foreground(last_dice)
                     row.update({f"val_dice_{c}": d for c, d in zip(plan.class_names, last_dice)})
                     row["val_mean_dice"] = mean
