@@ -34,16 +34,29 @@ def test_perfect_prediction_is_near_zero():
 @pytest.mark.parametrize("include_background", [True, False])
 @pytest.mark.parametrize("batch", [True, False])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_equals_monai(include_background, batch, smoothing):
+@pytest.mark.parametrize("weights", [(0.7, 1.3), (1.0, 0.0), (0.0, 1.0)], ids=["both", "dice", "ce"])
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+def test_value_and_gradient_equal_monai(include_background, batch, smoothing, weights, layout):
+    """The hand-written backward pass against autograd through MONAI's loss, for every option."""
     monai_losses = pytest.importorskip("monai.losses")
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 4, 8, 6, 10, generator=g) * 3
+    if layout == "channels_last":
+        logits = logits.contiguous(memory_format=torch.channels_last_3d)
     target = torch.randint(0, 4, (2, 1, 8, 6, 10), generator=g)
+    w_dice, w_ce = weights
     ref = monai_losses.DiceCELoss(to_onehot_y=True, softmax=True, include_background=include_background,
-                                  batch=batch, label_smoothing=smoothing, lambda_dice=0.7, lambda_ce=1.3)
+                                  batch=batch, label_smoothing=smoothing, lambda_dice=w_dice, lambda_ce=w_ce)
     ours = DiceCELoss(include_background=include_background, batch_dice=batch, label_smoothing=smoothing,
-                      dice_weight=0.7, ce_weight=1.3)
-    assert ours(logits, target).item() == pytest.approx(ref(logits, target).item(), rel=1e-5, abs=1e-6)
+                      dice_weight=w_dice, ce_weight=w_ce)
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    want, got = ref(a, target), ours(b, target)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
+    (want * 2.5).backward()
+    (got * 2.5).backward()
+    assert b.grad.stride() == b.stride()  # the gradient keeps the logits' layout
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7)
 
 
 def test_gradient_equals_monai():

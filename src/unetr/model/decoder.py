@@ -344,7 +344,30 @@ class OutBlock(nn.Module):
         self.conv = ConvUnit(in_ch, out_ch, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv.conv
+        if _is_channels_last(x) and not _exporting() and x.shape[1] > 1:
+            # Channels-last features, channels-first logits, one GEMM: (K, C) @ (B, C, N) reads the features
+            # transposed for free. Softmax over classes, the loss and the sliding-window sums all run along
+            # contiguous voxels in this layout.
+            b, n = x.shape[0], x[0, 0].numel()
+            xt = _voxels(_ChannelsLastGrad.apply(x)).transpose(1, 2)  # (B, C, N), a view
+            y = torch.matmul(c.weight.flatten(1), xt)  # (B, K, N)
+            if c.bias is not None:
+                y.add_(c.bias[:, None])  # in place: the product's backward does not need its output
+            return y.view(b, -1, *x.shape[2:])
         return self.conv(x)
+
+
+class _ChannelsLastGrad(torch.autograd.Function):
+    """Identity whose backward pass returns the gradient in channels-last layout (copying when needed)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad if _is_channels_last(grad) else to_channels_last(grad)
 
 
 # ------------------------------------------------------------------------------------- tutorial

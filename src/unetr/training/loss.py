@@ -5,8 +5,19 @@ The soft Dice term follows the usual definition (per sample and class, then aver
     dice_bk = 1 - (2 * sum(p * g) + smooth_nr) / (sum(p) + sum(g) + smooth_dr)
 
 with ``p`` the softmax probabilities and ``g`` the one-hot reference. The one-hot tensor is never built:
-the intersection is the probability of the true class summed per class (``scatter_add``), which saves a
-``(B, K, X, Y, Z)`` tensor and a multiplication. Cross-entropy reuses the same ``log_softmax``.
+the intersection is the probability of the true class summed per class (``scatter_add``). Cross-entropy
+reuses the same ``log_softmax``.
+
+Forward and backward are one autograd function with the gradient written out (below), so that a batch of
+``(B, K, 96, 96, 96)`` logits costs a few passes over one ``(B, N, K)`` float32 buffer instead of the dozen
+temporaries autograd keeps for the composed operations. With ``D = P + R + smooth_dr`` per Dice entry (P the
+summed probabilities, R the reference voxel count, I the intersection) and ``M`` the number of Dice entries::
+
+    dL/dp_k  = a_k + c_k [t = k],   a = w_dice (2I + smooth_nr) / (M D²),  c = -2 w_dice / (M D)
+    dL/dz_k  = p_k (a_k - S) + [t = k] (p_t c_t - w_ce (1 - ls) / BN) + w_ce (p_k - ls / K) / BN,
+    S        = Σ_j p_j a_j + p_t c_t   (the softmax chain rule)
+
+where ``t`` is the voxel's true class and ``ls`` the label smoothing.
 """
 
 from __future__ import annotations
@@ -64,31 +75,79 @@ def dice_ce_loss(
     b, k = logits.shape[:2]
     if k < 2 and not include_background:
         raise ValueError("include_background=False needs at least two classes")
-    logp = F.log_softmax(logits.float(), dim=1).reshape(b, k, -1)  # (B, K, N)
-    t = target.reshape(b, 1, -1).long()  # (B, 1, N)
-    loss = logits.new_zeros((), dtype=torch.float32)
+    opts = (include_background, float(dice_weight), float(ce_weight), float(smooth_nr), float(smooth_dr),
+            bool(batch_dice), float(label_smoothing))
+    return _DiceCE.apply(logits, target, opts)
 
-    if ce_weight:
-        logp_true = logp.gather(1, t)  # (B, 1, N)
-        ce = -logp_true.mean()
-        if label_smoothing:
-            ce = (1.0 - label_smoothing) * ce - label_smoothing * logp.mean(1).mean()
-        loss = loss + ce_weight * ce
 
-    if dice_weight:
-        p = logp.exp()  # (B, K, N)
-        p_true = p.gather(1, t)[:, 0]  # (B, N)
-        tt = t[:, 0]
-        inter = torch.zeros(b, k, dtype=p.dtype, device=p.device).scatter_add_(1, tt, p_true)  # (B, K)
-        ref = torch.zeros(b, k, dtype=p.dtype, device=p.device).scatter_add_(1, tt, torch.ones_like(p_true))
-        pred = p.sum(-1)  # (B, K)
-        if batch_dice:
-            inter, ref, pred = inter.sum(0, keepdim=True), ref.sum(0, keepdim=True), pred.sum(0, keepdim=True)
-        if not include_background:
-            inter, ref, pred = inter[:, 1:], ref[:, 1:], pred[:, 1:]
-        dice = 1.0 - (2.0 * inter + smooth_nr) / (pred + ref + smooth_dr)
-        loss = loss + dice_weight * dice.mean()
-    return loss
+class _DiceCE(torch.autograd.Function):
+    """Dice + cross-entropy with the gradient of the module docstring, on the ``(B, K, N)`` view."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, opts) -> torch.Tensor:
+        include_bg, w_dice, w_ce, s_nr, s_dr, batch_dice, ls = opts
+        b, k = logits.shape[:2]
+        z = logits.reshape(b, k, -1)  # (B, K, N): a view of channels-first logits (the model's output)
+        n = z.shape[2]
+        t = target.reshape(b, 1, n).long()  # (B, 1, N)
+        p = F.log_softmax(z, dim=1, dtype=torch.float32)  # log p for now, p after exp_
+        logp_true = p.gather(1, t)  # (B, 1, N)
+        loss = torch.zeros((), dtype=torch.float32, device=logits.device)
+        if w_ce:
+            ce = -logp_true.mean()
+            if ls:
+                ce = (1.0 - ls) * ce - ls * p.mean()
+            loss = loss + w_ce * ce
+        p.exp_()  # (B, K, N) probabilities, in place
+        p_true = logp_true.exp_()  # (B, 1, N)
+        a = c = None
+        if w_dice:
+            tt = t[:, 0]
+            inter = torch.zeros(b, k, dtype=p.dtype, device=p.device).scatter_add_(1, tt, p_true[:, 0])
+            ref = torch.zeros(b, k, dtype=p.dtype, device=p.device).scatter_add_(1, tt, torch.ones_like(p_true[:, 0]))
+            pred = p.sum(2)  # (B, K)
+            if batch_dice:
+                inter, ref, pred = inter.sum(0, keepdim=True), ref.sum(0, keepdim=True), pred.sum(0, keepdim=True)
+            keep = torch.ones(k, dtype=torch.bool, device=p.device)
+            if not include_bg:
+                keep[0] = False
+            d = pred + ref + s_dr
+            num = 2.0 * inter + s_nr
+            dice = 1.0 - num / d
+            m = dice[:, keep].numel()
+            loss = loss + w_dice * dice[:, keep].mean()
+            a = torch.where(keep, w_dice * num / (m * d * d), 0.0).expand(b, k).contiguous()  # dL/dp, all voxels
+            c = torch.where(keep, -2.0 * w_dice / (m * d), 0.0).expand(b, k).contiguous()  # dL/dp, true class
+        ctx.save_for_backward(p, p_true, t, a, c)
+        ctx.opts = opts
+        ctx.logits_meta = (logits.dtype, logits.shape, logits.stride())
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        p, p_true, t, a, c = ctx.saved_tensors
+        b, k, n = p.shape
+        _, w_dice, w_ce, _, _, _, ls = ctx.opts
+        ce = w_ce / (b * n)
+        coef = torch.full((b, k), ce, dtype=p.dtype, device=p.device)  # per-class factor of p_k
+        if a is not None:
+            coef = coef + a
+            ct = c.gather(1, t[:, 0])[:, None] * p_true  # (B, 1, N): p_t c_t
+            s = torch.bmm(a[:, None, :], p).add_(ct)  # (B, 1, N): S = sum_j a_j p_j + p_t c_t
+        else:
+            ct = torch.zeros_like(p_true)
+            s = torch.zeros_like(p_true)
+        grad = p * coef[:, :, None]  # p_k (w_ce/BN + a_k)
+        grad.addcmul_(p, s, value=-1.0)  # - p_k S
+        grad.scatter_add_(1, t, ct - ce * (1.0 - ls))  # + [t = k] (p_t c_t - w_ce (1 - ls) / BN)
+        if ls:
+            grad.sub_(ce * ls / k)
+        grad.mul_(grad_loss)
+        dtype, shape, stride = ctx.logits_meta
+        out = grad.view(shape)
+        if out.stride() != stride:  # e.g. channels-last logits: the gradient in their layout
+            out = torch.empty_strided(shape, stride, dtype=dtype, device=grad.device).copy_(out)
+        return out.to(dtype), None, None
 
 
 class DiceCELoss(nn.Module):
