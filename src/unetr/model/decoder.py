@@ -349,7 +349,7 @@ class OutBlock(nn.Module):
             # Channels-last features, channels-first logits, one GEMM: (K, C) @ (B, C, N) reads the features
             # transposed for free. Softmax over classes, the loss and the sliding-window sums all run along
             # contiguous voxels in this layout.
-            b, n = x.shape[0], x[0, 0].numel()
+            b = x.shape[0]
             xt = _voxels(_ChannelsLastGrad.apply(x)).transpose(1, 2)  # (B, C, N), a view
             y = torch.matmul(c.weight.flatten(1), xt)  # (B, K, N)
             if c.bias is not None:
