@@ -459,6 +459,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from unetr.errors import UnetrError
 
+    if args.command in ("train", "predict", "demo"):
+        from unetr.heap import keep_freed_memory
+
+        keep_freed_memory()
     try:
         return int(func(args) or 0)
     except (UnetrError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
