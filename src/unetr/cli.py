@@ -215,7 +215,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--tta", action="store_true", help="average over the 8 mirrorings (8x slower)")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1)")
     p.add_argument("--mode", default="gaussian", choices=["gaussian", "constant"], help="window blending")
-    p.add_argument("--batch", type=int, default=4, help="windows per forward pass")
+    p.add_argument("--batch", type=int, default=0, help="windows per forward pass (default: 1 on CPUs, 4 on GPUs)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--accum-device", default="auto", help="where the window sums live (auto: --device)")

@@ -317,7 +317,7 @@ class InferConfig(_DictMixin):
     overlap: float = 0.5
     mode: str = "gaussian"  # gaussian | constant
     sigma_scale: float = 0.125
-    sw_batch_size: int = 4
+    sw_batch_size: int = 0  # windows per forward pass; 0 = 1 on CPUs (batching gains nothing there), 4 on GPUs
     tta: bool = False
     precision: str = "auto"
     device: str = "auto"
@@ -330,8 +330,8 @@ class InferConfig(_DictMixin):
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.mode not in ("gaussian", "constant"):
             raise ValueError(f"mode must be 'gaussian' or 'constant', got {self.mode!r}")
-        if self.sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be at least 1, got {self.sw_batch_size}")
+        if self.sw_batch_size < 0:
+            raise ValueError(f"sw_batch_size must be 0 (auto) or positive, got {self.sw_batch_size}")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
 

@@ -213,7 +213,7 @@ def predict_volume(
         raise ValueError(f"image must be (C, X, Y, Z), got shape {tuple(x.shape)}")
     fn = make_predictor(model, device, config.precision, config.tta)
     common = dict(overlap=config.overlap, mode=config.mode, sigma_scale=config.sigma_scale,
-                  batch_size=config.sw_batch_size, device=device, accum_device=accum,
+                  batch_size=config.sw_batch_size or (1 if device.type == "cpu" else 4), device=device, accum_device=accum,
                   accum_dtype=torch.float16 if config.accum_fp16 else torch.float32, progress=progress)
     if not probabilities:
         labels = sliding_window(x, fn, roi, output="argmax", **common)  # (X, Y, Z)
