@@ -31,3 +31,23 @@ def test_summary_prints_the_table_total_and_flops(capsys):
 def test_summary_rejects_a_bad_size(capsys):
     assert main(["summary", "--preset", "tiny", "--img-size", "40"]) == 2
     assert "multiple of patch_size" in capsys.readouterr().err
+
+
+def test_paper_flops_equal_monai_unetr_flops():
+    """The counted FLOPs are those of the network (MONAI's implementation as the reference), whatever fast
+    paths the forward pass takes."""
+    monai_nets = pytest.importorskip("monai.networks.nets")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    img = (32, 32, 48)
+    ours = build_model(preset("paper", in_channels=1, out_channels=3, img_size=img)).eval()
+    ref = monai_nets.UNETR(in_channels=1, out_channels=3, img_size=img, feature_size=16).eval()
+    x = torch.zeros(1, 1, *img)
+    flops = []
+    for m in (ours, ref):
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            m(x)
+        flops.append(counter.get_total_flops())
+    # MONAI's attention counts its two batched products; SDPA counts the same multiply-adds
+    assert flops[0] == pytest.approx(flops[1], rel=1e-3)

@@ -91,7 +91,12 @@ def _cpu_fp32(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 
 def _exporting() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+    """Whether the plain operators are wanted: exports, and dispatch modes (FLOP counting, fake tensors) that
+    know ``aten.convolution`` but not the oneDNN operator called directly."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            or _get_current_dispatch_mode() is not None)
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -125,7 +130,7 @@ def instance_norm(x: torch.Tensor, eps: float = 1e-5, *, inplace: bool = False) 
     here the allocation of a large output costs more than the arithmetic); only for tensors autograd does
     not track.
     """
-    if not _is_channels_last(x):
+    if not _is_channels_last(x) or _exporting():
         return F.instance_norm(x, eps=eps)
     if x.device.type == "cpu":
         if inplace:
