@@ -356,9 +356,11 @@ class OutBlock(nn.Module):
             # contiguous voxels in this layout.
             b = x.shape[0]
             xt = _voxels(_ChannelsLastGrad.apply(x)).transpose(1, 2)  # (B, C, N), a view
-            y = torch.matmul(c.weight.flatten(1), xt)  # (B, K, N)
-            if c.bias is not None:
-                y.add_(c.bias[:, None])  # in place: the product's backward does not need its output
+            w = c.weight.flatten(1).expand(b, -1, -1)  # (B, K, C)
+            if c.bias is None:
+                y = torch.bmm(w, xt)  # (B, K, N), written in place (matmul would fold B·N and transpose)
+            else:
+                y = torch.baddbmm(c.bias[None, :, None], w, xt)
             return y.view(b, -1, *x.shape[2:])
         return self.conv(x)
 
