@@ -88,3 +88,25 @@ def test_up_sampling_as_gemm_equals_conv_transpose(bias):
     y.backward(g)
     ref.backward(g)
     torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_output_head_is_a_1x1_convolution_with_channels_first_logits(dtype, tol):
+    from unetr.model.decoder import OutBlock
+
+    head = OutBlock(6, 3)
+    x0 = torch.randn(2, 6, 4, 5, 6)
+    x = to_channels_last(x0).to(dtype).requires_grad_()
+    y = head(x)
+    assert y.is_contiguous() and y.shape == (2, 3, 4, 5, 6)
+    ref_x = x0.clone().requires_grad_()
+    ref = head.conv.conv(ref_x)
+    torch.testing.assert_close(y.float(), ref, rtol=tol, atol=tol)
+    g = torch.randn_like(ref)
+    y.backward(g.to(dtype))
+    grads = (x.grad.float(), head.conv.conv.weight.grad.clone(), head.conv.conv.bias.grad.clone())
+    head.zero_grad()
+    ref.backward(g)
+    assert _is_channels_last(x.grad)
+    for got, want in zip(grads, (ref_x.grad, head.conv.conv.weight.grad, head.conv.conv.bias.grad)):
+        torch.testing.assert_close(got, want, rtol=tol * 4, atol=tol * 4)

@@ -351,18 +351,47 @@ class OutBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv.conv
         if _is_channels_last(x) and not _exporting() and x.shape[1] > 1:
-            # Channels-last features, channels-first logits, one GEMM: (K, C) @ (B, C, N) reads the features
-            # transposed for free. Softmax over classes, the loss and the sliding-window sums all run along
-            # contiguous voxels in this layout.
-            b = x.shape[0]
-            xt = _voxels(_ChannelsLastGrad.apply(x)).transpose(1, 2)  # (B, C, N), a view
-            w = c.weight.flatten(1).expand(b, -1, -1)  # (B, K, C)
-            if c.bias is None:
-                y = torch.bmm(w, xt)  # (B, K, N), written in place (matmul would fold B·N and transpose)
-            else:
-                y = torch.baddbmm(c.bias[None, :, None], w, xt)
-            return y.view(b, -1, *x.shape[2:])
+            # Channels-last features, channels-first logits, one batched GEMM: (K, C) @ (B, C, N) reads the
+            # features transposed for free. Softmax over classes, the loss and the sliding-window sums all run
+            # along contiguous voxels in this layout; the backward pass returns channels-last gradients.
+            return _ChannelsFirstHead.apply(x, c.weight, c.bias)
         return self.conv(x)
+
+
+class _ChannelsFirstHead(torch.autograd.Function):
+    """``conv1x1(x, w, b)`` for channels-last ``x`` ``(B, C, *S)``, giving contiguous ``(B, K, *S)`` logits.
+
+    The computation dtype is the features' (bf16 under autocast, where the convolutions before it produced
+    bf16); gradients come back in each input's dtype, the features' gradient channels-last."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        b, dt = x.shape[0], x.dtype
+        xt = _voxels(x).transpose(1, 2)  # (B, C, N), a view
+        w = weight.flatten(1).to(dt)  # (K, C)
+        if bias is None:
+            y = torch.bmm(w.expand(b, -1, -1), xt)
+        else:
+            y = torch.baddbmm(bias.to(dt)[None, :, None], w.expand(b, -1, -1), xt)
+        ctx.save_for_backward(x, w)
+        ctx.meta = (weight.shape, weight.dtype, None if bias is None else bias.dtype)
+        return y.view(b, -1, *x.shape[2:])  # (B, K, *S)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, w = ctx.saved_tensors
+        w_shape, w_dtype, b_dtype = ctx.meta
+        b, k = grad.shape[:2]
+        g = grad.reshape(b, k, -1).to(w.dtype)  # (B, K, N)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gxv = torch.bmm(g.transpose(1, 2), w.expand(b, -1, -1))  # (B, N, C): channels-last
+            gx = gxv.view(b, *x.shape[2:], x.shape[1]).permute(0, 4, 1, 2, 3).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            gw = torch.bmm(g, _voxels(x)).sum(0).view(w_shape).to(w_dtype)  # (K, C)
+        if b_dtype is not None and ctx.needs_input_grad[2]:
+            gb = g.sum((0, 2), dtype=torch.float32).to(b_dtype)
+        return gx, gw, gb
 
 
 class _ChannelsLastGrad(torch.autograd.Function):
