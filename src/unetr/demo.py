@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # Training settings of the demo: the `tiny` preset on 64x64x48 crops; reaches mean foreground Dice >= 0.85 on
 # the held-out phantoms in a few minutes on 2 CPU cores (see README).
-PHANTOM_TRAIN = ["--preset", "tiny", "--iterations", "500", "--val-every", "100", "--checkpoint-every", "100",
+PHANTOM_TRAIN = ["--preset", "tiny", "--iterations", "800", "--val-every", "200", "--checkpoint-every", "200",
                  "--roi", "64", "64", "48", "--lr", "1e-3", "--threads", "1", "--num-workers", "1",
                  "--set", "warmup_iterations=20", "--set", "samples_per_volume=2", "--set", "val_sw_batch=2",
                  "--set", "batch_dice=true", "--set", "class_balanced=true"]

@@ -248,6 +248,20 @@ def test_onehot_resampling_equals_dense_onehot_interpolation(shape):
     np.testing.assert_array_equal(resample_label_onehot(label, shape), dense)
 
 
+def test_onehot_resampling_of_a_fragmented_map_is_the_same_in_slabs(monkeypatch):
+    """Every voxel on a boundary (an untrained network's output): the vote runs in slabs of output planes to
+    bound memory, and the slabs change nothing."""
+    import unetr.data.preprocess as P
+
+    label = np.random.default_rng(1).integers(0, 5, size=(30, 70, 60)).astype(np.uint8)
+    shape = (50, 130, 110)
+    monkeypatch.setattr(P, "_VOTE_VOXELS", 10**9)
+    whole = P.resample_label_onehot(label, shape)
+    monkeypatch.setattr(P, "_VOTE_VOXELS", 3 * 130 * 110 + 7)  # slabs of 3 planes, the last one shorter
+    np.testing.assert_array_equal(P.resample_label_onehot(label, shape), whole)
+    assert len(np.unique(whole)) == 5
+
+
 def test_preprocess_image_file_for_inference(tmp_path):
     from unetr.data.io import write_image
     from unetr.data.preprocess import preprocess_image_file, record_geometry

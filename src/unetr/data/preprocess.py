@@ -130,6 +130,9 @@ def _linear_taps(n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray, np.ndar
     return i0, i1, (src - i0).astype(np.float32)
 
 
+_VOTE_VOXELS = 1 << 21  # output voxels per slab of the boundary vote
+
+
 def resample_label_onehot(label: np.ndarray, shape: Sequence[int], num_classes: Optional[int] = None) -> np.ndarray:
     """Resample a label map ``(X, Y, Z)`` through its one-hot masks: the result is the class whose mask,
     resampled linearly, is largest (smoother than nearest neighbour; ties go to the lower class).
@@ -156,19 +159,31 @@ def resample_label_onehot(label: np.ndarray, shape: Sequence[int], num_classes: 
                     mixed |= padded[dx:dx + X, dy:dy + Y, dz:dz + Z] != lab
     grid = (x0[:, None, None], y0[None, :, None], z0[None, None, :])
     out = lab[grid]  # (X', Y', Z'): the class of uniform neighbourhoods
-    ox, oy, oz = np.nonzero(mixed[grid])
-    if ox.size:
-        corners = []
-        for ax, wa in ((x0[ox], 1 - wx[ox]), (x1[ox], wx[ox])):
-            for ay, wb in ((y0[oy], 1 - wy[oy]), (y1[oy], wy[oy])):
-                for az, wc in ((z0[oz], 1 - wz[oz]), (z1[oz], wz[oz])):
-                    corners.append((lab[ax, ay, az], wa * wb * wc))
-        classes = np.unique(np.concatenate([c for c, _ in corners]))
-        score = np.zeros((classes.size, ox.size), dtype=np.float32)
-        for values, weight in corners:
-            score[np.searchsorted(classes, values), np.arange(ox.size)] += weight
-        out[ox, oy, oz] = classes[score.argmax(axis=0)]
+    # the vote in slabs of output planes, so that a fragmented map (every voxel on a boundary) needs memory
+    # for ~2M voxels at a time, not ~60 bytes per output voxel
+    step = max(1, _VOTE_VOXELS // max(1, shape[1] * shape[2]))
+    for start in range(0, shape[0], step):
+        sl = slice(start, min(start + step, shape[0]))
+        ox, oy, oz = np.nonzero(mixed[x0[sl][:, None, None], y0[None, :, None], z0[None, None, :]])
+        if ox.size:
+            ox = ox + start
+            out[ox, oy, oz] = _vote(lab, ox, oy, oz, (x0, x1, wx), (y0, y1, wy), (z0, z1, wz))
     return out
+
+
+def _vote(lab, ox, oy, oz, tx, ty, tz) -> np.ndarray:
+    """The class with the largest linearly interpolated one-hot value at output voxels ``(ox, oy, oz)``."""
+    (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = tx, ty, tz
+    corners = []
+    for ax, wa in ((x0[ox], 1 - wx[ox]), (x1[ox], wx[ox])):
+        for ay, wb in ((y0[oy], 1 - wy[oy]), (y1[oy], wy[oy])):
+            for az, wc in ((z0[oz], 1 - wz[oz]), (z1[oz], wz[oz])):
+                corners.append((lab[ax, ay, az], wa * wb * wc))
+    classes = np.unique(np.concatenate([c for c, _ in corners]))
+    score = np.zeros((classes.size, ox.size), dtype=np.float32)
+    for values, weight in corners:
+        score[np.searchsorted(classes, values), np.arange(ox.size)] += weight
+    return classes[score.argmax(axis=0)]
 
 
 def resample_label(label: np.ndarray, shape: Sequence[int], mode: str = "onehot") -> np.ndarray:
