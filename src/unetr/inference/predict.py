@@ -28,6 +28,7 @@ from unetr.config import InferConfig, Plan
 from unetr.errors import CheckpointError, UnetrError
 from unetr.inference.sliding_window import count_windows, sliding_window
 from unetr.precision import autocast as shared_autocast
+from unetr.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """An autocast context for ``precision`` (``auto``: bf16 on CUDA when supported, fp32 on CPU)."""
+    """An autocast context for ``precision``; ``auto`` is bf16 where the device computes it natively (recent
+    GPUs, CPUs with AVX-512 BF16 or AMX: the precision training and validation use there), else fp32."""
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        precision = resolve_precision("auto", device)
+        precision = "fp32" if precision == "fp16" else precision  # fp16 only on request
     return shared_autocast(device, precision)
 
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from unetr.config import ModelConfig, Plan, TrainConfig
 from unetr.errors import UnetrError
-from unetr.precision import autocast
+from unetr.precision import autocast, resolve_precision
 from unetr.training import distributed as D
 from unetr.training.loss import DiceCELoss
 from unetr.training.optim import build_optimizer, lr_at, set_lr
@@ -166,22 +166,6 @@ def _augment_kwargs(cfg: TrainConfig) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- precision
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where the device computes it natively, else ``fp16`` on CUDA, else ``fp32``."""
-    if name not in ("auto", "bf16", "fp16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {name!r}")
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu":
-        try:
-            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-        except (AttributeError, RuntimeError):
-            return "fp32"
-    return "fp32"
 
 
 # ------------------------------------------------------------------------------------------- validation
