@@ -225,7 +225,8 @@ def write_results(res: dict, metrics: dict | None) -> None:
         f"Command: `python benchmarks/bench_infer.py --repeats {res['repeats']} --threads {res['threads']} "
         "--write-results` (each run in its own process, ours and MONAI alternating; medians).", "",
         f"Machine: {res['machine']}. Model: `tiny` preset (hidden 192, 4 layers), 14 classes, ROI 96^3, seeded "
-        "random weights, the same module and weights in both pipelines; fp32.", "",
+        "random weights, the same module and weights in both pipelines; MONAI in fp32 (its tutorials use no "
+        "autocast on CPUs), unetr with its `auto` precision (bf16 autocast on this CPU, which has AVX-512 BF16).", "",
         f"Volume: CT-like {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} int16, spacing {SPACING} mm, LPS-stored; target spacing "
         f"{TARGET} mm; Gaussian sliding window, overlap 0.5; MONAI 4 windows per batch (its tutorials' "
         "setting), unetr its CPU default of 1 (the same throughput on a CPU, a quarter of the activations) and "
