@@ -19,7 +19,7 @@ from typing import Tuple, Union
 import numpy as np
 from scipy import ndimage as ndi
 
-from unetr.config import save_json
+from unetr.data.cases import write_dataset_json
 from unetr.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -120,13 +120,8 @@ def make_brain_dataset(out_dir: Union[str, Path], cases: int = 8, test_cases: in
         img_dir, lab_dir = ("imagesTr", "labelsTr") if i < cases else ("imagesTs", "labelsTs")
         write_image(out / img_dir / f"mni_{i:03d}_0000.nii.gz", image, geom)
         write_label(out / lab_dir / f"mni_{i:03d}.nii.gz", label, geom)
-    save_json(out / "dataset.json", {
-        "name": "MNI152Tissue",
-        "description": "MNI152 2009 T1 template (shipped with nilearn) under random transforms; 4 tissue classes",
-        "channel_names": {"0": "T1"},
-        "labels": {name: k for k, name in enumerate(CLASS_NAMES)},
-        "numTraining": cases,
-        "file_ending": ".nii.gz",
-    })
+    write_dataset_json(out, name="MNI152Tissue", channels=["T1"], class_names=CLASS_NAMES, num_training=cases,
+                       description="MNI152 2009 T1 template (shipped with nilearn) under random transforms; "
+                                   "4 tissue classes")
     log.info("wrote %d training and %d test brain cases to %s", cases, test_cases, out)
     return out

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from unetr.config import load_json
+from unetr.config import load_json, save_json
 from unetr.data.io import IMAGE_ENDINGS, PathLike, file_ending
 from unetr.errors import DataError
 
@@ -386,5 +386,20 @@ def dataset_split(dataset: Dataset, fold: int = 0, num_folds: int = 5, seed: int
     return split_cases([c for c in dataset.train if c.label], fold, num_folds, seed)
 
 
-__all__ = ["Case", "Dataset", "load_dataset", "check_dataset", "split_cases", "dataset_split"]
+def write_dataset_json(folder: Path, *, name: str, description: str, channels: Sequence[str],
+                       class_names: Sequence[str], num_training: int) -> Path:
+    """Write an MSD/nnU-Net v2 style ``dataset.json`` (channel names, labels, counts) into ``folder``."""
+    path = Path(folder) / "dataset.json"
+    save_json(path, {
+        "name": name,
+        "description": description,
+        "channel_names": {str(i): c for i, c in enumerate(channels)},
+        "labels": {c: k for k, c in enumerate(class_names)},
+        "numTraining": int(num_training),
+        "file_ending": ".nii.gz",
+    })
+    return path
+
+
+__all__ = ["Case", "Dataset", "load_dataset", "check_dataset", "split_cases", "dataset_split", "write_dataset_json"]
 

@@ -24,7 +24,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-from unetr.config import save_json
+from unetr.data.cases import write_dataset_json
 from unetr.data.io import PathLike
 
 log = logging.getLogger(__name__)
@@ -185,14 +185,8 @@ def make_phantom_dataset(
         cid = f"phantom_{i:03d}"
         write_image(out / img_dir / f"{cid}_0000.nii.gz", image, geom, dtype="int16")
         write_label(out / lab_dir / f"{cid}.nii.gz", label, geom)
-    save_json(out / "dataset.json", {
-        "name": "Phantom",
-        "description": f"unetr synthetic CT-like phantoms (seed {seed})",
-        "channel_names": {"0": "CT"},
-        "labels": {name: k for k, name in enumerate(CLASS_NAMES)},
-        "numTraining": cases,
-        "file_ending": ".nii.gz",
-    })
+    write_dataset_json(out, name="Phantom", description=f"unetr synthetic CT-like phantoms (seed {seed})",
+                       channels=["CT"], class_names=CLASS_NAMES, num_training=cases)
     log.info("wrote %d training and %d test phantoms to %s", cases, test_cases, out)
     return out
 

@@ -252,27 +252,6 @@ def _norm_lrelu(norm: nn.Module, x: torch.Tensor, act: bool = True) -> torch.Ten
     return F.leaky_relu(x, 0.01, inplace=True) if act else x
 
 
-class ResBlock(nn.Module):
-    """``conv-norm-lrelu-conv-norm`` plus a (1×1×1 conv + norm projected) residual, then LeakyReLU."""
-
-    def __init__(self, in_ch: int, out_ch: int, *, norm: str, kernel_size: int = 3) -> None:
-        super().__init__()
-        self.conv1 = ConvUnit(in_ch, out_ch, kernel_size)
-        self.conv2 = ConvUnit(out_ch, out_ch, kernel_size)
-        self.norm1 = make_norm(norm, out_ch)
-        self.norm2 = make_norm(norm, out_ch)
-        self.lrelu = nn.LeakyReLU(0.01, inplace=True)
-        if in_ch != out_ch:  # the projection exists only where it is used (no dead parameters)
-            self.conv3 = ConvUnit(in_ch, out_ch, 1)
-            self.norm3 = make_norm(norm, out_ch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _norm_lrelu(self.norm1, self.conv1(x))
-        y = _norm_lrelu(self.norm2, self.conv2(y), act=False)
-        res = _norm_lrelu(self.norm3, self.conv3(x), act=False) if hasattr(self, "conv3") else x
-        return F.leaky_relu(y.add_(res), 0.01, inplace=True)
-
-
 class BasicBlock(nn.Module):
     """``conv-norm-lrelu-conv-norm-lrelu`` (``res_block=False``)."""
 
@@ -286,6 +265,22 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _norm_lrelu(self.norm2, self.conv2(_norm_lrelu(self.norm1, self.conv1(x))))
+
+
+class ResBlock(BasicBlock):
+    """``conv-norm-lrelu-conv-norm`` plus a (1×1×1 conv + norm projected) residual, then LeakyReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, *, norm: str, kernel_size: int = 3) -> None:
+        super().__init__(in_ch, out_ch, norm=norm, kernel_size=kernel_size)
+        if in_ch != out_ch:  # the projection exists only where it is used (no dead parameters)
+            self.conv3 = ConvUnit(in_ch, out_ch, 1)
+            self.norm3 = make_norm(norm, out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _norm_lrelu(self.norm1, self.conv1(x))
+        y = _norm_lrelu(self.norm2, self.conv2(y), act=False)
+        res = _norm_lrelu(self.norm3, self.conv3(x), act=False) if hasattr(self, "conv3") else x
+        return F.leaky_relu(y.add_(res), 0.01, inplace=True)
 
 
 def make_conv_block(in_ch: int, out_ch: int, *, norm: str, res_block: bool) -> nn.Module:
