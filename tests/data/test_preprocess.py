@@ -255,11 +255,26 @@ def test_onehot_resampling_of_a_fragmented_map_is_the_same_in_slabs(monkeypatch)
 
     label = np.random.default_rng(1).integers(0, 5, size=(30, 70, 60)).astype(np.uint8)
     shape = (50, 130, 110)
+    monkeypatch.setattr(P, "_DENSE_FRACTION", 2.0)  # the boundary vote, whatever the fraction
     monkeypatch.setattr(P, "_VOTE_VOXELS", 10**9)
     whole = P.resample_label_onehot(label, shape)
     monkeypatch.setattr(P, "_VOTE_VOXELS", 3 * 130 * 110 + 7)  # slabs of 3 planes, the last one shorter
     np.testing.assert_array_equal(P.resample_label_onehot(label, shape), whole)
     assert len(np.unique(whole)) == 5
+    # the dense per-class path, taken when most voxels are on a boundary: the same vote, up to exact ties
+    # (random labels tie often; float32 sums in another order may break them the other way)
+    import torch
+    import torch.nn.functional as F
+
+    monkeypatch.setattr(P, "_DENSE_FRACTION", 0.3)
+    dense = P.resample_label_onehot(label, shape)
+    np.testing.assert_array_equal(dense, P._dense_vote(label, shape))
+    masks = torch.stack([torch.from_numpy(label == k).double() for k in range(5)])[None]
+    scores = F.interpolate(masks, size=shape, mode="trilinear", align_corners=False)[0]  # float64 reference
+    for result in (dense, whole):
+        chosen = scores.gather(0, torch.from_numpy(result.astype(np.int64))[None])[0]
+        assert (scores.max(0).values - chosen).max().item() < 1e-6  # every pick is a (tied) maximum
+    assert (dense == whole).mean() > 0.99
 
 
 def test_preprocess_image_file_for_inference(tmp_path):

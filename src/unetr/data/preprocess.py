@@ -131,6 +131,7 @@ def _linear_taps(n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray, np.ndar
 
 
 _VOTE_VOXELS = 1 << 21  # output voxels per slab of the boundary vote
+_DENSE_FRACTION = 0.3  # above this fraction of input voxels on a boundary, vote densely per class
 
 
 def resample_label_onehot(label: np.ndarray, shape: Sequence[int], num_classes: Optional[int] = None) -> np.ndarray:
@@ -157,6 +158,8 @@ def resample_label_onehot(label: np.ndarray, shape: Sequence[int], num_classes: 
             for dz in (0, 1):
                 if dx or dy or dz:
                     mixed |= padded[dx:dx + X, dy:dy + Y, dz:dz + Z] != lab
+    if mixed.mean() > _DENSE_FRACTION:  # boundaries everywhere (an untrained network): per-class passes are faster
+        return _dense_vote(lab, shape)
     grid = (x0[:, None, None], y0[None, :, None], z0[None, None, :])
     out = lab[grid]  # (X', Y', Z'): the class of uniform neighbourhoods
     # the vote in slabs of output planes, so that a fragmented map (every voxel on a boundary) needs memory
@@ -169,6 +172,26 @@ def resample_label_onehot(label: np.ndarray, shape: Sequence[int], num_classes: 
             ox = ox + start
             out[ox, oy, oz] = _vote(lab, ox, oy, oz, (x0, x1, wx), (y0, y1, wy), (z0, z1, wz))
     return out
+
+
+def _dense_vote(lab: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The same vote on every output voxel: each class's mask resampled trilinearly (torch, the same taps as
+    :func:`_linear_taps`), keeping the largest; ties go to the lower class. Memory: a few output volumes."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(lab)
+    best = best_cls = None
+    for k in np.unique(lab):
+        score = F.interpolate((t == int(k)).float()[None, None], size=tuple(shape), mode="trilinear",
+                              align_corners=False)[0, 0]
+        if best is None:
+            best, best_cls = score, torch.full(tuple(shape), int(k), dtype=t.dtype)
+        else:
+            better = score > best
+            best_cls.masked_fill_(better, int(k))
+            best = torch.maximum(best, score, out=best)
+    return best_cls.numpy()
 
 
 def _vote(lab, ox, oy, oz, tx, ty, tz) -> np.ndarray:
