@@ -385,7 +385,7 @@ class _ChannelsFirstHead(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gw = torch.bmm(g, _voxels(x)).sum(0).view(w_shape).to(w_dtype)  # (K, C)
         if b_dtype is not None and ctx.needs_input_grad[2]:
-            gb = g.sum((0, 2), dtype=torch.float32).to(b_dtype)
+            gb = g.sum((0, 2)).to(b_dtype)  # reductions of bf16 accumulate in fp32; no fp32 copy of g
         return gx, gw, gb
 
 
