@@ -30,4 +30,3 @@ def resolve_precision(name: str, device: torch.device) -> str:
         except (AttributeError, RuntimeError):
             return "fp32"
     return "fp32"
-

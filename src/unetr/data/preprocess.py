@@ -175,23 +175,17 @@ def resample_label_onehot(label: np.ndarray, shape: Sequence[int], num_classes: 
 
 
 def _dense_vote(lab: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """The same vote on every output voxel: each class's mask resampled trilinearly (torch, the same taps as
+    """The same vote on every output voxel: each class's mask through :func:`resample_linear` (the taps of
     :func:`_linear_taps`), keeping the largest; ties go to the lower class. Memory: a few output volumes."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.from_numpy(lab)
     best = best_cls = None
     for k in np.unique(lab):
-        score = F.interpolate((t == int(k)).float()[None, None], size=tuple(shape), mode="trilinear",
-                              align_corners=False)[0, 0]
+        score = resample_linear((lab == k)[None], shape)[0]
         if best is None:
-            best, best_cls = score, torch.full(tuple(shape), int(k), dtype=t.dtype)
+            best, best_cls = score, np.full(tuple(shape), k, dtype=lab.dtype)
         else:
-            better = score > best
-            best_cls.masked_fill_(better, int(k))
-            best = torch.maximum(best, score, out=best)
-    return best_cls.numpy()
+            best_cls[score > best] = k
+            np.maximum(best, score, out=best)
+    return best_cls
 
 
 def _vote(lab, ox, oy, oz, tx, ty, tz) -> np.ndarray:

@@ -34,7 +34,7 @@ RUN_VERSION = 1
 PathLike = Union[str, Path]
 
 
-def build_model(config: ModelConfig, *, channels_last: Optional[bool] = None) -> UNETR:
+def build_model(config: ModelConfig, *, channels_last: bool = True) -> UNETR:
     """The one bridge from a :class:`ModelConfig` to a :class:`UNETR` module."""
     return UNETR(**config.to_dict(), channels_last=channels_last)
 

@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 # ------------------------------------------------------------------------------------- paper (MONAI)
 
@@ -55,9 +56,8 @@ class ConvUnit(nn.Module):
             y = torch.ops.aten.mkldnn_convolution(x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups)
         else:
             y = c(x)
-        if _is_channels_last(x) and not _is_channels_last(y):
-            y = to_channels_last(y)  # a one-channel input comes back channels-first: keep the decoder's layout
-        return y
+        # a one-channel input comes back channels-first: keep the decoder's layout (a no-op otherwise)
+        return to_channels_last(y) if _is_channels_last(x) else y
 
 
 def _up2_channels_last(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -93,8 +93,6 @@ def _cpu_fp32(x: torch.Tensor, w: torch.Tensor) -> bool:
 def _exporting() -> bool:
     """Whether the plain operators are wanted: exports, and dispatch modes (FLOP counting, fake tensors) that
     know ``aten.convolution`` but not the oneDNN operator called directly."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
             or _get_current_dispatch_mode() is not None)
 
@@ -198,8 +196,7 @@ class _InstanceNormCL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, mean, rstd = ctx.saved_tensors
-        if not _is_channels_last(grad):
-            grad = to_channels_last(grad)
+        grad = to_channels_last(grad)  # a no-op when it already is
         gx = torch.empty_like(x, memory_format=torch.channels_last_3d)
         v, g, gv = _voxels(x), _voxels(grad), _voxels(gx)
         c = x.shape[1]
@@ -387,18 +384,6 @@ class _ChannelsFirstHead(torch.autograd.Function):
         if b_dtype is not None and ctx.needs_input_grad[2]:
             gb = g.sum((0, 2)).to(b_dtype)  # reductions of bf16 accumulate in fp32; no fp32 copy of g
         return gx, gw, gb
-
-
-class _ChannelsLastGrad(torch.autograd.Function):
-    """Identity whose backward pass returns the gradient in channels-last layout (copying when needed)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad if _is_channels_last(grad) else to_channels_last(grad)
 
 
 # ------------------------------------------------------------------------------------- tutorial

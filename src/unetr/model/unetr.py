@@ -14,7 +14,7 @@ Two decoders, one encoder:
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -39,8 +39,7 @@ class UNETR(nn.Module):
         feature_size, norm, res_block, conv_block: the ``paper`` decoder.
         checkpointing: recompute transformer blocks in the backward pass (less memory, ~30 % more time).
         channels_last: run the decoder in ``torch.channels_last_3d`` layout, where oneDNN and cuDNN convolutions
-            are faster (no layout reorders inside each call). ``None`` (default) means ``True``; ``False`` keeps
-            PyTorch's default layout. Outputs agree up to float rounding; parameters are unchanged.
+            are faster (no layout reorders inside each call); ``False`` keeps PyTorch's default layout. Outputs agree up to float rounding; parameters are unchanged.
 
     Example:
         >>> m = UNETR(in_channels=1, out_channels=3, img_size=(32, 32, 48), hidden_size=48, mlp_dim=96,
@@ -54,7 +53,7 @@ class UNETR(nn.Module):
                  num_layers: int = 12, num_heads: int = 12, skip_layers: Sequence[int] = (4, 7, 10),
                  feature_size: int = 16, norm: str = "instance", res_block: bool = True, conv_block: bool = True,
                  proj_type: str = "conv", qkv_bias: bool = False, dropout: float = 0.0, mlp_act: str = "gelu",
-                 norm_eps: float = 1e-5, checkpointing: bool = False, channels_last: Optional[bool] = None) -> None:
+                 norm_eps: float = 1e-5, checkpointing: bool = False, channels_last: bool = True) -> None:
         super().__init__()
         img_size = tuple(int(s) for s in img_size)
         if len(img_size) != 3:
@@ -74,7 +73,7 @@ class UNETR(nn.Module):
         self.in_channels, self.out_channels, self.img_size = in_channels, out_channels, img_size
         self.variant, self.patch_size, self.hidden_size = variant, patch_size, hidden_size
         self.skip_layers = skip_layers
-        self.channels_last = channels_last
+        self.channels_last = bool(channels_last)
 
         self.vit = ViT(in_channels=in_channels, img_size=img_size, patch_size=patch_size, hidden_size=hidden_size,
                        mlp_dim=mlp_dim, num_layers=num_layers, num_heads=num_heads, proj_type=proj_type,
@@ -127,9 +126,6 @@ class UNETR(nn.Module):
             raise ValueError(f"spatial size {tuple(x.shape[2:])} is not a multiple of the patch size {self.patch_size}; "
                              "pad the input or use sliding-window inference")
 
-    def _use_channels_last(self, x: torch.Tensor) -> bool:
-        return True if self.channels_last is None else bool(self.channels_last)
-
     def _grid(self, tokens: torch.Tensor, grid: Tuple[int, int, int], channels_last: bool) -> torch.Tensor:
         b, n, e = tokens.shape
         if channels_last:  # a view: (B, gx, gy, gz, E) is the channels-last layout of (B, E, gx, gy, gz)
@@ -140,7 +136,7 @@ class UNETR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         grid = tuple(s // self.patch_size for s in x.shape[2:])
-        cl = self._use_channels_last(x)
+        cl = self.channels_last
         x = D.to_channels_last(x) if cl else x.contiguous()
         last, hidden = self.vit(x)  # (B, N, E), [(B, N, E)] * num_layers
         if self.variant == "paper":

@@ -129,17 +129,16 @@ class _DiceCE(torch.autograd.Function):
         b, k, n = p.shape
         _, w_dice, w_ce, _, _, _, ls = ctx.opts
         ce = w_ce / (b * n)
-        coef = torch.full((b, k), ce, dtype=p.dtype, device=p.device)  # per-class factor of p_k
-        if a is not None:
-            coef = coef + a
+        if a is None:  # cross-entropy only
+            grad = p * ce
+            true_term = torch.full_like(p_true, -ce * (1.0 - ls))
+        else:
             ct = c.gather(1, t[:, 0])[:, None] * p_true  # (B, 1, N): p_t c_t
             s = torch.bmm(a[:, None, :], p).add_(ct)  # (B, 1, N): S = sum_j a_j p_j + p_t c_t
-        else:
-            ct = torch.zeros_like(p_true)
-            s = torch.zeros_like(p_true)
-        grad = p * coef[:, :, None]  # p_k (w_ce/BN + a_k)
-        grad.addcmul_(p, s, value=-1.0)  # - p_k S
-        grad.scatter_add_(1, t, ct - ce * (1.0 - ls))  # + [t = k] (p_t c_t - w_ce (1 - ls) / BN)
+            grad = p * (a + ce)[:, :, None]  # p_k (w_ce/BN + a_k)
+            grad.addcmul_(p, s, value=-1.0)  # - p_k S
+            true_term = ct - ce * (1.0 - ls)
+        grad.scatter_add_(1, t, true_term)  # + [t = k] (p_t c_t - w_ce (1 - ls) / BN)
         if ls:
             grad.sub_(ce * ls / k)
         grad.mul_(grad_loss)

@@ -165,9 +165,6 @@ def _augment_kwargs(cfg: TrainConfig) -> dict:
                 shift_prob=cfg.shift_intensity_prob, factor=cfg.intensity_factor, extra=cfg.extra_augment)
 
 
-# ------------------------------------------------------------------------------------------- precision
-
-
 # ------------------------------------------------------------------------------------------- validation
 
 
