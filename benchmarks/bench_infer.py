@@ -221,9 +221,18 @@ def agreement(a: Path, b: Path, k: int = K) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- main
-def write_results(res: dict, metrics: dict | None) -> None:
+def write_section(lines: list) -> None:
+    """Replace the section of ``benchmarks/RESULTS.md`` whose title is ``lines[0]`` (or append it)."""
     path = HERE / "RESULTS.md"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
+    section = "\n".join(lines)
+    pattern = re.compile(re.escape(lines[0]) + r".*?(?=\n## |\Z)", re.S)
+    text = pattern.sub(lambda _: section.rstrip() + "\n", text) if pattern.search(text) else \
+        text.rstrip() + "\n\n" + section
+    path.write_text(text)
+
+
+def write_results(res: dict, metrics: dict | None) -> None:
     t, m = res["time_s"], res["peak_rss_mb"]
     lines = [
         "## Inference (bench_infer.py)", "",
@@ -258,11 +267,7 @@ def write_results(res: dict, metrics: dict | None) -> None:
             f"**{metrics['speedup']:.1f}x**; largest differences {metrics['max_abs_diff_hd95_mm']:.2g} mm (HD95) and "
             f"{metrics['max_abs_diff_surface_dice']:.2g} (surface Dice). Command: `python benchmarks/bench_metrics.py`.", "",
         ]
-    section = "\n".join(lines)
-    pattern = re.compile(r"## Inference \(bench_infer\.py\).*?(?=\n## |\Z)", re.S)
-    text = pattern.sub(lambda _: section.rstrip() + "\n", text) if pattern.search(text) else \
-        text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    write_section(lines)
 
 
 def trained_agreement(run: Path, images: Path, work: Path, args) -> None:
@@ -296,13 +301,7 @@ def trained_agreement(run: Path, images: Path, work: Path, args) -> None:
             lines.append(f"| {name} | " + " | ".join(f"{r['per_class'].get(str(c), float('nan')):.4f}"
                                                   for c in range(1, k)) + " |")
         lines += ["", f"Minimum {summary['min']:.4f}, mean {summary['mean']:.4f} (floor 0.995 per class).", ""]
-        path = HERE / "RESULTS.md"
-        text = path.read_text()
-        pattern = re.compile(re.escape(title) + r".*?(?=\n## |\Z)", re.S)
-        section = "\n".join(lines)
-        text = pattern.sub(lambda _: section.rstrip() + "\n", text) if pattern.search(text) else \
-            text.rstrip() + "\n\n" + section
-        path.write_text(text)
+        write_section(lines)
 
 
 def main() -> None:

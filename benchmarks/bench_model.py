@@ -74,22 +74,17 @@ def trained_argmax_agreement(run: str, images: str) -> None:
     sliding window over each preprocessed image (our fp32 equals MONAI's fp32 to 1e-5, tested)."""
     from pathlib import Path
 
+    from unetr.config import InferConfig
     from unetr.data.preprocess import preprocess_image_file
-    from unetr.inference.predict import load_predictor
-    from unetr.inference.sliding_window import sliding_window
+    from unetr.inference.predict import load_predictor, predict_volume
 
     model, plan = load_predictor(Path(run), device="cpu")
     total = same = 0
     for img in sorted(Path(images).glob("*.nii*")):
-        x = torch.as_tensor(preprocess_image_file(img, plan)[0])
-        labels = {}
-        for bf16 in (False, True):
-            def fn(w, bf16=bf16):
-                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    return model(w).float()
-            labels[bf16] = sliding_window(x, fn, plan.roi, output="argmax", overlap=0.5, mode="gaussian",
-                                          batch_size=1)
-        eq, n = int((labels[False] == labels[True]).sum()), labels[False].numel()
+        x = preprocess_image_file(img, plan)[0]
+        fp32, bf16 = (predict_volume(model, x, plan.roi, InferConfig(device="cpu", precision=p))[0]
+                      for p in ("fp32", "bf16"))
+        eq, n = int((fp32 == bf16).sum()), fp32.numel()
         print(f"{img.name}: bf16 argmax = fp32 argmax on {100 * eq / n:.3f} % of {n} voxels")
         total, same = total + n, same + eq
     print(f"all: {100 * same / total:.3f} % of {total} voxels")
