@@ -222,6 +222,12 @@ def _add_predict(sub) -> None:
     p.add_argument("--accum-fp16", action="store_true", help="half-precision window sums (half the memory)")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     p.add_argument("--largest-component", action="store_true", help="keep each class's largest component")
+    p.add_argument("--inverse", default="soft", choices=["soft", "labels"],
+                   help="soft: the network's soft output goes back to the input grid, argmax there (default); "
+                        "labels: argmax first, then the label map goes back")
+    p.add_argument("--geometry", choices=["extent", "monai"],
+                   help="resampling grid (default: the run's plan, or extent): monai gives a MONAI pipeline's "
+                        "labels (Spacingd, CropForegroundd, Invertd)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("preprocessing for a bare checkpoint (a run directory has its own plan)")
     g.add_argument("--spacing", type=float, nargs=3, help="target spacing in mm (x y z); marks a bare checkpoint")
@@ -245,7 +251,7 @@ def _run_predict(args) -> int:
 
     cfg = InferConfig(overlap=args.overlap, mode=args.mode, sw_batch_size=args.batch, tta=args.tta,
                       precision=args.precision, device=args.device, largest_component=args.largest_component,
-                      accum_device=args.accum_device, accum_fp16=args.accum_fp16)
+                      accum_device=args.accum_device, accum_fp16=args.accum_fp16, inverse=args.inverse)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is None and world > 1:
@@ -264,8 +270,11 @@ def _run_predict(args) -> int:
         plan = Plan(target_spacing=tuple(args.spacing), roi=roi or (96, 96, 96), in_channels=args.in_channels,
                     num_classes=args.out_channels, class_names=tuple(names),
                     channel_names=tuple(f"ch{i}" for i in range(args.in_channels)), intensity=args.intensity,
-                    window=tuple(args.window), crop_foreground=not args.no_crop)
+                    window=tuple(args.window), crop_foreground=not args.no_crop, geometry=args.geometry or "extent")
     model, plan = load_predictor(args.model, plan=plan, device=device, **overrides)
+    if args.geometry and args.geometry != plan.geometry:
+        log.info("geometry %s in place of the plan's %s", args.geometry, plan.geometry)
+        plan = plan.replace(geometry=args.geometry)
     results = predict_files(model, plan, args.input, args.output, cfg, probabilities=args.probabilities,
                             overwrite=args.overwrite, rank=rank, world_size=world, progress=not args.no_progress)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}

@@ -26,6 +26,7 @@ VARIANTS = ("paper", "tutorial")
 NORMS = ("instance", "batch")
 PROJ_TYPES = ("conv", "perceptron")
 INTENSITY_SCHEMES = ("ct_window", "ct_zscore", "zscore")
+GEOMETRIES = ("extent", "monai")
 
 
 def _as_tuple(value: Any, n: int, name: str) -> Tuple[int, ...]:
@@ -189,6 +190,12 @@ class Plan(_DictMixin):
         preset: the model preset trained on this plan.
         label_resample: ``onehot`` (each class mask resampled linearly, then argmax; smoother, as nnU-Net)
             or ``nearest`` (MONAI's ``Spacingd`` mode for labels).
+        geometry: where the resampled grid lies. ``extent`` (nnU-Net's convention): crop to the body, then
+            resample the crop so that it keeps its physical extent (the spacing comes within half a voxel
+            of the target). ``monai`` (MONAI's ``Spacingd`` then ``CropForegroundd``): the first voxel's
+            centre is kept, the spacing is the target exactly, the crop comes after resampling, and a
+            prediction goes back as MONAI's ``Invertd`` takes it (logits, zero-padded, linear, border
+            clamped): the same label maps as a MONAI pipeline, for models trained in one.
     """
 
     target_spacing: Tuple[float, float, float] = (1.5, 1.5, 2.0)
@@ -204,6 +211,7 @@ class Plan(_DictMixin):
     image_order: int = 1
     preset: str = "paper"
     label_resample: str = "onehot"
+    geometry: str = "extent"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_spacing", tuple(float(s) for s in _as_tuple(self.target_spacing, 3, "target_spacing")))
@@ -234,6 +242,10 @@ class Plan(_DictMixin):
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.label_resample not in ("onehot", "nearest"):
             raise ValueError(f"label_resample must be 'onehot' or 'nearest', got {self.label_resample!r}")
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
+        if self.geometry == "monai" and self.image_order != 1:
+            raise ValueError(f"geometry 'monai' resamples images linearly (image_order 1), got {self.image_order}")
 
     def model_config(self, **overrides: Any) -> ModelConfig:
         """The model this plan trains: its preset with the plan's channels, classes and ROI."""
@@ -324,6 +336,7 @@ class InferConfig(_DictMixin):
     largest_component: bool = False
     accum_device: str = "auto"  # where the sliding-window sums live: auto (= device) | cpu | cuda ...
     accum_fp16: bool = False  # half-precision sums (half the memory, ~1e-3 relative error)
+    inverse: str = "soft"  # soft: scores back to the input grid, argmax there | labels: argmax, then the label map
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -334,6 +347,8 @@ class InferConfig(_DictMixin):
             raise ValueError(f"sw_batch_size must be 0 (auto) or positive, got {self.sw_batch_size}")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
+        if self.inverse not in ("soft", "labels"):
+            raise ValueError(f"inverse must be 'soft' or 'labels', got {self.inverse!r}")
 
 
 # ---------------------------------------------------------------------------------------------- files

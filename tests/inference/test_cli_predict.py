@@ -4,6 +4,7 @@ import logging
 import shutil
 
 import numpy as np
+import pytest
 
 from unetr.cli import main
 
@@ -82,3 +83,22 @@ def test_evaluate_and_report_cli_on_predictions(run_dir, tmp_path, ct_writer, ca
                  "--images", str(src), "--show", "1"]) == 0
     text = (rep / "report.md").read_text()
     assert "## Metrics" in text and ".png" in text
+
+
+def test_predict_cli_geometry_and_inverse_options(run_dir, tmp_path, ct_writer, caplog):
+    import nibabel as nib
+
+    caplog.set_level(logging.INFO)
+    img = ct_writer(tmp_path / "ct.nii.gz", shape=(30, 26, 14))
+    outs = {}
+    for name, extra in [("default", []), ("monai", ["--geometry", "monai"]), ("labels", ["--inverse", "labels"])]:
+        rc = main(["predict", "-m", str(run_dir), "-i", str(img), "-o", str(tmp_path / name), "--device", "cpu",
+                   "--no-progress", "--precision", "fp32", *extra])
+        assert rc == 0
+        outs[name] = np.asanyarray(nib.load(str(tmp_path / name / "ct.nii.gz")).dataobj)
+        assert outs[name].shape == (30, 26, 14)
+    assert "geometry monai in place of the plan's extent" in caplog.text
+    assert not np.array_equal(outs["default"], outs["monai"])  # another grid: other labels at the edges
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "-m", str(run_dir), "-i", str(img), "-o", str(tmp_path / "x"), "--geometry", "nnunet"])
+    assert exc.value.code == 2

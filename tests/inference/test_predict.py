@@ -159,3 +159,47 @@ def test_rank_split(run_dir, tmp_path, ct_writer):
     assert [r.case for r in r0] == ["c0", "c2"] and [r.case for r in r1] == ["c1"]
     with pytest.raises(ValueError, match="rank"):
         P.predict_files(model, plan, src, tmp_path / "o", rank=2, world_size=2)
+
+
+class _Bands(torch.nn.Module):
+    """A smooth, confident predictor (class 1 near the body's value, 2 near the blob's): no near-ties."""
+
+    img_size = ROI
+
+    def forward(self, x):
+        body, blob = (40 + 175) / 425, (200 + 175) / 425  # write_ct's HU in the default window
+        return torch.cat([torch.zeros_like(x), 1 - ((x - body) / 0.2) ** 2, 1 - ((x - blob) / 0.2) ** 2], 1) * 4
+
+
+def test_monai_geometry_gives_the_labels_of_a_monai_pipeline(plan, tmp_path, ct_writer):
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import (AsDiscreted, Compose, CropForegroundd, EnsureChannelFirstd, Invertd, LoadImaged,
+                                  Orientationd, ScaleIntensityRanged, Spacingd)
+
+    img = ct_writer(tmp_path / "ct.nii.gz", shape=(44, 36, 21), spacing=(1.1, 0.8, 2.6))
+    a_min, a_max, b_min, b_max = plan.window
+    pre = Compose([LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS"),
+                   Spacingd(keys="image", pixdim=plan.target_spacing, mode="bilinear"),
+                   ScaleIntensityRanged(keys="image", a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True),
+                   CropForegroundd(keys="image", source_key="image")])
+    data = pre({"image": str(img)})
+    with torch.inference_mode():
+        data["pred"] = sliding_window_inference(data["image"][None], ROI, 4, _Bands(), overlap=0.5, mode="gaussian",
+                                                sigma_scale=0.125)[0]
+    post = Compose([Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
+                    AsDiscreted(keys="pred", argmax=True)])
+    ref = post(data)["pred"][0].numpy()
+    cfg = InferConfig(device="cpu", precision="fp32")
+    ours = {}
+    for name, p, c in [("monai", plan.replace(geometry="monai"), cfg), ("extent", plan, cfg),
+                       ("labels", plan, cfg.replace(inverse="labels"))]:
+        res = P.predict_case(_Bands(), p, [img], tmp_path / name, c)
+        assert res.status == "done", res.message
+        ours[name] = _load(res.output)[0]
+    assert (ours["monai"] == ref).mean() > 0.9999  # the same labels as MONAI's chain
+    assert set(np.unique(ref)) == {0, 1, 2}
+    for name in ("extent", "labels"):  # other grid or inverse: close, not equal
+        assert 0.9 < (ours[name] == ref).mean() < 1.0
+    # the streamed soft inverse gives the labels of the whole-volume one (the --probabilities path)
+    res = P.predict_case(_Bands(), plan, [img], tmp_path / "probs", cfg, probabilities=True)
+    assert np.array_equal(_load(res.output)[0], ours["extent"])

@@ -129,3 +129,17 @@ def test_bad_shapes():
         sliding_window(torch.zeros(2, 1, 16, 16, 16), lambda w: w, (16, 16, 16))
     with pytest.raises(ValueError, match="predictor must return"):
         sliding_window(torch.zeros(1, 16, 16, 16), lambda w: w[:, :, :8], (16, 16, 16))
+
+
+def test_stream_hands_out_the_blended_outputs_in_order():
+    net = _net(2, 3)
+    x = torch.randn(2, 45, 30, 21, generator=torch.Generator().manual_seed(3))
+    whole = sliding_window(x, net, (16, 16, 16), overlap=0.5, batch_size=3)
+    slabs = []
+    assert sliding_window(x, net, (16, 16, 16), overlap=0.5, batch_size=3, output="stream", sink=slabs.append) is None
+    assert len(slabs) > 1 and all(s.shape[0] == 3 and s.shape[2:] == (30, 21) for s in slabs)
+    torch.testing.assert_close(torch.cat(slabs, 1), whole)
+    with pytest.raises(ValueError, match="sink"):
+        sliding_window(x, net, (16, 16, 16), output="stream")
+    with pytest.raises(ValueError, match="sink"):
+        sliding_window(x, net, (16, 16, 16), sink=slabs.append)

@@ -12,12 +12,19 @@ Sampling positions follow the half-voxel ("grid") convention: the cropped block 
 and output voxel ``i`` samples input coordinate ``(i + 0.5) * n_in / n_out - 0.5``. The returned record
 (JSON-able) holds everything :func:`invert_to_original` needs to put a prediction back on the input file's
 grid: resample to the cropped shape, pad with background, undo the reorientation.
+
+The plan's ``geometry="monai"`` follows MONAI's chain instead (``Spacingd``, ``ScaleIntensityRanged``,
+``CropForegroundd``): the whole volume is resampled keeping the first voxel's centre at exactly the target
+spacing (output voxel ``i`` samples ``i * target / spacing``, border clamped), then cropped on the new grid;
+its inverse is ``Invertd``'s (zero padding around the crop, then the same linear map back). Both give the
+same arrays as those MONAI transforms (tested). :class:`SoftInverse` takes the network's soft output back
+to the input grid slab by slab and takes the argmax there.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -130,11 +137,45 @@ def _linear_taps(n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray, np.ndar
     return i0, i1, (src - i0).astype(np.float32)
 
 
+def _monai_taps(n_in: int, n_out: int, ratio: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Taps of MONAI's grid: output voxel ``i`` samples input coordinate ``i * ratio`` (the first voxels'
+    centres coincide), clamped to the input (``Spacingd``'s ``border`` padding)."""
+    src = np.clip(np.arange(n_out) * float(ratio), 0.0, n_in - 1.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def monai_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> Tuple[int, int, int]:
+    """Voxel counts of MONAI's ``Spacingd`` grid: the distance from the first to the last voxel centre, at
+    the target spacing, plus one (rounded as MONAI rounds it)."""
+    return tuple(max(1, int(np.round((n - 1) * s / t + 1.0))) for n, s, t in zip(shape, spacing, target))  # type: ignore[return-value]
+
+
+Taps = Tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def resample_taps(array: np.ndarray, taps: Sequence[Taps]) -> np.ndarray:
+    """Separable linear resampling of ``(C, X, Y, Z)`` by explicit taps ``(i0, i1, w)`` per spatial axis:
+    ``out[..., i, ...] = (1 - w[i]) * in[..., i0[i], ...] + w[i] * in[..., i1[i], ...]`` (float32)."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    for axis, (i0, i1, w) in enumerate(taps, start=t.dim() - 3):
+        view = [1] * t.dim()
+        view[axis] = -1
+        t = torch.lerp(t.index_select(axis, torch.from_numpy(i0)), t.index_select(axis, torch.from_numpy(i1)),
+                       torch.from_numpy(w).view(view))
+    return t.numpy()
+
+
 _VOTE_VOXELS = 1 << 21  # output voxels per slab of the boundary vote
 _DENSE_FRACTION = 0.3  # above this fraction of input voxels on a boundary, vote densely per class
 
 
-def resample_label_onehot(label: np.ndarray, shape: Sequence[int], num_classes: Optional[int] = None) -> np.ndarray:
+def resample_label_onehot(
+    label: np.ndarray, shape: Sequence[int], num_classes: Optional[int] = None, taps: Optional[Sequence[Taps]] = None
+) -> np.ndarray:
     """Resample a label map ``(X, Y, Z)`` through its one-hot masks: the result is the class whose mask,
     resampled linearly, is largest (smoother than nearest neighbour; ties go to the lower class).
 
@@ -144,11 +185,16 @@ def resample_label_onehot(label: np.ndarray, shape: Sequence[int], num_classes: 
 
     Args:
         num_classes: unused, kept for callers that pass it (every class present is considered).
+        taps: ``(i0, i1, w)`` per axis with ``i1`` equal to ``i0`` or ``i0 + 1`` (default: the half-voxel
+            convention of :func:`_linear_taps`; :func:`_monai_taps` for MONAI's grid).
     """
-    if tuple(label.shape) == tuple(shape):
+    if taps is None and tuple(label.shape) == tuple(shape):
         return np.ascontiguousarray(label)
     lab = np.ascontiguousarray(label)
-    (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = (_linear_taps(a, b) for a, b in zip(lab.shape, shape))
+    given = taps
+    if taps is None:
+        taps = [_linear_taps(a, b) for a, b in zip(lab.shape, shape)]
+    (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = taps
     # cells (i..i+1, j..j+1, k..k+1) of the input grid whose corners disagree; the last plane pairs with itself
     X, Y, Z = lab.shape
     padded = np.pad(lab, ((0, 1), (0, 1), (0, 1)), mode="edge")
@@ -159,7 +205,7 @@ def resample_label_onehot(label: np.ndarray, shape: Sequence[int], num_classes: 
                 if dx or dy or dz:
                     mixed |= padded[dx:dx + X, dy:dy + Y, dz:dz + Z] != lab
     if mixed.mean() > _DENSE_FRACTION:  # boundaries everywhere (an untrained network): per-class passes are faster
-        return _dense_vote(lab, shape)
+        return _dense_vote(lab, shape, given)
     grid = (x0[:, None, None], y0[None, :, None], z0[None, None, :])
     out = lab[grid]  # (X', Y', Z'): the class of uniform neighbourhoods
     # the vote in slabs of output planes, so that a fragmented map (every voxel on a boundary) needs memory
@@ -174,12 +220,14 @@ def resample_label_onehot(label: np.ndarray, shape: Sequence[int], num_classes: 
     return out
 
 
-def _dense_vote(lab: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """The same vote on every output voxel: each class's mask through :func:`resample_linear` (the taps of
-    :func:`_linear_taps`), keeping the largest; ties go to the lower class. Memory: a few output volumes."""
+def _dense_vote(lab: np.ndarray, shape: Sequence[int], taps: Optional[Sequence[Taps]] = None) -> np.ndarray:
+    """The same vote on every output voxel: each class's mask resampled by ``taps`` (default: one fused
+    :func:`resample_linear` pass, the taps of :func:`_linear_taps`), keeping the largest; ties go to the
+    lower class. Memory: a few output volumes."""
     best = best_cls = None
     for k in np.unique(lab):
-        score = resample_linear((lab == k)[None], shape)[0]
+        mask = (lab == k)[None]
+        score = (resample_linear(mask, shape) if taps is None else resample_taps(mask, taps))[0]
         if best is None:
             best, best_cls = score, np.full(tuple(shape), k, dtype=lab.dtype)
         else:
@@ -203,11 +251,17 @@ def _vote(lab, ox, oy, oz, tx, ty, tz) -> np.ndarray:
     return classes[score.argmax(axis=0)]
 
 
-def resample_label(label: np.ndarray, shape: Sequence[int], mode: str = "onehot") -> np.ndarray:
-    """Resample a label map by ``mode``: ``onehot`` (linear per class, then argmax) or ``nearest``."""
+def resample_label(
+    label: np.ndarray, shape: Sequence[int], mode: str = "onehot", taps: Optional[Sequence[Taps]] = None
+) -> np.ndarray:
+    """Resample a label map by ``mode``: ``onehot`` (linear per class, then argmax) or ``nearest``, on the
+    half-voxel grid or by explicit ``taps`` (nearest then takes the closer of each pair)."""
     if mode == "nearest":
-        return resample_nearest(label, shape)
-    return resample_label_onehot(label, shape)
+        if taps is None:
+            return resample_nearest(label, shape)
+        ix, iy, iz = (np.where(w < 0.5, i0, i1) for i0, i1, w in taps)
+        return np.ascontiguousarray(label[ix[:, None, None], iy[None, :, None], iz[None, None, :]])
+    return resample_label_onehot(label, shape, taps=taps)
 
 
 # ----------------------------------------------------------------------------------------- intensities
@@ -308,6 +362,10 @@ def preprocess_case(
     ras_shape = tuple(int(s) for s in ras_image.shape[1:])
     ras_spacing = tuple(float(s) for s in np.sqrt((ras_affine[:3, :3] ** 2).sum(axis=0)))
 
+    if plan.geometry == "monai":
+        return _preprocess_monai(ras_image, ras_affine, ornt, geometry, plan,
+                                 None if label is None else apply_ornt(label, ornt))
+
     # 2. crop to the body
     if plan.crop_foreground:
         box = bounding_box(foreground_mask(ras_image, plan))
@@ -351,7 +409,76 @@ def preprocess_case(
     return out, out_label, record
 
 
-def invert_to_original(array, record: dict, is_label: bool, num_classes: Optional[int] = None) -> np.ndarray:
+def _preprocess_monai(ras_image: np.ndarray, ras_affine: np.ndarray, ornt: np.ndarray, geometry: Geometry,
+                      plan: Plan, ras_label: Optional[np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray], dict]:
+    """MONAI's order and grid (``Spacingd``, ``ScaleIntensityRanged``, ``CropForegroundd``): resample the
+    whole reoriented volume keeping the first voxel's centre, then crop to the body on the resampled grid."""
+    ras_shape = tuple(int(s) for s in ras_image.shape[1:])
+    ras_spacing = np.sqrt((ras_affine[:3, :3] ** 2).sum(axis=0))
+    ratio = np.asarray(plan.target_spacing, dtype=np.float64) / ras_spacing  # input voxels per output voxel
+    full_shape = monai_shape(ras_shape, ras_spacing, plan.target_spacing)
+    taps = [_monai_taps(n_in, n_out, r) for n_in, n_out, r in zip(ras_shape, full_shape, ratio)]
+    resampled = resample_taps(ras_image, taps)
+    if plan.crop_foreground:
+        box = bounding_box(foreground_mask(resampled, plan))
+    else:
+        box = tuple((0, s) for s in full_shape)
+    sl = tuple(slice(a, b) for a, b in box)
+    out = np.ascontiguousarray(resampled[(slice(None), *sl)])
+    del resampled
+    normalize(out, plan)
+    out_label = None
+    if ras_label is not None:
+        out_label = resample_label(ras_label, full_shape, plan.label_resample, taps)[sl].astype(np.uint8, copy=False)
+        out_label = np.ascontiguousarray(out_label)
+    to_ras = np.eye(4)  # preprocessed voxel -> RAS voxel: (start + i) * ratio
+    to_ras[:3, :3] = np.diag(ratio)
+    to_ras[:3, 3] = np.array([a for a, _ in box], dtype=np.float64) * ratio
+    shape = tuple(b - a for a, b in box)
+    record = {
+        "version": RECORD_VERSION,
+        "geometry_mode": "monai",
+        "geometry": geometry.to_dict(),
+        "ornt": np.asarray(ornt).tolist(),
+        "ras_shape": list(ras_shape),
+        "ras_spacing": [float(s) for s in ras_spacing],
+        "full_shape": list(full_shape),
+        "ratio": [float(r) for r in ratio],
+        "bbox": [list(b) for b in box],  # on the resampled grid
+        "crop_shape": list(shape),
+        "shape": list(shape),
+        "spacing": [float(s) for s in plan.target_spacing],
+        "affine": (ras_affine @ to_ras).tolist(),
+        "target_spacing": list(plan.target_spacing),
+    }
+    return out, out_label, record
+
+
+def _monai_inverse_taps(record: dict) -> List[Taps]:
+    """Per RAS axis, the taps that take the preprocessed array, padded with one plane on each side, back to
+    the reoriented input grid as MONAI's ``Invertd`` does: input voxel ``j`` samples resampled coordinate
+    ``j / ratio`` (border clamped); resampled voxels outside the crop read the padding (index 0 or n + 1)."""
+    taps = []
+    for n_ras, n_full, r, (b0, b1) in zip(record["ras_shape"], record["full_shape"], record["ratio"], record["bbox"]):
+        i0, i1, w = _monai_taps(n_full, n_ras, 1.0 / r)
+        n = b1 - b0
+        taps.append((np.clip(i0 - b0 + 1, 0, n + 1), np.clip(i1 - b0 + 1, 0, n + 1), w))
+    return taps
+
+
+def _padded(array: np.ndarray, value) -> np.ndarray:
+    """``array`` with one plane of ``value`` before and after each of its last three axes."""
+    pad = [(0, 0)] * (array.ndim - 3) + [(1, 1)] * 3
+    if array.ndim == 3:
+        return np.pad(array, pad, mode="constant", constant_values=value)
+    out = np.empty(array.shape[:-3] + tuple(n + 2 for n in array.shape[-3:]), dtype=array.dtype)
+    out[...] = np.asarray(value, dtype=array.dtype).reshape((-1, 1, 1, 1))
+    out[(Ellipsis, slice(1, -1), slice(1, -1), slice(1, -1))] = array
+    return out
+
+
+def invert_to_original(array, record: dict, is_label: bool, num_classes: Optional[int] = None,
+                       background: bool = True) -> np.ndarray:
     """Put a prediction on the preprocessed grid back on the original file's grid.
 
     Args:
@@ -361,15 +488,22 @@ def invert_to_original(array, record: dict, is_label: bool, num_classes: Optiona
         is_label: label maps are resampled through their one-hot masks (linear, then argmax); probabilities
             are resampled linearly per channel.
         num_classes: optional class count for label maps (default: the classes present).
+        background: outside the crop, soft outputs are background (1, 0, ...: probabilities); ``False`` pads
+            them with zeros (logits, as MONAI's ``Invertd`` pads).
 
     Returns:
         ``(X, Y, Z)`` label map (same dtype) or ``(K, X, Y, Z)`` float32 probabilities with the shape of the
         input file; outside the crop the label is 0 and the probabilities are background (1, 0, ...).
+
+    With the ``monai`` geometry the padded crop is resampled back as a whole (MONAI's ``Invertd``: linear,
+    border clamped), so voxels next to the crop blend with the padding, as they do in a MONAI pipeline.
     """
     if hasattr(array, "detach"):
         array = array.detach().cpu().numpy()
     array = np.asarray(array)
     shape = tuple(record["shape"])
+    if record.get("geometry_mode", "extent") == "monai":
+        return _invert_monai(array, record, is_label, background)
     crop_shape = tuple(record["crop_shape"])
     ras_shape = tuple(record["ras_shape"])
     ornt = np.asarray(record["ornt"], dtype=np.float64)
@@ -391,6 +525,130 @@ def invert_to_original(array, record: dict, is_label: bool, num_classes: Optiona
     expected = tuple(record["geometry"]["shape"])
     assert tuple(out.shape[-3:]) == expected, (out.shape, expected)
     return np.ascontiguousarray(out)
+
+
+def _invert_monai(array: np.ndarray, record: dict, is_label: bool, background: bool) -> np.ndarray:
+    shape = tuple(record["shape"])
+    taps = _monai_inverse_taps(record)
+    ras_shape = tuple(record["ras_shape"])
+    if is_label:
+        if array.ndim != 3 or tuple(array.shape) != shape:
+            raise ValueError(f"label map must have the preprocessed shape {shape}, got {array.shape}")
+        full = resample_label_onehot(_padded(array, 0), ras_shape, taps=taps)
+    else:
+        if array.ndim != 4 or tuple(array.shape[1:]) != shape:
+            raise ValueError(f"probabilities must be (K, *{shape}), got {array.shape}")
+        pad = np.zeros(array.shape[0], dtype=np.float32)
+        if background:
+            pad[0] = 1.0
+        full = resample_taps(_padded(array.astype(np.float32, copy=False), pad), taps)
+    out = apply_ornt(full, invert_ornt(np.asarray(record["ornt"], dtype=np.float64)))
+    return np.ascontiguousarray(out)
+
+
+class SoftInverse:
+    """Soft outputs on the preprocessed grid back to the input file's grid, with the argmax taken there
+    (as MONAI and nnU-Net do), fed in order in slabs of planes along the first axis, so that neither grid
+    ever holds a full float volume.
+
+    With the ``extent`` geometry the softmax probabilities are resampled linearly on the crop (outside it
+    the label is background); with ``monai`` the logits go back as MONAI's ``Invertd`` takes them (zero
+    padding around the crop, border clamped). Memory: the label map, two planes of the preprocessed grid
+    and a few output planes at a time.
+
+    Example:
+        >>> inv = SoftInverse(record, num_classes=4)
+        >>> for slab in slabs:  # (K, n, Y, Z) float32, first-axis order
+        ...     inv.push(slab)
+        >>> labels = inv.result()  # (X, Y, Z) uint8 on the input file's grid
+    """
+
+    _CHUNK = 1 << 22  # floats per working array of a chunk of output planes
+
+    def __init__(self, record: dict, num_classes: int) -> None:
+        import torch
+
+        self.record = record
+        self.k = int(num_classes)
+        n = tuple(record["shape"])
+        self.monai = record.get("geometry_mode", "extent") == "monai"
+        if self.monai:
+            self.region = tuple(slice(0, s) for s in record["ras_shape"])
+            taps = _monai_inverse_taps(record)
+            pad = torch.zeros(self.k)
+        else:
+            self.region = tuple(slice(a, b) for a, b in record["bbox"])
+            taps = [(i0 + 1, i1 + 1, w) for i0, i1, w in
+                    (_linear_taps(a, b) for a, b in zip(n, record["crop_shape"]))]
+            pad = torch.zeros(self.k)
+            pad[0] = 1.0
+        self.n = n
+        self.taps = [tuple(torch.from_numpy(np.ascontiguousarray(t)) for t in tp) for tp in taps]
+        self.pad_plane = pad.view(-1, 1, 1).expand(self.k, n[1] + 2, n[2] + 2).contiguous()
+        self.pad = pad
+        self.out = np.zeros(tuple(s.stop - s.start for s in self.region), dtype=np.uint8)
+        self.planes: dict = {}  # padded first-axis index -> (K, Y + 2, Z + 2)
+        self.received = 0  # planes of the preprocessed grid received so far
+        self.done = 0  # output planes written so far
+
+    def _plane(self, p: int):
+        return self.pad_plane if p == 0 or p == self.n[0] + 1 else self.planes[p]
+
+    def push(self, slab) -> None:
+        """Add the next planes ``(K, m, Y, Z)`` (logits) of the preprocessed grid."""
+        import torch
+
+        slab = torch.as_tensor(slab, dtype=torch.float32)
+        if slab.dim() != 4 or slab.shape[0] != self.k or tuple(slab.shape[2:]) != self.n[1:]:
+            raise ValueError(f"slab must be ({self.k}, m, {self.n[1]}, {self.n[2]}), got {tuple(slab.shape)}")
+        if self.received + slab.shape[1] > self.n[0]:
+            raise ValueError(f"more than {self.n[0]} planes pushed")
+        if not self.monai:
+            slab = torch.softmax(slab, 0)
+        padded = self.pad.view(-1, 1, 1, 1).expand(self.k, slab.shape[1], self.n[1] + 2, self.n[2] + 2).clone()
+        padded[:, :, 1:-1, 1:-1] = slab
+        for j in range(slab.shape[1]):
+            self.planes[self.received + 1 + j] = padded[:, j]
+        self.received += slab.shape[1]
+        self._flush()
+
+    def _ready(self, p: int) -> bool:
+        return p == 0 or p == self.n[0] + 1 or p <= self.received
+
+    def _flush(self) -> None:
+        import torch
+
+        x0, x1, wx = self.taps[0]
+        (y0, y1, wy), (z0, z1, wz) = self.taps[1], self.taps[2]
+        total = self.out.shape[0]
+        per_plane = self.k * max(y0.numel(), self.n[1] + 2) * max(z0.numel(), self.n[2] + 2)
+        step = max(1, self._CHUNK // per_plane)
+        while self.done < total:
+            hi = self.done
+            while hi < total and hi - self.done < step and self._ready(int(x1[hi])) and self._ready(int(x0[hi])):
+                hi += 1
+            if hi == self.done:
+                break
+            a = torch.stack([self._plane(int(p)) for p in x0[self.done:hi]])  # (m, K, Y + 2, Z + 2)
+            b = torch.stack([self._plane(int(p)) for p in x1[self.done:hi]])
+            v = torch.lerp(a, b, wx[self.done:hi].view(-1, 1, 1, 1))
+            v = torch.lerp(v.index_select(2, y0), v.index_select(2, y1), wy.view(1, 1, -1, 1))
+            v = torch.lerp(v.index_select(3, z0), v.index_select(3, z1), wz.view(1, 1, 1, -1))
+            self.out[self.done:hi] = v.argmax(1).to(torch.uint8).numpy()
+            self.done = hi
+            keep = int(x0[hi]) if hi < total else self.n[0] + 2
+            for p in [p for p in self.planes if p < keep]:
+                del self.planes[p]
+
+    def result(self) -> np.ndarray:
+        """The label map ``(X, Y, Z)`` uint8 on the input file's grid (after every plane was pushed)."""
+        if self.received != self.n[0] or self.done != self.out.shape[0]:
+            raise RuntimeError(f"{self.received} of {self.n[0]} planes pushed, {self.done} of "
+                               f"{self.out.shape[0]} output planes written")
+        full = np.zeros(tuple(self.record["ras_shape"]), dtype=np.uint8)
+        full[self.region] = self.out
+        out = apply_ornt(full, invert_ornt(np.asarray(self.record["ornt"], dtype=np.float64)))
+        return np.ascontiguousarray(out)
 
 
 def record_geometry(record: dict) -> Geometry:
@@ -424,6 +682,7 @@ def preprocess_image_file(paths: Union[PathLike, Sequence[PathLike]], plan: Plan
 __all__ = [
     "preprocess_case", "invert_to_original", "preprocess_files", "preprocess_image_file", "record_geometry",
     "resample_image", "resample_nearest", "resample_linear", "resample_label_onehot", "resample_label", "normalize",
-    "foreground_mask", "bounding_box", "target_shape", "apply_ornt", "invert_ornt", "ras_ornt",
+    "foreground_mask", "bounding_box", "target_shape", "apply_ornt", "invert_ornt", "ras_ornt", "SoftInverse",
+    "resample_taps", "monai_shape",
 ]
 

@@ -194,7 +194,9 @@ def predict_volume(
     *,
     probabilities: bool = False,
     progress: Optional[Callable[[int], None]] = None,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    sink: Optional[Callable[[torch.Tensor], None]] = None,
+    keep_logits: bool = False,
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Segment one preprocessed volume.
 
     Args:
@@ -204,6 +206,10 @@ def predict_volume(
         config: overlap, blending, batch, TTA, precision, devices.
         probabilities: also return the softmax probabilities (the float volume is then held).
         progress: called with the number of windows done.
+        sink: instead of labels, hand the blended logits to ``sink`` slab by slab (``(K, n, Y, Z)``, in
+            order along X; see :class:`unetr.data.preprocess.SoftInverse`) and return ``(None, None)``.
+        keep_logits: with ``probabilities``, return the blended logits ``(K, X, Y, Z)`` float32 in place of
+            the labels.
 
     Returns:
         ``(labels (X, Y, Z) uint8 on the CPU, probabilities (K, X, Y, Z) float16 or None)``.
@@ -218,13 +224,17 @@ def predict_volume(
     common = dict(overlap=config.overlap, mode=config.mode, sigma_scale=config.sigma_scale,
                   batch_size=config.sw_batch_size or (1 if device.type == "cpu" else 4), device=device, accum_device=accum,
                   accum_dtype=torch.float16 if config.accum_fp16 else torch.float32, progress=progress)
+    if sink is not None:
+        sliding_window(x, fn, roi, output="stream", sink=lambda slab: sink(slab.cpu()), **common)
+        return None, None
     if not probabilities:
         labels = sliding_window(x, fn, roi, output="argmax", **common)  # (X, Y, Z)
         return labels.cpu(), None
     logits = sliding_window(x, fn, roi, output="probabilities", out_dtype=torch.float32, **common)  # (K, X, Y, Z)
-    labels = logits.argmax(0).to(torch.uint8).cpu()
     probs = torch.softmax(logits, 0).to(torch.float16).cpu()
-    return labels, probs
+    if keep_logits:
+        return logits.cpu(), probs
+    return logits.argmax(0).to(torch.uint8).cpu(), probs
 
 
 def keep_largest_component(labels: np.ndarray, classes: Optional[Sequence[int]] = None) -> np.ndarray:
@@ -314,7 +324,7 @@ def predict_case(
         A :class:`CaseResult`; problems with the input are reported there (status ``failed``), not raised.
     """
     from unetr.data.io import write_image, write_label
-    from unetr.data.preprocess import invert_to_original, preprocess_image_file, record_geometry
+    from unetr.data.preprocess import SoftInverse, invert_to_original, preprocess_image_file, record_geometry
 
     config = config or InferConfig()
     files = [Path(f) for f in files]
@@ -329,11 +339,27 @@ def predict_case(
         image, record = preprocess_image_file(files if len(files) > 1 else files[0], plan)
         roi = tuple(int(r) for r in getattr(model, "img_size", plan.roi))
         n_win = count_windows(image.shape[1:], roi, config.overlap)
+        soft = config.inverse == "soft"
         with _progress_bar(n_win, name, False, 1) if window_progress else contextlib.nullcontext(None) as bar:
-            labels, probs = predict_volume(model, image, roi, config, probabilities=probabilities,
-                                           progress=bar.update if bar is not None else None)
+            tick = bar.update if bar is not None else None
+            probs = None
+            if soft and not probabilities:  # the logits stream into the inverse; no float volume is held
+                inverse = SoftInverse(record, plan.num_classes)
+                predict_volume(model, image, roi, config, sink=inverse.push, progress=tick)
+                labels_np = inverse.result()
+            else:
+                # labels, or (soft) the logits, on the preprocessed grid
+                grid_out, probs = predict_volume(model, image, roi, config, probabilities=probabilities,
+                                                 progress=tick, keep_logits=soft)
+                if soft:
+                    inverse = SoftInverse(record, plan.num_classes)
+                    inverse.push(grid_out)
+                    labels_np = inverse.result()
+                else:
+                    labels_np = invert_to_original(grid_out.numpy(), record, is_label=True,
+                                                   num_classes=plan.num_classes)
+                del grid_out
         del image
-        labels_np = invert_to_original(labels.numpy(), record, is_label=True, num_classes=plan.num_classes)
         if config.largest_component:
             keep_largest_component(labels_np)
         geom = record_geometry(record)

@@ -137,7 +137,8 @@ def sliding_window(
     output: str = "probabilities",
     out_dtype: torch.dtype = torch.float32,
     progress: Optional[Callable[[int], None]] = None,
-) -> torch.Tensor:
+    sink: Optional[Callable[[torch.Tensor], None]] = None,
+) -> Optional[torch.Tensor]:
     """Run ``predictor`` on overlapping windows of ``image`` and blend the outputs.
 
     Args:
@@ -154,9 +155,11 @@ def sliding_window(
         accum_dtype: dtype of the sums (float32, or float16 to halve their memory).
         output: ``probabilities`` returns the blended outputs ``(K, X, Y, Z)`` in ``out_dtype``;
             ``argmax`` returns only the class map ``(X, Y, Z)`` (uint8 when K <= 256, else int64) and never
-            holds the full float volume.
+            holds the full float volume; ``stream`` hands each finished slab of blended outputs
+            ``(K, n, Y, Z)`` float32, in order along X, to ``sink`` and returns None.
         out_dtype: dtype of the returned blended outputs (``probabilities`` only).
         progress: called with the number of windows done after each batch (e.g. ``tqdm.update``).
+        sink: receives the slabs of ``output='stream'`` (e.g. :class:`unetr.data.preprocess.SoftInverse`).
 
     Returns:
         ``(K, X, Y, Z)`` blended outputs or ``(X, Y, Z)`` labels, on ``accum_device``, with the image's
@@ -175,8 +178,10 @@ def sliding_window(
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if output not in ("probabilities", "argmax"):
-        raise ValueError(f"output must be 'probabilities' or 'argmax', got {output!r}")
+    if output not in ("probabilities", "argmax", "stream"):
+        raise ValueError(f"output must be 'probabilities', 'argmax' or 'stream', got {output!r}")
+    if (output == "stream") != (sink is not None):
+        raise ValueError("output='stream' needs a sink, and a sink needs output='stream'")
     device = torch.device(device) if device is not None else image.device
     accum_device = torch.device(accum_device) if accum_device is not None else image.device
 
@@ -206,6 +211,10 @@ def sliding_window(
         yz = (crop[1], crop[2])
         sums = acc[(slice(None), slice(a, b)) + yz]  # (K, b - a, Y, Z)
         dst = slice(o_lo - crop[0].start, o_hi - crop[0].start)
+        if output == "stream":
+            assert sink is not None
+            sink(sums.float() / cnt[(slice(None), slice(a, b)) + yz].float())
+            return
         if result is None:
             k = sums.shape[0]
             if output == "argmax":
@@ -252,7 +261,7 @@ def sliding_window(
                 progress(len(chunk))
         nxt = x_starts[i + 1] if i + 1 < len(x_starts) else shape[0]
         emit(xs, nxt)
-    assert result is not None and done == len(corners)
+    assert done == len(corners) and (result is not None or output == "stream")
     return result
 
 
