@@ -140,3 +140,24 @@ def test_plan_geometry_validation():
     with pytest.raises(ValueError, match="image_order 1"):
         _plan(image_order=3)
     assert Plan.from_dict({k: v for k, v in _plan().to_dict().items() if k != "geometry"}).geometry == "extent"
+
+
+@pytest.mark.parametrize("geometry", ["extent", "monai"])
+def test_soft_inverse_boundary_only_path_equals_the_dense_one(tmp_path, geometry, monkeypatch):
+    """Voxels whose eight neighbours share an argmax keep it without interpolation: the same labels."""
+    import unetr.data.preprocess as P
+
+    path, _ = _ct(tmp_path)
+    _, _, rec = preprocess_files(path, _plan(geometry=geometry))
+    n = rec["shape"]
+    g = torch.Generator().manual_seed(2)
+    logits = torch.nn.functional.avg_pool3d(torch.randn((1, 4, *n), generator=g), 7, 1, 3)[0] * 40
+    results = []
+    for fraction in (0.0, 1.01):  # every chunk dense / every chunk boundary-only
+        monkeypatch.setattr(P, "_DENSE_FRACTION", fraction)
+        inv = SoftInverse(rec, 4)
+        for start in range(0, n[0], 7):
+            inv.push(logits[:, start:start + 7])
+        results.append(inv.result())
+    assert (results[0] == results[1]).mean() > 0.9999
+    assert len(np.unique(results[0])) == 4

@@ -171,6 +171,7 @@ def resample_taps(array: np.ndarray, taps: Sequence[Taps]) -> np.ndarray:
 
 _VOTE_VOXELS = 1 << 21  # output voxels per slab of the boundary vote
 _DENSE_FRACTION = 0.3  # above this fraction of input voxels on a boundary, vote densely per class
+_PAD_LABEL = 255  # SoftInverse: the label of the zero padding around a crop (no class has it)
 
 
 def resample_label_onehot(
@@ -546,6 +547,20 @@ def _invert_monai(array: np.ndarray, record: dict, is_label: bool, background: b
     return np.ascontiguousarray(out)
 
 
+def torch_zeros_bool(shape):
+    import torch
+
+    return torch.zeros(tuple(shape), dtype=torch.bool)
+
+
+def _extend_high(lab):
+    """``lab`` (Y, Z) with its last row and column repeated once (the clamped neighbours of the edge)."""
+    import torch
+
+    lab = torch.cat([lab, lab[-1:]], 0)
+    return torch.cat([lab, lab[:, -1:]], 1)
+
+
 class SoftInverse:
     """Soft outputs on the preprocessed grid back to the input file's grid, with the argmax taken there
     (as MONAI and nnU-Net do), fed in order in slabs of planes along the first axis, so that neither grid
@@ -553,8 +568,8 @@ class SoftInverse:
 
     With the ``extent`` geometry the softmax probabilities are resampled linearly on the crop (outside it
     the label is background); with ``monai`` the logits go back as MONAI's ``Invertd`` takes them (zero
-    padding around the crop, border clamped). Memory: the label map, two planes of the preprocessed grid
-    and a few output planes at a time.
+    padding around the crop, border clamped). Memory: the label map, the slabs not yet used up and a few
+    output planes at a time.
 
     Example:
         >>> inv = SoftInverse(record, num_classes=4)
@@ -570,29 +585,47 @@ class SoftInverse:
 
         self.record = record
         self.k = int(num_classes)
+        if not 1 <= self.k < _PAD_LABEL:
+            raise ValueError(f"SoftInverse handles 1 to {_PAD_LABEL - 1} classes, got {self.k}")
         n = tuple(record["shape"])
         self.monai = record.get("geometry_mode", "extent") == "monai"
-        if self.monai:
+        if self.monai:  # indices into the array padded by one (zero) plane on each side
             self.region = tuple(slice(0, s) for s in record["ras_shape"])
             taps = _monai_inverse_taps(record)
-            pad = torch.zeros(self.k)
-        else:
+        else:  # always inside the array; the same taps as resample_linear (torch's align_corners=False)
             self.region = tuple(slice(a, b) for a, b in record["bbox"])
-            taps = [(i0 + 1, i1 + 1, w) for i0, i1, w in
-                    (_linear_taps(a, b) for a, b in zip(n, record["crop_shape"]))]
-            pad = torch.zeros(self.k)
-            pad[0] = 1.0
+            taps = [_linear_taps(a, b) for a, b in zip(n, record["crop_shape"])]
+            taps[0] = (taps[0][0] + 1, taps[0][1] + 1, taps[0][2])  # first axis: padded plane numbers
         self.n = n
         self.taps = [tuple(torch.from_numpy(np.ascontiguousarray(t)) for t in tp) for tp in taps]
-        self.pad_plane = pad.view(-1, 1, 1).expand(self.k, n[1] + 2, n[2] + 2).contiguous()
-        self.pad = pad
+        self.zero = torch.zeros((self.k, n[1], n[2]))
+        self.zero_label = torch.full((n[1] + 2 * self.monai, n[2] + 2 * self.monai), _PAD_LABEL, dtype=torch.uint8)
+        self.labels: dict = {}  # padded first-axis index -> (Y, Z) argmax of that plane (padded for monai)
+        self.cells: dict = {}  # padded first-axis index -> (Y, Z) bool: the 2x2x2 cell from there is mixed
+        self.last = n[0] + 1 if self.monai else n[0]  # the last padded plane number the taps reach
         self.out = np.zeros(tuple(s.stop - s.start for s in self.region), dtype=np.uint8)
-        self.planes: dict = {}  # padded first-axis index -> (K, Y + 2, Z + 2)
+        self.planes: dict = {}  # padded first-axis index -> (K, Y, Z)
         self.received = 0  # planes of the preprocessed grid received so far
         self.done = 0  # output planes written so far
 
     def _plane(self, p: int):
-        return self.pad_plane if p == 0 or p == self.n[0] + 1 else self.planes[p]
+        return self.zero if p == 0 or p == self.n[0] + 1 else self.planes[p]
+
+    def _label(self, p: int):
+        return self.zero_label if p == 0 or p == self.n[0] + 1 else self.labels[p]
+
+    def _cell(self, p: int):
+        """Whether the labels of the cell ``{p, p+1} x {y, y+1} x {z, z+1}`` differ (indices clamped)."""
+        if p not in self.cells:
+            here, there = self._label(p), self._label(min(p + 1, self.last))
+            mixed = torch_zeros_bool(here.shape)
+            for lab in (here, there):
+                ext = _extend_high(lab)
+                for dy in (0, 1):
+                    for dz in (0, 1):
+                        mixed |= ext[dy:dy + here.shape[0], dz:dz + here.shape[1]] != here
+            self.cells[p] = mixed
+        return self.cells[p]
 
     def push(self, slab) -> None:
         """Add the next planes ``(K, m, Y, Z)`` (logits) of the preprocessed grid."""
@@ -605,40 +638,73 @@ class SoftInverse:
             raise ValueError(f"more than {self.n[0]} planes pushed")
         if not self.monai:
             slab = torch.softmax(slab, 0)
-        padded = self.pad.view(-1, 1, 1, 1).expand(self.k, slab.shape[1], self.n[1] + 2, self.n[2] + 2).clone()
-        padded[:, :, 1:-1, 1:-1] = slab
+        labels = slab.max(0).indices.to(torch.uint8)  # (m, Y, Z) argmax (max's indices: 4-5x faster on CPUs)
+        if self.monai:  # the zero padding around the crop is a label of its own: cells touching it are mixed
+            labels = torch.nn.functional.pad(labels, (1, 1, 1, 1), value=_PAD_LABEL)
         for j in range(slab.shape[1]):
-            self.planes[self.received + 1 + j] = padded[:, j]
+            self.planes[self.received + 1 + j] = slab[:, j]
+            self.labels[self.received + 1 + j] = labels[j]
         self.received += slab.shape[1]
         self._flush()
 
     def _ready(self, p: int) -> bool:
-        return p == 0 or p == self.n[0] + 1 or p <= self.received
+        return p == 0 or p == self.n[0] + 1 or p <= self.received or (p == self.last + 1 and self._ready(self.last))
 
     def _flush(self) -> None:
-        import torch
-
-        x0, x1, wx = self.taps[0]
-        (y0, y1, wy), (z0, z1, wz) = self.taps[1], self.taps[2]
-        total = self.out.shape[0]
-        per_plane = self.k * max(y0.numel(), self.n[1] + 2) * max(z0.numel(), self.n[2] + 2)
-        step = max(1, self._CHUNK // per_plane)
+        x0, x1, _ = self.taps[0]
+        total, size = self.out.shape[0], self.out.shape[1:]
+        step = max(1, self._CHUNK // (self.k * max(size[0], self.n[1] + 2) * max(size[1], self.n[2] + 2)))
         while self.done < total:
             hi = self.done
-            while hi < total and hi - self.done < step and self._ready(int(x1[hi])) and self._ready(int(x0[hi])):
+            while hi < total and hi - self.done < step and self._ready(min(int(x0[hi]) + 1, self.last)):
                 hi += 1
             if hi == self.done:
                 break
-            a = torch.stack([self._plane(int(p)) for p in x0[self.done:hi]])  # (m, K, Y + 2, Z + 2)
-            b = torch.stack([self._plane(int(p)) for p in x1[self.done:hi]])
-            v = torch.lerp(a, b, wx[self.done:hi].view(-1, 1, 1, 1))
-            v = torch.lerp(v.index_select(2, y0), v.index_select(2, y1), wy.view(1, 1, -1, 1))
-            v = torch.lerp(v.index_select(3, z0), v.index_select(3, z1), wz.view(1, 1, 1, -1))
-            self.out[self.done:hi] = v.argmax(1).to(torch.uint8).numpy()
+            self.out[self.done:hi] = self._chunk(slice(self.done, hi), size)
             self.done = hi
             keep = int(x0[hi]) if hi < total else self.n[0] + 2
             for p in [p for p in self.planes if p < keep]:
-                del self.planes[p]
+                del self.planes[p], self.labels[p]
+                self.cells.pop(p, None)
+
+    def _chunk(self, sl: slice, size) -> np.ndarray:
+        """Output planes ``sl``: an output voxel whose 8 neighbours on the preprocessed grid share one argmax
+        takes it (a weighted mean of score vectors whose largest entry is the same class keeps it); the
+        interpolation runs on the other voxels only, or on all of them when most are mixed."""
+        import torch
+        import torch.nn.functional as F
+
+        (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = self.taps
+        xs = [int(p) for p in x0[sl]]
+        out = torch.stack([self._label(p) for p in xs]).index_select(1, y0).index_select(2, z0)  # (m, Yo, Zo)
+        mixed = torch.stack([self._cell(p) for p in xs]).index_select(1, y0).index_select(2, z0)
+        if self.monai:
+            out[out == _PAD_LABEL] = 0  # all eight corners in the zero padding: zero logits, class 0
+        n_mixed = int(mixed.sum())
+        if n_mixed == 0:
+            return out.numpy()
+        a = torch.stack([self._plane(int(p)) for p in x0[sl]])  # (m, K, Y, Z)
+        b = torch.stack([self._plane(int(p)) for p in x1[sl]])
+        if self.monai:
+            a, b = F.pad(a, (1, 1, 1, 1)), F.pad(b, (1, 1, 1, 1))
+        w = wx[sl]
+        if n_mixed > _DENSE_FRACTION * mixed.numel():  # fragmented: interpolate everything
+            v = torch.lerp(a, b, w.view(-1, 1, 1, 1))
+            del a, b
+            if self.monai:
+                v = torch.lerp(v.index_select(2, y0), v.index_select(2, y1), wy.view(1, 1, -1, 1))
+                v = torch.lerp(v.index_select(3, z0), v.index_select(3, z1), wz.view(1, 1, 1, -1))
+            else:  # the same taps, one fused pass
+                v = F.interpolate(v, size=tuple(size), mode="bilinear", align_corners=False)
+            return v.max(1).indices.to(torch.uint8).numpy()
+        mo, mq, mr = torch.nonzero(mixed, as_tuple=True)
+        score = torch.zeros((mo.numel(), self.k))
+        for src, fx in ((a, 1 - w[mo]), (b, w[mo])):
+            for ys, fy in ((y0[mq], 1 - wy[mq]), (y1[mq], wy[mq])):
+                for zs, fz in ((z0[mr], 1 - wz[mr]), (z1[mr], wz[mr])):
+                    score += src[mo, :, ys, zs] * (fx * fy * fz)[:, None]
+        out[mo, mq, mr] = score.argmax(1).to(torch.uint8)
+        return out.numpy()
 
     def result(self) -> np.ndarray:
         """The label map ``(X, Y, Z)`` uint8 on the input file's grid (after every plane was pushed)."""

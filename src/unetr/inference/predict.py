@@ -234,7 +234,7 @@ def predict_volume(
     probs = torch.softmax(logits, 0).to(torch.float16).cpu()
     if keep_logits:
         return logits.cpu(), probs
-    return logits.argmax(0).to(torch.uint8).cpu(), probs
+    return logits.max(0).indices.to(torch.uint8).cpu(), probs
 
 
 def keep_largest_component(labels: np.ndarray, classes: Optional[Sequence[int]] = None) -> np.ndarray:
