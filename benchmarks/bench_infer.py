@@ -1,23 +1,27 @@
 """End-to-end prediction of one CT-like 512x512x120 volume: unetr's pipeline against MONAI's usual one.
 
-Both pipelines use the same model object and weights (the ``tiny`` preset, 14 classes, ROI 96^3, seeded)
-and go file to file:
+Every pipeline uses the same model object and weights (the ``tiny`` preset, 14 classes, ROI 96^3, seeded)
+and goes file to file:
 
-- ours:  ``unetr.inference.predict_case`` (read, reorient, crop to the body, resample to 1.5x1.5x2 mm,
-  CT window, Gaussian sliding window with overlap 0.5 and argmax-only blending, inverse to the file's grid,
-  write) with its defaults, after ``unetr.heap.keep_freed_memory()`` as ``unetr predict`` runs it;
-- MONAI: ``LoadImaged, EnsureChannelFirstd, Orientationd(RAS), Spacingd(1.5, 1.5, 2), ScaleIntensityRanged``,
-  ``sliding_window_inference`` (Gaussian, overlap 0.5, batch 4), ``Invertd`` (bilinear, on the
-  probabilities, as MONAI's tutorials do), ``AsDiscreted(argmax)``, ``SaveImaged`` (uint8).
+- ``unetr``: ``unetr.inference.predict_case`` with its defaults (read, reorient, crop to the body,
+  resample to 1.5x1.5x2 mm keeping the extent, CT window, Gaussian sliding window with overlap 0.5 whose
+  blended logits stream into the soft inverse, argmax on the file's grid, write), after
+  ``unetr.heap.keep_freed_memory()`` as ``unetr predict`` runs it;
+- ``unetr-monai``: the same with the plan's ``geometry="monai"`` (``unetr predict --geometry monai``):
+  MONAI's grid and order, logits back as MONAI's ``Invertd`` takes them;
+- ``monai``: ``LoadImaged, EnsureChannelFirstd, Orientationd(RAS), Spacingd(1.5, 1.5, 2),
+  ScaleIntensityRanged``, ``sliding_window_inference`` (Gaussian, overlap 0.5, batch 4), ``Invertd``
+  (bilinear, on the logits, as MONAI's tutorials do), ``AsDiscreted(argmax)``, ``SaveImaged`` (uint8);
+- ``monai+crop``: the same with ``CropForegroundd`` after the intensity window (MONAI's UNETR tutorial).
 
 Each run is a separate child process (so its peak RSS is its own, read with ``resource.getrusage``); runs
-alternate ours/MONAI and the medians are reported. Time counts from reading the file to the written file
-(imports and model loading excluded, for both).
+alternate and the medians are reported. Time counts from reading the file to the written file (imports
+and model loading excluded, for all).
 
-Agreement of the two label maps (Dice per class) is measured twice: with the randomly initialised UNETR
-(whose argmax is fragmented, so it mostly measures how the two preprocessing grids differ) and with a
-confident, smooth predictor (intensity bands, a fixed 1x1x1 function of the voxel value) run through the
-same two pipelines.
+Agreement of the label maps (Dice per class) is measured with the randomly initialised UNETR (a
+fragmented argmax, so any difference between two chains shows) in fp32 and bf16, and with a confident,
+smooth predictor (intensity bands, a fixed 1x1x1 function of the voxel value). ``--agreement-run`` measures
+it with a trained run instead, and against the reference labels where there are some.
 
 Run: python benchmarks/bench_infer.py [--repeats 2] [--threads 2] [--write-results]
 """
@@ -116,13 +120,16 @@ class IntensityBands:
 
 
 # ----------------------------------------------------------------------------------------------- children
+SIDES = ("unetr", "unetr-monai", "monai", "monai+crop")
+
+
 def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
 
 
-def child_ours(image: Path, out: Path, run: Path, model_kind: str) -> dict:
+def child_ours(image: Path, out: Path, run: Path, model_kind: str, geometry: str | None, precision: str) -> dict:
     import torch
 
     from unetr.config import InferConfig
@@ -131,17 +138,19 @@ def child_ours(image: Path, out: Path, run: Path, model_kind: str) -> dict:
 
     keep_freed_memory()  # as `unetr predict` does at start
     model, plan = load_predictor(run, device="cpu")
+    if geometry:
+        plan = plan.replace(geometry=geometry)
     if model_kind == "bands":
         model = IntensityBands()
         model.img_size = ROI
     t0 = time.perf_counter()
-    res = predict_case(model, plan, [image], out, InferConfig(device="cpu"), overwrite=True)
+    res = predict_case(model, plan, [image], out, InferConfig(device="cpu", precision=precision), overwrite=True)
     dt = time.perf_counter() - t0
     assert res.status == "done", res.message
     return {"seconds": dt, "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads(), "output": str(res.output)}
 
 
-def child_monai(image: Path, out: Path, run: Path, model_kind: str) -> dict:
+def child_monai(image: Path, out: Path, run: Path, model_kind: str, crop: bool) -> dict:
     import torch
     from monai.inferers import sliding_window_inference
     from monai.transforms import (
@@ -168,8 +177,8 @@ def child_monai(image: Path, out: Path, run: Path, model_kind: str) -> dict:
         LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS"),
         Spacingd(keys="image", pixdim=target, mode="bilinear"),
         ScaleIntensityRanged(keys="image", a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True),
-        # "unetr+crop": MONAI's UNETR tutorial adds CropForegroundd here, as the run's plan crops to the body
-        *([CropForegroundd(keys="image", source_key="image")] if model_kind.endswith("+crop") else []),
+        # "monai+crop": MONAI's UNETR tutorial adds CropForegroundd here
+        *([CropForegroundd(keys="image", source_key="image")] if crop else []),
     ])
     post = Compose([
         Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
@@ -189,25 +198,27 @@ def child_monai(image: Path, out: Path, run: Path, model_kind: str) -> dict:
             "output": str(written[-1])}
 
 
-def run_child(which: str, image: Path, out: Path, run: Path, model_kind: str, threads: int) -> dict:
+def run_child(side: str, image: Path, out: Path, run: Path, model_kind: str, threads: int,
+              precision: str = "auto") -> dict:
+    """One prediction by ``side`` (see SIDES) in a fresh process."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which, "--image", str(image), "--out", str(out),
-           "--run", str(run), "--model-kind", model_kind, "--threads", str(threads)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--image", str(image), "--out", str(out),
+           "--run", str(run), "--model-kind", model_kind, "--threads", str(threads), "--precision", precision]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode != 0:
-        raise RuntimeError(f"{which} child failed:\n{p.stderr[-3000:]}")
+        raise RuntimeError(f"{side} child failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def agreement(a: Path, b: Path, k: int = K) -> dict:
+    """Dice per foreground class present in either of two label maps on the same grid (files or arrays)."""
     from unetr.data.io import read_label
+    from unetr.metrics import confusion_matrix
 
     la, ga = read_label(a)
     lb, gb = read_label(b)
     assert la.shape == lb.shape, (la.shape, lb.shape)
     assert np.allclose(ga.affine, gb.affine, atol=1e-3), "the two outputs are not on the same grid"
-    from unetr.metrics import confusion_matrix
-
     cm = confusion_matrix(la, lb, k).astype(np.float64)
     dice = {}
     for c in range(1, k):
@@ -217,7 +228,7 @@ def agreement(a: Path, b: Path, k: int = K) -> dict:
     return {"min": min(dice.values()) if dice else float("nan"),
             "mean": float(np.mean(list(dice.values()))) if dice else float("nan"),
             "per_class": {str(k): round(v, 5) for k, v in dice.items()},
-            "ours_fraction_foreground": float((la > 0).mean()), "monai_fraction_foreground": float((lb > 0).mean())}
+            "a_fraction_foreground": float((la > 0).mean()), "b_fraction_foreground": float((lb > 0).mean())}
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -233,30 +244,45 @@ def write_section(lines: list) -> None:
 
 
 def write_results(res: dict, metrics: dict | None) -> None:
-    t, m = res["time_s"], res["peak_rss_mb"]
+    t, m, w = res["time_s"], res["peak_rss_mb"], res["windows"]
+
+    def row(ours: str, peer: str) -> str:
+        return (f"| `{ours}` against `{peer}` | {t[ours]:.1f} / {t[peer]:.1f} | **{t[peer] / t[ours]:.2f}x** | "
+                f"{m[ours]:.0f} / {m[peer]:.0f} | **{m[ours] / m[peer]:.2f}x** | {w[ours]} / {w[peer]} |")
+
+    a = res["agreement"]
     lines = [
         "## Inference (bench_infer.py)", "",
         f"Command: `python benchmarks/bench_infer.py --repeats {res['repeats']} --threads {res['threads']} "
-        "--write-results` (each run in its own process, ours and MONAI alternating; medians).", "",
+        "--write-results` (each run in its own process, the four pipelines alternating; medians).", "",
         f"Machine: {res['machine']}. Model: `tiny` preset (hidden 192, 4 layers), 14 classes, ROI 96^3, seeded "
-        "random weights, the same module and weights in both pipelines; MONAI in fp32 (its tutorials use no "
+        "random weights, the same module and weights in every pipeline; MONAI in fp32 (its tutorials use no "
         "autocast on CPUs), unetr with its `auto` precision (bf16 autocast on this CPU, which has AVX-512 BF16).", "",
         f"Volume: CT-like {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} int16, spacing {SPACING} mm, LPS-stored; target spacing "
         f"{TARGET} mm; Gaussian sliding window, overlap 0.5; MONAI 4 windows per batch (its tutorials' "
         "setting), unetr its CPU default of 1 (the same throughput on a CPU, a quarter of the activations) and "
         "glibc keeping freed buffers, as `unetr predict` runs.", "",
-        "| | unetr | MONAI 1.6.1 | ratio (MONAI / unetr) | floor |",
-        "|---|---|---|---|---|",
-        f"| end-to-end time (s) | {t['ours']:.1f} | {t['monai']:.1f} | **{t['monai'] / t['ours']:.2f}x** | >= 3x |",
-        f"| peak RSS (MB) | {m['ours']:.0f} | {m['monai']:.0f} | **{m['ours'] / m['monai']:.2f}x** of MONAI's | <= 0.5x |",
-        f"| windows run | {res['windows']['ours']} | {res['windows']['monai']} | | |",
-        "", "Agreement of the two label maps (Dice per foreground class present in either):", "",
-        f"- random-weight `tiny` UNETR: min {res['agreement_unetr']['min']:.4f}, mean "
-        f"{res['agreement_unetr']['mean']:.4f} (floor 0.995);",
-        f"- confident intensity-band predictor through the same two pipelines: min "
-        f"{res['agreement_bands']['min']:.4f}, mean {res['agreement_bands']['mean']:.4f}.", "",
-        "Individual times (s): ours " + ", ".join(f"{v:.1f}" for v in res["runs"]["ours"]) + "; MONAI "
-        + ", ".join(f"{v:.1f}" for v in res["runs"]["monai"]) + ".", "",
+        "Pipelines: `unetr` = `unetr predict` with its defaults (crop to the body, resample keeping the extent, "
+        "soft inverse); `unetr-monai` = `unetr predict --geometry monai` (MONAI's grid and order, logits back as "
+        "`Invertd` takes them); `monai` = the chain of the issue (LoadImaged, Orientationd, Spacingd, "
+        "ScaleIntensityRanged, sliding_window_inference, Invertd, AsDiscreted, SaveImaged); `monai+crop` = the "
+        "same with `CropForegroundd` after the intensity window, as MONAI's UNETR tutorial has it.", "",
+        "Floors (the issue's comparison, the first row): at least 3x faster, at most 0.5x the memory, label "
+        "maps agreeing at Dice >= 0.995 per class.", "",
+        "| pipelines | time (s) | MONAI / unetr | peak RSS (MB) | unetr / MONAI | windows |",
+        "|---|---|---|---|---|---|",
+        row("unetr", "monai"), row("unetr-monai", "monai"), row("unetr-monai", "monai+crop"), "",
+        "Agreement of the label maps (Dice per foreground class present in either):", "",
+        f"- `unetr-monai` in fp32 against `monai+crop`, random-weight UNETR (a fragmented argmax, so any "
+        f"difference of the two chains shows): min {a['random_fp32']['min']:.6f}, mean {a['random_fp32']['mean']:.6f};",
+        f"- the same with unetr's default bf16: min {a['random_bf16']['min']:.4f}, mean "
+        f"{a['random_bf16']['mean']:.4f} (near-tied random logits flip under bf16);",
+        f"- a confident intensity-band predictor: `unetr-monai` against `monai+crop` min {a['bands_monai']['min']:.4f}, "
+        f"mean {a['bands_monai']['mean']:.4f}; `unetr` (its own grid) against `monai+crop` min "
+        f"{a['bands_extent']['min']:.4f}, mean {a['bands_extent']['mean']:.4f};",
+        "- with a trained model: see the section on agreement below.", "",
+        "Individual times (s): " + "; ".join(f"{k} " + ", ".join(f"{v:.1f}" for v in res["runs"][k]) for k in SIDES)
+        + ".", "",
     ]
     if metrics:
         lines += [
@@ -270,37 +296,68 @@ def write_results(res: dict, metrics: dict | None) -> None:
     write_section(lines)
 
 
+def _reference_for(image: Path) -> Path | None:
+    """``labelsTs/<case>.nii.gz`` next to ``imagesTs/<case>_0000.nii.gz``, when there is one."""
+    name = re.sub(r"_\d{4}(\.nii(\.gz)?)$", r"\1", image.name)
+    ref = image.parent.parent / image.parent.name.replace("images", "labels") / name
+    return ref if ref.exists() else None
+
+
 def trained_agreement(run: Path, images: Path, work: Path, args) -> None:
-    """Both pipelines with a trained model on each image of ``images``: Dice per class between the label maps."""
+    """The pipelines with a trained model on each image of ``images``: Dice per class between the label maps,
+    and against the reference labels where ``labelsTs`` has them."""
     from unetr.model import load_model
 
     _, info = load_model(run)
     k = int(info["plan"]["num_classes"])
+    sides = ("unetr-monai", "unetr", "monai+crop")
     rows = []
     for image in sorted(images.glob("*.nii*")):
-        outs = {w: Path(run_child(w, image, work / f"agree_{w}", run, kind, args.threads)["output"])
-                for w, kind in (("ours", "unetr"), ("monai", "unetr+crop"))}
-        res = agreement(outs["ours"], outs["monai"], k)
-        rows.append((image.name, res))
-        print(f"{image.name}: Dice per class {res['per_class']}", flush=True)
-    per_class = [v for _, r in rows for v in r["per_class"].values()]
-    summary = {"run": str(run), "images": len(rows), "min": min(per_class), "mean": float(np.mean(per_class))}
+        outs = {s: Path(run_child(s, image, work / f"agree_{s}", run, "unetr", args.threads)["output"]) for s in sides}
+        ref = _reference_for(image)
+        r = {"monai": agreement(outs["unetr-monai"], outs["monai+crop"], k),
+             "extent": agreement(outs["unetr"], outs["monai+crop"], k)}
+        if ref is not None:
+            r["accuracy"] = {s: agreement(outs[s], ref, k) for s in sides}
+        rows.append((image.name, r))
+        print(f"{image.name}: unetr-monai vs monai+crop {r['monai']['per_class']}; unetr vs monai+crop "
+              f"{r['extent']['per_class']}", flush=True)
+    summary = {"run": str(run), "images": len(rows)}
+    for key in ("monai", "extent"):
+        vals = [v for _, r in rows for v in r[key]["per_class"].values()]
+        summary[key] = {"min": min(vals), "mean": float(np.mean(vals))}
+    acc = {}
+    if all("accuracy" in r for _, r in rows):
+        for s in sides:  # mean Dice per class against the reference (a class absent from both is left out)
+            per_class = [[r["accuracy"][s]["per_class"].get(str(c)) for _, r in rows] for c in range(1, k)]
+            acc[s] = [float(np.mean([v for v in vals if v is not None])) for vals in per_class]
+        summary["accuracy"] = acc
     print(json.dumps(summary))
     if args.write_results:
         title = "## Inference: agreement with a trained model (bench_infer.py --agreement-run)"
         lines = [title, "",
                  f"Command: `python benchmarks/bench_infer.py --agreement-run {run} --agreement-images {images} "
                  "--write-results`: the model of a finished run (the demo's `tiny` UNETR, trained on the phantoms) "
-                 "through both pipelines of this benchmark, each with its defaults (unetr bf16 autocast on this "
-                 "CPU, MONAI fp32; MONAI's chain with `CropForegroundd` after the intensity window, as its UNETR "
-                 "tutorial has it and as the run's plan crops), on the held-out images; Dice per foreground class "
-                 "between the two label maps.",
-                 "", "| image | " + " | ".join(f"class {c}" for c in range(1, k)) + " |",
-                 "|---|" + "---:|" * (k - 1)]
+                 "through the pipelines of this benchmark, each with its defaults (unetr bf16 autocast on this "
+                 "CPU, MONAI fp32), on the held-out images; Dice per foreground class between the label maps. "
+                 "The run's plan crops to the body, so the MONAI chain is `monai+crop` (with `CropForegroundd`, "
+                 "as MONAI's UNETR tutorial has it).",
+                 "", "| image | " + " | ".join(f"class {c}" for c in range(1, k)) + " | "
+                 + " | ".join(f"class {c} (unetr defaults)" for c in range(1, k)) + " |",
+                 "|---|" + "---:|" * (2 * (k - 1))]
         for name, r in rows:
-            lines.append(f"| {name} | " + " | ".join(f"{r['per_class'].get(str(c), float('nan')):.4f}"
-                                                  for c in range(1, k)) + " |")
-        lines += ["", f"Minimum {summary['min']:.4f}, mean {summary['mean']:.4f} (floor 0.995 per class).", ""]
+            lines.append(f"| {name} | " + " | ".join(f"{r[key]['per_class'].get(str(c), float('nan')):.4f}"
+                                                  for key in ("monai", "extent") for c in range(1, k)) + " |")
+        lines += ["", f"`unetr --geometry monai` against MONAI: minimum {summary['monai']['min']:.4f}, mean "
+                  f"{summary['monai']['mean']:.4f} (floor 0.995 per class). unetr's default grid against MONAI: "
+                  f"minimum {summary['extent']['min']:.4f}, mean {summary['extent']['mean']:.4f}.", ""]
+        if acc:
+            names = info["plan"].get("class_names") or [f"class {c}" for c in range(k)]
+            lines += ["Dice against the reference labels (mean over the images, per class):", "",
+                      "| pipeline | " + " | ".join(names[1:]) + " | mean |", "|---|" + "---:|" * k]
+            for s in sides:
+                lines.append(f"| `{s}` | " + " | ".join(f"{v:.4f}" for v in acc[s]) + f" | {np.mean(acc[s]):.4f} |")
+            lines.append("")
         write_section(lines)
 
 
@@ -311,14 +368,15 @@ def main() -> None:
     ap.add_argument("--work", help="working folder (default: a temporary one)")
     ap.add_argument("--write-results", action="store_true", help="write the section into benchmarks/RESULTS.md")
     ap.add_argument("--metrics-json", help="bench_metrics.py's output line, to include in RESULTS.md")
-    ap.add_argument("--agreement-run", help="a trained run directory (e.g. demo/run): only measure how the two "
+    ap.add_argument("--agreement-run", help="a trained run directory (e.g. demo/run): only measure how the "
                     "pipelines' label maps agree on --agreement-images with it")
     ap.add_argument("--agreement-images", help="a folder of NIfTI images for --agreement-run (e.g. demo/data/imagesTs)")
-    ap.add_argument("--child", choices=["ours", "monai"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     ap.add_argument("--image", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--run", help=argparse.SUPPRESS)
     ap.add_argument("--model-kind", default="unetr", help=argparse.SUPPRESS)
+    ap.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     import torch
@@ -330,8 +388,13 @@ def main() -> None:
 
         warnings.filterwarnings("ignore")
         logging.disable(logging.WARNING)
-        fn = child_ours if args.child == "ours" else child_monai
-        print(json.dumps(fn(Path(args.image), Path(args.out), Path(args.run), args.model_kind)))
+        image, out, run = Path(args.image), Path(args.out), Path(args.run)
+        if args.child.startswith("unetr"):
+            res = child_ours(image, out, run, args.model_kind, "monai" if args.child == "unetr-monai" else None,
+                             args.precision)
+        else:
+            res = child_monai(image, out, run, args.model_kind, crop=args.child == "monai+crop")
+        print(json.dumps(res))
         return
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_infer_"))
@@ -344,31 +407,37 @@ def main() -> None:
         make_ct(image)
     if not (run / "config.json").exists():
         make_run(run)
-    from unetr.data.preprocess import preprocess_image_file
+    from unetr.config import Plan
+    from unetr.data.preprocess import monai_shape, preprocess_image_file
     from unetr.inference.sliding_window import count_windows
     from unetr.model import load_model
 
     _, info = load_model(run)
-    from unetr.config import Plan
-
-    pre, _ = preprocess_image_file(image, Plan.from_dict(info["plan"]))
-    monai_shape = [int(round(n * s / t)) for n, s, t in zip(SHAPE, SPACING, TARGET)]
-    windows = {"ours": count_windows(pre.shape[1:], ROI, 0.5), "monai": count_windows(monai_shape, ROI, 0.5)}
-    del pre
-    runs: dict = {"ours": [], "monai": []}
-    rss: dict = {"ours": [], "monai": []}
+    plan = Plan.from_dict(info["plan"])
+    windows = {}
+    for side, p in (("unetr", plan), ("unetr-monai", plan.replace(geometry="monai"))):
+        pre, _ = preprocess_image_file(image, p)
+        windows[side] = count_windows(pre.shape[1:], ROI, 0.5)
+        del pre
+    windows["monai"] = count_windows(monai_shape(SHAPE, SPACING, TARGET), ROI, 0.5)
+    windows["monai+crop"] = windows["unetr-monai"]  # the same crop of the same grid
+    runs: dict = {s: [] for s in SIDES}
+    rss: dict = {s: [] for s in SIDES}
     outputs = {}
     for r in range(args.repeats):
-        for which in ("ours", "monai"):
-            res = run_child(which, image, work / f"out_{which}", run, "unetr", args.threads)
-            runs[which].append(res["seconds"])
-            rss[which].append(res["peak_rss_mb"])
-            outputs[which] = Path(res["output"])
-            print(f"repeat {r}: {which} {res['seconds']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
-    agree_unetr = agreement(outputs["ours"], outputs["monai"])
-    band_out = {w: Path(run_child(w, image, work / f"bands_{w}", run, "bands", args.threads)["output"])
-                for w in ("ours", "monai")}
-    agree_bands = agreement(band_out["ours"], band_out["monai"])
+        for side in SIDES:
+            res = run_child(side, image, work / f"out_{side}", run, "unetr", args.threads)
+            runs[side].append(res["seconds"])
+            rss[side].append(res["peak_rss_mb"])
+            outputs[side] = Path(res["output"])
+            print(f"repeat {r}: {side} {res['seconds']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
+    fp32 = Path(run_child("unetr-monai", image, work / "fp32_unetr-monai", run, "unetr", args.threads, "fp32")["output"])
+    bands = {s: Path(run_child(s, image, work / f"bands_{s}", run, "bands", args.threads)["output"])
+             for s in ("unetr", "unetr-monai", "monai+crop")}
+    agree = {"random_fp32": agreement(fp32, outputs["monai+crop"]),
+             "random_bf16": agreement(outputs["unetr-monai"], outputs["monai+crop"]),
+             "bands_monai": agreement(bands["unetr-monai"], bands["monai+crop"]),
+             "bands_extent": agreement(bands["unetr"], bands["monai+crop"])}
     import platform
 
     result = {
@@ -377,11 +446,10 @@ def main() -> None:
                    f"{os.cpu_count()} visible cores (shared)",
         "time_s": {k: float(np.median(v)) for k, v in runs.items()},
         "peak_rss_mb": {k: float(np.median(v)) for k, v in rss.items()},
-        "runs": runs, "windows": windows,
-        "agreement_unetr": agree_unetr, "agreement_bands": agree_bands,
+        "runs": runs, "windows": windows, "agreement": agree,
     }
-    result["speedup"] = result["time_s"]["monai"] / result["time_s"]["ours"]
-    result["memory_ratio"] = result["peak_rss_mb"]["ours"] / result["peak_rss_mb"]["monai"]
+    result["speedup"] = result["time_s"]["monai"] / result["time_s"]["unetr"]
+    result["memory_ratio"] = result["peak_rss_mb"]["unetr"] / result["peak_rss_mb"]["monai"]
     print(json.dumps(result))
     if args.write_results:
         metrics = json.loads(Path(args.metrics_json).read_text().strip().splitlines()[-1]) if args.metrics_json else None

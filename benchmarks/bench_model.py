@@ -71,23 +71,49 @@ def forward_flops(model, x) -> float:
 
 def trained_argmax_agreement(run: str, images: str) -> None:
     """bf16 autocast against fp32 with a trained run's model: the share of voxels with the same argmax,
-    sliding window over each preprocessed image (our fp32 equals MONAI's fp32 to 1e-5, tested)."""
+    sliding window over each preprocessed image. For a ``paper`` run (MONAI's architecture) the reference is
+    MONAI's ``UNETR`` in fp32 with the run's weights; otherwise our fp32 (equal to MONAI's to 1e-5, tested)."""
     from pathlib import Path
 
     from unetr.config import InferConfig
     from unetr.data.preprocess import preprocess_image_file
     from unetr.inference.predict import load_predictor, predict_volume
+    from unetr.model import load_model
 
     model, plan = load_predictor(Path(run), device="cpu")
-    total = same = 0
+    mcfg = load_model(Path(run))[1]["model"]
+    theirs = None
+    if (mcfg["variant"] == "paper" and mcfg["num_layers"] == 12 and tuple(mcfg["skip_layers"]) == (4, 7, 10)
+            and mcfg["patch_size"] == 16):
+        from monai.networks.nets import UNETR as MonaiUNETR
+
+        theirs = MonaiUNETR(in_channels=mcfg["in_channels"], out_channels=mcfg["out_channels"],
+                            img_size=tuple(mcfg["img_size"]), feature_size=mcfg["feature_size"],
+                            hidden_size=mcfg["hidden_size"], mlp_dim=mcfg["mlp_dim"], num_heads=mcfg["num_heads"],
+                            proj_type=mcfg["proj_type"], norm_name=mcfg["norm"], conv_block=mcfg["conv_block"],
+                            res_block=mcfg["res_block"], dropout_rate=0.0, qkv_bias=mcfg["qkv_bias"]).eval()
+        missing, unexpected = theirs.load_state_dict(model.state_dict(), strict=False)
+        assert not unexpected and all("cross_attn" in k for k in missing), (missing, unexpected)
+    ref_name = "MONAI fp32" if theirs is not None else "unetr fp32"
+    totals: dict = {}
     for img in sorted(Path(images).glob("*.nii*")):
         x = preprocess_image_file(img, plan)[0]
-        fp32, bf16 = (predict_volume(model, x, plan.roi, InferConfig(device="cpu", precision=p))[0]
-                      for p in ("fp32", "bf16"))
-        eq, n = int((fp32 == bf16).sum()), fp32.numel()
-        print(f"{img.name}: bf16 argmax = fp32 argmax on {100 * eq / n:.3f} % of {n} voxels")
-        total, same = total + n, same + eq
-    print(f"all: {100 * same / total:.3f} % of {total} voxels")
+        labels = {"unetr fp32": predict_volume(model, x, plan.roi, InferConfig(device="cpu", precision="fp32"))[0],
+                  "unetr bf16": predict_volume(model, x, plan.roi, InferConfig(device="cpu", precision="bf16"))[0]}
+        if theirs is not None:
+            for p in ("fp32", "bf16"):
+                labels[f"MONAI {p}"] = predict_volume(theirs, x, plan.roi, InferConfig(device="cpu", precision=p))[0]
+        ref = labels[ref_name]
+        parts = []
+        for name, lab in labels.items():
+            if name != ref_name:
+                eq = int((lab == ref).sum())
+                t = totals.setdefault(name, [0, 0])
+                t[0], t[1] = t[0] + eq, t[1] + ref.numel()
+                parts.append(f"{name} {100 * eq / ref.numel():.3f} %")
+        print(f"{img.name}: same argmax as {ref_name}: " + ", ".join(parts), flush=True)
+    print(f"all ({mcfg['variant']}, {mcfg['num_layers']} layers, hidden {mcfg['hidden_size']}): same argmax as "
+          f"{ref_name}: " + ", ".join(f"{k} {100 * a / b:.3f} % of {b} voxels" for k, (a, b) in totals.items()))
 
 
 def main() -> None:
