@@ -171,7 +171,8 @@ class _Bands(torch.nn.Module):
         return torch.cat([torch.zeros_like(x), 1 - ((x - body) / 0.2) ** 2, 1 - ((x - blob) / 0.2) ** 2], 1) * 4
 
 
-def test_monai_geometry_gives_the_labels_of_a_monai_pipeline(plan, tmp_path, ct_writer):
+@pytest.mark.parametrize("crop", [True, False])
+def test_monai_geometry_gives_the_labels_of_a_monai_pipeline(plan, tmp_path, ct_writer, crop):
     from monai.inferers import sliding_window_inference
     from monai.transforms import (AsDiscreted, Compose, CropForegroundd, EnsureChannelFirstd, Invertd, LoadImaged,
                                   Orientationd, ScaleIntensityRanged, Spacingd)
@@ -181,7 +182,7 @@ def test_monai_geometry_gives_the_labels_of_a_monai_pipeline(plan, tmp_path, ct_
     pre = Compose([LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS"),
                    Spacingd(keys="image", pixdim=plan.target_spacing, mode="bilinear"),
                    ScaleIntensityRanged(keys="image", a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True),
-                   CropForegroundd(keys="image", source_key="image")])
+                   *([CropForegroundd(keys="image", source_key="image")] if crop else [])])
     data = pre({"image": str(img)})
     with torch.inference_mode():
         data["pred"] = sliding_window_inference(data["image"][None], ROI, 4, _Bands(), overlap=0.5, mode="gaussian",
@@ -191,6 +192,7 @@ def test_monai_geometry_gives_the_labels_of_a_monai_pipeline(plan, tmp_path, ct_
     ref = post(data)["pred"][0].numpy()
     cfg = InferConfig(device="cpu", precision="fp32")
     ours = {}
+    plan = plan.replace(crop_foreground=crop)
     for name, p, c in [("monai", plan.replace(geometry="monai"), cfg), ("extent", plan, cfg),
                        ("labels", plan, cfg.replace(inverse="labels"))]:
         res = P.predict_case(_Bands(), p, [img], tmp_path / name, c)
