@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from data_helpers import save_nifti
 
 from unetr.config import Plan
 from unetr.data.io import read_image
 from unetr.data.preprocess import SoftInverse, invert_to_original, preprocess_case, preprocess_files
-
-from data_helpers import save_nifti
 
 SHAPE = (47, 38, 23)
 WINDOW = (-175.0, 250.0, 0.0, 1.0)
@@ -42,8 +41,15 @@ def _plan(**kw):
 
 
 def _monai_pre(pixdim, crop=True):
-    from monai.transforms import (Compose, CropForegroundd, EnsureChannelFirstd, LoadImaged, Orientationd,
-                                  ScaleIntensityRanged, Spacingd)
+    from monai.transforms import (
+        Compose,
+        CropForegroundd,
+        EnsureChannelFirstd,
+        LoadImaged,
+        Orientationd,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
 
     a_min, a_max, b_min, b_max = WINDOW
     return Compose([

@@ -174,8 +174,17 @@ class _Bands(torch.nn.Module):
 @pytest.mark.parametrize("crop", [True, False])
 def test_monai_geometry_gives_the_labels_of_a_monai_pipeline(plan, tmp_path, ct_writer, crop):
     from monai.inferers import sliding_window_inference
-    from monai.transforms import (AsDiscreted, Compose, CropForegroundd, EnsureChannelFirstd, Invertd, LoadImaged,
-                                  Orientationd, ScaleIntensityRanged, Spacingd)
+    from monai.transforms import (
+        AsDiscreted,
+        Compose,
+        CropForegroundd,
+        EnsureChannelFirstd,
+        Invertd,
+        LoadImaged,
+        Orientationd,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
 
     img = ct_writer(tmp_path / "ct.nii.gz", shape=(44, 36, 21), spacing=(1.1, 0.8, 2.6))
     a_min, a_max, b_min, b_max = plan.window

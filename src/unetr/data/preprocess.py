@@ -547,12 +547,6 @@ def _invert_monai(array: np.ndarray, record: dict, is_label: bool, background: b
     return np.ascontiguousarray(out)
 
 
-def torch_zeros_bool(shape):
-    import torch
-
-    return torch.zeros(tuple(shape), dtype=torch.bool)
-
-
 def _extend_high(lab):
     """``lab`` (Y, Z) with its last row and column repeated once (the clamped neighbours of the edge)."""
     import torch
@@ -622,9 +616,11 @@ class SoftInverse:
 
     def _cell(self, p: int):
         """Whether the labels of the cell ``{p, p+1} x {y, y+1} x {z, z+1}`` differ (indices clamped)."""
+        import torch
+
         if p not in self.cells:
             here, there = self._label(p), self._label(min(p + 1, self.last))
-            mixed = torch_zeros_bool(here.shape)
+            mixed = torch.zeros(here.shape, dtype=torch.bool)
             for lab in (here, there):
                 ext = _extend_high(lab)
                 for dy in (0, 1):
@@ -654,7 +650,7 @@ class SoftInverse:
         self._flush()
 
     def _ready(self, p: int) -> bool:
-        return p == 0 or p == self.n[0] + 1 or p <= self.received or (p == self.last + 1 and self._ready(self.last))
+        return p == 0 or p == self.n[0] + 1 or p <= self.received
 
     def _flush(self) -> None:
         x0, x1, _ = self.taps[0]
