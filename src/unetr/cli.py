@@ -226,8 +226,9 @@ def _add_predict(sub) -> None:
                    help="soft: the network's soft output goes back to the input grid, argmax there (default); "
                         "labels: argmax first, then the label map goes back")
     p.add_argument("--geometry", choices=["extent", "monai"],
-                   help="resampling grid (default: the run's plan, or extent): monai gives a MONAI pipeline's "
-                        "labels (Spacingd, CropForegroundd, Invertd)")
+                   help="resampling grid (default: the run's plan; monai for a bare checkpoint, whose options "
+                        "below mirror MONAI's transforms): monai gives a MONAI pipeline's labels (Spacingd, "
+                        "CropForegroundd, Invertd), extent is nnU-Net's convention")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("preprocessing for a bare checkpoint (a run directory has its own plan)")
     g.add_argument("--spacing", type=float, nargs=3, help="target spacing in mm (x y z); marks a bare checkpoint")
@@ -238,7 +239,7 @@ def _add_predict(sub) -> None:
     g.add_argument("--in-channels", type=int, default=1)
     g.add_argument("--out-channels", type=int, help="classes including background")
     g.add_argument("--class-names", nargs="+", help="one per class, background first")
-    g.add_argument("--no-crop", action="store_true", help="do not crop to the body before resampling")
+    g.add_argument("--no-crop", action="store_true", help="do not crop to the body (MONAI: no CropForegroundd)")
     g.add_argument("--num-heads", type=int, help="attention heads (not stored in MONAI checkpoints)")
     p.set_defaults(func=_run_predict)
 
@@ -270,7 +271,7 @@ def _run_predict(args) -> int:
         plan = Plan(target_spacing=tuple(args.spacing), roi=roi or (96, 96, 96), in_channels=args.in_channels,
                     num_classes=args.out_channels, class_names=tuple(names),
                     channel_names=tuple(f"ch{i}" for i in range(args.in_channels)), intensity=args.intensity,
-                    window=tuple(args.window), crop_foreground=not args.no_crop, geometry=args.geometry or "extent")
+                    window=tuple(args.window), crop_foreground=not args.no_crop, geometry=args.geometry or "monai")
     model, plan = load_predictor(args.model, plan=plan, device=device, **overrides)
     if args.geometry and args.geometry != plan.geometry:
         log.info("geometry %s in place of the plan's %s", args.geometry, plan.geometry)

@@ -102,3 +102,17 @@ def test_predict_cli_geometry_and_inverse_options(run_dir, tmp_path, ct_writer, 
     with pytest.raises(SystemExit) as exc:
         main(["predict", "-m", str(run_dir), "-i", str(img), "-o", str(tmp_path / "x"), "--geometry", "nnunet"])
     assert exc.value.code == 2
+
+
+def test_bare_checkpoint_gets_monai_geometry_unless_told(run_dir, tmp_path, ct_writer, monkeypatch):
+    import unetr.inference.predict as P
+
+    bare = tmp_path / "weights.safetensors"
+    shutil.copy(run_dir / "model.safetensors", bare)
+    img = ct_writer(tmp_path / "ct.nii.gz", shape=(30, 26, 14))
+    seen = []
+    monkeypatch.setattr(P, "predict_files", lambda model, plan, *a, **k: seen.append(plan.geometry) or [])
+    common = ["predict", "-m", str(bare), "-i", str(img), "-o", str(tmp_path / "o"), "--spacing", "1.5", "1.5", "2",
+              "--roi", "32", "--out-channels", "3", "--num-heads", "4", "--device", "cpu"]
+    assert main(common) == 0 and main(common + ["--geometry", "extent"]) == 0
+    assert seen == ["monai", "extent"]
