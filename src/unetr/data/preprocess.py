@@ -129,21 +129,22 @@ def resample_image(array: np.ndarray, shape: Sequence[int], order: int = 1) -> n
     return resample_spline(array, shape, order)
 
 
-def _linear_taps(n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower/upper input index and upper weight of linear interpolation (torch's ``align_corners=False``)."""
-    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+def _taps_at(src: np.ndarray, n_in: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower/upper input index and upper weight of linear interpolation at input coordinates ``src >= 0``."""
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     return i0, i1, (src - i0).astype(np.float32)
+
+
+def _linear_taps(n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Taps of the half-voxel grid (torch's ``align_corners=False``)."""
+    return _taps_at(np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0), n_in)
 
 
 def _monai_taps(n_in: int, n_out: int, ratio: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Taps of MONAI's grid: output voxel ``i`` samples input coordinate ``i * ratio`` (the first voxels'
     centres coincide), clamped to the input (``Spacingd``'s ``border`` padding)."""
-    src = np.clip(np.arange(n_out) * float(ratio), 0.0, n_in - 1.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (src - i0).astype(np.float32)
+    return _taps_at(np.clip(np.arange(n_out) * float(ratio), 0.0, n_in - 1.0), n_in)
 
 
 def monai_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> Tuple[int, int, int]:
@@ -364,14 +365,11 @@ def preprocess_case(
     ras_spacing = tuple(float(s) for s in np.sqrt((ras_affine[:3, :3] ** 2).sum(axis=0)))
 
     if plan.geometry == "monai":
-        return _preprocess_monai(ras_image, ras_affine, ornt, geometry, plan,
+        return _preprocess_monai(ras_image, ras_affine, ras_spacing, ornt, geometry, plan,
                                  None if label is None else apply_ornt(label, ornt))
 
     # 2. crop to the body
-    if plan.crop_foreground:
-        box = bounding_box(foreground_mask(ras_image, plan))
-    else:
-        box = tuple((0, s) for s in ras_shape)
+    box = _body_box(ras_image, plan)
     sl = tuple(slice(a, b) for a, b in box)
     cropped = ras_image[(slice(None), *sl)]
     crop_shape = tuple(b - a for a, b in box)
@@ -394,36 +392,48 @@ def preprocess_case(
     to_crop = np.eye(4)  # preprocessed voxel -> RAS voxel
     to_crop[:3, :3] = np.diag(scale)
     to_crop[:3, 3] = np.array([a for a, _ in box], dtype=np.float64) + (scale - 1) / 2
-    record = {
-        "version": RECORD_VERSION,
-        "geometry": geometry.to_dict(),
-        "ornt": np.asarray(ornt).tolist(),
-        "ras_shape": list(ras_shape),
-        "ras_spacing": list(ras_spacing),
-        "bbox": [list(b) for b in box],
-        "crop_shape": list(crop_shape),
-        "shape": list(new_shape),
-        "spacing": [float(s) for s in np.array(ras_spacing) * scale],
-        "affine": (ras_affine @ to_crop).tolist(),
-        "target_spacing": list(plan.target_spacing),
-    }
+    record = _record(geometry, ornt, ras_shape, ras_spacing, box, crop_shape, new_shape,
+                     np.array(ras_spacing) * scale, ras_affine @ to_crop, plan)
     return out, out_label, record
 
 
-def _preprocess_monai(ras_image: np.ndarray, ras_affine: np.ndarray, ornt: np.ndarray, geometry: Geometry,
-                      plan: Plan, ras_label: Optional[np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray], dict]:
+def _body_box(image: np.ndarray, plan: Plan) -> Tuple[Tuple[int, int], ...]:
+    """The crop of the plan: the body's bounding box, or the whole volume when the plan does not crop."""
+    if plan.crop_foreground:
+        return bounding_box(foreground_mask(image, plan))
+    return tuple((0, int(s)) for s in image.shape[1:])
+
+
+def _record(geometry: Geometry, ornt: np.ndarray, ras_shape, ras_spacing, box, crop_shape, shape, spacing,
+            affine: np.ndarray, plan: Plan, **extra) -> dict:
+    """The JSON-able record :func:`invert_to_original` and :class:`SoftInverse` work from."""
+    return {
+        "version": RECORD_VERSION,
+        **extra,
+        "geometry": geometry.to_dict(),
+        "ornt": np.asarray(ornt).tolist(),
+        "ras_shape": [int(n) for n in ras_shape],
+        "ras_spacing": [float(s) for s in ras_spacing],
+        "bbox": [list(b) for b in box],
+        "crop_shape": [int(n) for n in crop_shape],
+        "shape": [int(n) for n in shape],
+        "spacing": [float(s) for s in spacing],
+        "affine": np.asarray(affine).tolist(),
+        "target_spacing": list(plan.target_spacing),
+    }
+
+
+def _preprocess_monai(ras_image: np.ndarray, ras_affine: np.ndarray, ras_spacing: Sequence[float], ornt: np.ndarray,
+                      geometry: Geometry, plan: Plan,
+                      ras_label: Optional[np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray], dict]:
     """MONAI's order and grid (``Spacingd``, ``ScaleIntensityRanged``, ``CropForegroundd``): resample the
     whole reoriented volume keeping the first voxel's centre, then crop to the body on the resampled grid."""
-    ras_shape = tuple(int(s) for s in ras_image.shape[1:])
-    ras_spacing = np.sqrt((ras_affine[:3, :3] ** 2).sum(axis=0))
-    ratio = np.asarray(plan.target_spacing, dtype=np.float64) / ras_spacing  # input voxels per output voxel
+    ras_shape = ras_image.shape[1:]
+    ratio = np.asarray(plan.target_spacing, dtype=np.float64) / np.asarray(ras_spacing)  # input voxels per output voxel
     full_shape = monai_shape(ras_shape, ras_spacing, plan.target_spacing)
     taps = [_monai_taps(n_in, n_out, r) for n_in, n_out, r in zip(ras_shape, full_shape, ratio)]
     resampled = resample_taps(ras_image, taps)
-    if plan.crop_foreground:
-        box = bounding_box(foreground_mask(resampled, plan))
-    else:
-        box = tuple((0, s) for s in full_shape)
+    box = _body_box(resampled, plan)
     sl = tuple(slice(a, b) for a, b in box)
     out = np.ascontiguousarray(resampled[(slice(None), *sl)])
     del resampled
@@ -436,22 +446,10 @@ def _preprocess_monai(ras_image: np.ndarray, ras_affine: np.ndarray, ornt: np.nd
     to_ras[:3, :3] = np.diag(ratio)
     to_ras[:3, 3] = np.array([a for a, _ in box], dtype=np.float64) * ratio
     shape = tuple(b - a for a, b in box)
-    record = {
-        "version": RECORD_VERSION,
-        "geometry_mode": "monai",
-        "geometry": geometry.to_dict(),
-        "ornt": np.asarray(ornt).tolist(),
-        "ras_shape": list(ras_shape),
-        "ras_spacing": [float(s) for s in ras_spacing],
-        "full_shape": list(full_shape),
-        "ratio": [float(r) for r in ratio],
-        "bbox": [list(b) for b in box],  # on the resampled grid
-        "crop_shape": list(shape),
-        "shape": list(shape),
-        "spacing": [float(s) for s in plan.target_spacing],
-        "affine": (ras_affine @ to_ras).tolist(),
-        "target_spacing": list(plan.target_spacing),
-    }
+    # bbox is on the resampled grid here; the crop is the preprocessed array itself
+    record = _record(geometry, ornt, ras_shape, ras_spacing, box, shape, shape, plan.target_spacing,
+                     ras_affine @ to_ras, plan, geometry_mode="monai", full_shape=list(full_shape),
+                     ratio=[float(r) for r in ratio])
     return out, out_label, record
 
 
@@ -489,8 +487,8 @@ def invert_to_original(array, record: dict, is_label: bool, num_classes: Optiona
         is_label: label maps are resampled through their one-hot masks (linear, then argmax); probabilities
             are resampled linearly per channel.
         num_classes: optional class count for label maps (default: the classes present).
-        background: outside the crop, soft outputs are background (1, 0, ...: probabilities); ``False`` pads
-            them with zeros (logits, as MONAI's ``Invertd`` pads).
+        background: outside the crop, soft outputs are background (1, 0, ...: probabilities); ``False`` fills
+            zeros (logits, as MONAI's ``Invertd`` pads).
 
     Returns:
         ``(X, Y, Z)`` label map (same dtype) or ``(K, X, Y, Z)`` float32 probabilities with the shape of the
@@ -503,48 +501,44 @@ def invert_to_original(array, record: dict, is_label: bool, num_classes: Optiona
         array = array.detach().cpu().numpy()
     array = np.asarray(array)
     shape = tuple(record["shape"])
+    if is_label and (array.ndim != 3 or tuple(array.shape) != shape):
+        raise ValueError(f"label map must have the preprocessed shape {shape}, got {array.shape}")
+    if not is_label and (array.ndim != 4 or tuple(array.shape[1:]) != shape):
+        raise ValueError(f"probabilities must be (K, *{shape}), got {array.shape}")
     if record.get("geometry_mode", "extent") == "monai":
-        return _invert_monai(array, record, is_label, background)
+        return _on_file_grid(_invert_monai(array, record, is_label, background), record)
     crop_shape = tuple(record["crop_shape"])
     ras_shape = tuple(record["ras_shape"])
-    ornt = np.asarray(record["ornt"], dtype=np.float64)
     sl = tuple(slice(a, b) for a, b in record["bbox"])
     if is_label:
-        if array.ndim != 3 or tuple(array.shape) != shape:
-            raise ValueError(f"label map must have the preprocessed shape {shape}, got {array.shape}")
-        back = resample_label_onehot(array, crop_shape, num_classes)
         full = np.zeros(ras_shape, dtype=array.dtype)
-        full[sl] = back
+        full[sl] = resample_label_onehot(array, crop_shape, num_classes)
     else:
-        if array.ndim != 4 or tuple(array.shape[1:]) != shape:
-            raise ValueError(f"probabilities must be (K, *{shape}), got {array.shape}")
-        back = resample_linear(array.astype(np.float32, copy=False), crop_shape)
         full = np.zeros((array.shape[0], *ras_shape), dtype=np.float32)
-        full[0] = 1.0  # background outside the crop
-        full[(slice(None), *sl)] = back
-    out = apply_ornt(full, invert_ornt(ornt))
+        if background:
+            full[0] = 1.0  # background outside the crop
+        full[(slice(None), *sl)] = resample_linear(array.astype(np.float32, copy=False), crop_shape)
+    return _on_file_grid(full, record)
+
+
+def _on_file_grid(full: np.ndarray, record: dict) -> np.ndarray:
+    """A map on the reoriented grid (``ras_shape``, any leading axes) back in the file's axis order."""
+    out = apply_ornt(full, invert_ornt(np.asarray(record["ornt"], dtype=np.float64)))
     expected = tuple(record["geometry"]["shape"])
     assert tuple(out.shape[-3:]) == expected, (out.shape, expected)
     return np.ascontiguousarray(out)
 
 
 def _invert_monai(array: np.ndarray, record: dict, is_label: bool, background: bool) -> np.ndarray:
-    shape = tuple(record["shape"])
+    """The ``monai`` geometry's inverse on the reoriented grid (``Invertd``: the zero-padded crop, linear,
+    border clamped)."""
     taps = _monai_inverse_taps(record)
-    ras_shape = tuple(record["ras_shape"])
     if is_label:
-        if array.ndim != 3 or tuple(array.shape) != shape:
-            raise ValueError(f"label map must have the preprocessed shape {shape}, got {array.shape}")
-        full = resample_label_onehot(_padded(array, 0), ras_shape, taps=taps)
-    else:
-        if array.ndim != 4 or tuple(array.shape[1:]) != shape:
-            raise ValueError(f"probabilities must be (K, *{shape}), got {array.shape}")
-        pad = np.zeros(array.shape[0], dtype=np.float32)
-        if background:
-            pad[0] = 1.0
-        full = resample_taps(_padded(array.astype(np.float32, copy=False), pad), taps)
-    out = apply_ornt(full, invert_ornt(np.asarray(record["ornt"], dtype=np.float64)))
-    return np.ascontiguousarray(out)
+        return resample_label_onehot(_padded(array, 0), tuple(record["ras_shape"]), taps=taps)
+    pad = np.zeros(array.shape[0], dtype=np.float32)
+    if background:
+        pad[0] = 1.0
+    return resample_taps(_padded(array.astype(np.float32, copy=False), pad), taps)
 
 
 def _extend_high(lab):
@@ -583,27 +577,29 @@ class SoftInverse:
             raise ValueError(f"SoftInverse handles 1 to {_PAD_LABEL - 1} classes, got {self.k}")
         n = tuple(record["shape"])
         self.monai = record.get("geometry_mode", "extent") == "monai"
+        self.grid = None
         if self.monai:  # indices into the array padded by one (zero) plane on each side
             self.region = tuple(slice(0, s) for s in record["ras_shape"])
             taps = _monai_inverse_taps(record)
+            # the (y, z) taps as one grid_sample grid over the padded plane (align_corners=True)
+            gy, gz = (np.where(i1 == i0, i0, i0 + w) / (size + 1) * 2 - 1
+                      for (i0, i1, w), size in zip(taps[1:], n[1:]))
+            grid = np.stack(np.broadcast_arrays(gz[None, :], gy[:, None]), -1)[None]
+            self.grid = torch.from_numpy(grid.astype(np.float32))
         else:  # always inside the array; the same taps as resample_linear (torch's align_corners=False)
             self.region = tuple(slice(a, b) for a, b in record["bbox"])
             taps = [_linear_taps(a, b) for a, b in zip(n, record["crop_shape"])]
             taps[0] = (taps[0][0] + 1, taps[0][1] + 1, taps[0][2])  # first axis: padded plane numbers
         self.n = n
         self.taps = [tuple(torch.from_numpy(np.ascontiguousarray(t)) for t in tp) for tp in taps]
-        self.grid = None
-        if self.monai:  # the (y, z) taps as one grid_sample grid over the padded plane (align_corners=True)
-            (y0, y1, wy), (z0, z1, wz) = self.taps[1], self.taps[2]
-            gy = torch.where(y1 == y0, y0.float(), y0 + wy) / (n[1] + 1) * 2 - 1
-            gz = torch.where(z1 == z0, z0.float(), z0 + wz) / (n[2] + 1) * 2 - 1
-            self.grid = torch.stack(torch.broadcast_tensors(gz.view(1, -1), gy.view(-1, 1)), -1)[None]
         self.zero = torch.zeros((self.k, n[1], n[2]))
         self.zero_label = torch.full((n[1] + 2 * self.monai, n[2] + 2 * self.monai), _PAD_LABEL, dtype=torch.uint8)
         self.labels: dict = {}  # padded first-axis index -> (Y, Z) argmax of that plane (padded for monai)
         self.cells: dict = {}  # padded first-axis index -> (Y, Z) bool: the 2x2x2 cell from there is mixed
         self.last = n[0] + 1 if self.monai else n[0]  # the last padded plane number the taps reach
         self.out = np.zeros(tuple(s.stop - s.start for s in self.region), dtype=np.uint8)
+        size = self.out.shape[1:]  # output planes per chunk: working arrays of about _CHUNK floats
+        self.step = max(1, self._CHUNK // (self.k * max(size[0], n[1] + 2) * max(size[1], n[2] + 2)))
         self.planes: dict = {}  # padded first-axis index -> (K, Y, Z)
         self.received = 0  # planes of the preprocessed grid received so far
         self.done = 0  # output planes written so far
@@ -653,23 +649,22 @@ class SoftInverse:
         return p == 0 or p == self.n[0] + 1 or p <= self.received
 
     def _flush(self) -> None:
-        x0, x1, _ = self.taps[0]
-        total, size = self.out.shape[0], self.out.shape[1:]
-        step = max(1, self._CHUNK // (self.k * max(size[0], self.n[1] + 2) * max(size[1], self.n[2] + 2)))
+        x0 = self.taps[0][0]
+        total = self.out.shape[0]
         while self.done < total:
             hi = self.done
-            while hi < total and hi - self.done < step and self._ready(min(int(x0[hi]) + 1, self.last)):
+            while hi < total and hi - self.done < self.step and self._ready(min(int(x0[hi]) + 1, self.last)):
                 hi += 1
             if hi == self.done:
                 break
-            self.out[self.done:hi] = self._chunk(slice(self.done, hi), size)
+            self.out[self.done:hi] = self._chunk(slice(self.done, hi))
             self.done = hi
             keep = int(x0[hi]) if hi < total else self.n[0] + 2
             for p in [p for p in self.planes if p < keep]:
                 del self.planes[p], self.labels[p]
                 self.cells.pop(p, None)
 
-    def _chunk(self, sl: slice, size) -> np.ndarray:
+    def _chunk(self, sl: slice) -> np.ndarray:
         """Output planes ``sl``: an output voxel whose 8 neighbours on the preprocessed grid share one argmax
         takes it (a weighted mean of score vectors whose largest entry is the same class keeps it); the
         interpolation runs on the other voxels only, or on all of them when most are mixed."""
@@ -685,7 +680,7 @@ class SoftInverse:
         n_mixed = int(mixed.sum())
         if n_mixed == 0:
             return out.numpy()
-        a = torch.stack([self._plane(int(p)) for p in x0[sl]])  # (m, K, Y, Z)
+        a = torch.stack([self._plane(p) for p in xs])  # (m, K, Y, Z)
         b = torch.stack([self._plane(int(p)) for p in x1[sl]])
         w = wx[sl]
         if n_mixed > _DENSE_FRACTION * mixed.numel():  # fragmented: interpolate everything
@@ -696,7 +691,7 @@ class SoftInverse:
                 v = F.grid_sample(F.pad(v, (1, 1, 1, 1)), grid, mode="bilinear", padding_mode="border",
                                   align_corners=True)
             else:  # the same taps, one fused pass
-                v = F.interpolate(v, size=tuple(size), mode="bilinear", align_corners=False)
+                v = F.interpolate(v, size=self.out.shape[1:], mode="bilinear", align_corners=False)
             return v.max(1).indices.to(torch.uint8).numpy()
         if self.monai:  # the taps index the plane padded with zeros
             a, b = F.pad(a, (1, 1, 1, 1)), F.pad(b, (1, 1, 1, 1))
@@ -716,8 +711,7 @@ class SoftInverse:
                                f"{self.out.shape[0]} output planes written")
         full = np.zeros(tuple(self.record["ras_shape"]), dtype=np.uint8)
         full[self.region] = self.out
-        out = apply_ornt(full, invert_ornt(np.asarray(self.record["ornt"], dtype=np.float64)))
-        return np.ascontiguousarray(out)
+        return _on_file_grid(full, self.record)
 
 
 def record_geometry(record: dict) -> Geometry:
