@@ -195,7 +195,6 @@ def predict_volume(
     probabilities: bool = False,
     progress: Optional[Callable[[int], None]] = None,
     sink: Optional[Callable[[torch.Tensor], None]] = None,
-    keep_logits: bool = False,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Segment one preprocessed volume.
 
@@ -208,8 +207,6 @@ def predict_volume(
         progress: called with the number of windows done.
         sink: instead of labels, hand the blended logits to ``sink`` slab by slab (``(K, n, Y, Z)``, in
             order along X; see :class:`unetr.data.preprocess.SoftInverse`) and return ``(None, None)``.
-        keep_logits: with ``probabilities``, return the blended logits ``(K, X, Y, Z)`` float32 in place of
-            the labels.
 
     Returns:
         ``(labels (X, Y, Z) uint8 on the CPU, probabilities (K, X, Y, Z) float16 or None)``.
@@ -232,8 +229,6 @@ def predict_volume(
         return labels.cpu(), None
     logits = sliding_window(x, fn, roi, output="probabilities", out_dtype=torch.float32, **common)  # (K, X, Y, Z)
     probs = torch.softmax(logits, 0).to(torch.float16).cpu()
-    if keep_logits:
-        return logits.cpu(), probs
     return logits.max(0).indices.to(torch.uint8).cpu(), probs
 
 
@@ -339,26 +334,28 @@ def predict_case(
         image, record = preprocess_image_file(files if len(files) > 1 else files[0], plan)
         roi = tuple(int(r) for r in getattr(model, "img_size", plan.roi))
         n_win = count_windows(image.shape[1:], roi, config.overlap)
-        soft = config.inverse == "soft"
+        probs = None
         with _progress_bar(n_win, name, False, 1) if window_progress else contextlib.nullcontext(None) as bar:
             tick = bar.update if bar is not None else None
-            probs = None
-            if soft and not probabilities:  # the logits stream into the inverse; no float volume is held
+            if config.inverse == "soft":  # the logits stream into the inverse; no float volume is held
                 inverse = SoftInverse(record, plan.num_classes)
-                predict_volume(model, image, roi, config, sink=inverse.push, progress=tick)
+                filled = 0
+
+                def keep_probabilities(slab: torch.Tensor) -> None:  # ... unless asked for
+                    nonlocal filled
+                    probs[:, filled:filled + slab.shape[1]] = torch.softmax(slab, 0)
+                    filled += slab.shape[1]
+                    inverse.push(slab)
+
+                if probabilities:
+                    probs = torch.empty((plan.num_classes, *image.shape[1:]), dtype=torch.float16)
+                predict_volume(model, image, roi, config, sink=keep_probabilities if probabilities else inverse.push,
+                               progress=tick)
                 labels_np = inverse.result()
-            else:
-                # labels, or (soft) the logits, on the preprocessed grid
-                grid_out, probs = predict_volume(model, image, roi, config, probabilities=probabilities,
-                                                 progress=tick, keep_logits=soft)
-                if soft:
-                    inverse = SoftInverse(record, plan.num_classes)
-                    inverse.push(grid_out)
-                    labels_np = inverse.result()
-                else:
-                    labels_np = invert_to_original(grid_out.numpy(), record, is_label=True,
-                                                   num_classes=plan.num_classes)
-                del grid_out
+            else:  # argmax on the preprocessed grid, then the label map goes back
+                labels, probs = predict_volume(model, image, roi, config, probabilities=probabilities, progress=tick)
+                labels_np = invert_to_original(labels.numpy(), record, is_label=True, num_classes=plan.num_classes)
+                del labels
         del image
         if config.largest_component:
             keep_largest_component(labels_np)

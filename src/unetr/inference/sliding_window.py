@@ -211,22 +211,20 @@ def sliding_window(
         yz = (crop[1], crop[2])
         sums = acc[(slice(None), slice(a, b)) + yz]  # (K, b - a, Y, Z)
         dst = slice(o_lo - crop[0].start, o_hi - crop[0].start)
-        if output == "stream":
-            assert sink is not None
-            sink(sums.float() / cnt[(slice(None), slice(a, b)) + yz].float())
-            return
-        if result is None:
-            k = sums.shape[0]
-            if output == "argmax":
-                ldtype = torch.uint8 if k <= 256 else torch.int64
-                result = torch.empty(orig_shape, dtype=ldtype, device=accum_device)
-            else:
-                result = torch.empty((k,) + orig_shape, dtype=out_dtype, device=accum_device)
         if output == "argmax":  # the weight sum is one positive number per voxel: it cannot change the argmax
+            if result is None:
+                k = sums.shape[0]
+                result = torch.empty(orig_shape, dtype=torch.uint8 if k <= 256 else torch.int64, device=accum_device)
             # max().indices: argmax's first-maximum index, 4-5x faster than argmax over a leading dim on CPUs
             result[dst] = sums.max(0).indices.to(result.dtype)
-        else:
-            result[:, dst] = (sums.float() / cnt[(slice(None), slice(a, b)) + yz].float()).to(result.dtype)
+            return
+        blended = sums.float() / cnt[(slice(None), slice(a, b)) + yz].float()  # (K, b - a, Y, Z)
+        if sink is not None:  # output == "stream"
+            sink(blended)
+            return
+        if result is None:
+            result = torch.empty((sums.shape[0],) + orig_shape, dtype=out_dtype, device=accum_device)
+        result[:, dst] = blended.to(result.dtype)
 
     base = x_starts[0]
     done = 0
