@@ -13,3 +13,31 @@ def _seed_torch():
 
     torch.manual_seed(0)
     yield
+
+
+def _monai_ct_chain(pixdim, window, crop=True):
+    """MONAI's deterministic CT chain as its tutorials write it: load, channel first, RAS, ``Spacingd``,
+    ``ScaleIntensityRanged``, and ``CropForegroundd`` when ``crop`` (the UNETR tutorial's)."""
+    from monai.transforms import (
+        Compose,
+        CropForegroundd,
+        EnsureChannelFirstd,
+        LoadImaged,
+        Orientationd,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
+
+    a_min, a_max, b_min, b_max = window
+    return Compose([
+        LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS"),
+        Spacingd(keys="image", pixdim=tuple(pixdim), mode="bilinear"),
+        ScaleIntensityRanged(keys="image", a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True),
+        *([CropForegroundd(keys="image", source_key="image")] if crop else []),
+    ])
+
+
+@pytest.fixture
+def monai_ct_chain():
+    """:func:`_monai_ct_chain` (test folders are not packages, so they take it as a fixture)."""
+    return _monai_ct_chain

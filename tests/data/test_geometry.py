@@ -40,45 +40,25 @@ def _plan(**kw):
     return Plan(**{**base, **kw})
 
 
-def _monai_pre(pixdim, crop=True):
-    from monai.transforms import (
-        Compose,
-        CropForegroundd,
-        EnsureChannelFirstd,
-        LoadImaged,
-        Orientationd,
-        ScaleIntensityRanged,
-        Spacingd,
-    )
-
-    a_min, a_max, b_min, b_max = WINDOW
-    return Compose([
-        LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS"),
-        Spacingd(keys="image", pixdim=pixdim, mode="bilinear"),
-        ScaleIntensityRanged(keys="image", a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True),
-        *([CropForegroundd(keys="image", source_key="image")] if crop else []),
-    ])
-
-
 @pytest.mark.parametrize("crop", [True, False])
-def test_monai_geometry_is_spacingd_then_crop(tmp_path, crop):
+def test_monai_geometry_is_spacingd_then_crop(tmp_path, crop, monai_ct_chain):
     path, _ = _ct(tmp_path)
     plan = _plan(crop_foreground=crop)
     ours, _, rec = preprocess_files(path, plan)
-    ref = _monai_pre(plan.target_spacing, crop)({"image": str(path)})["image"]
+    ref = monai_ct_chain(plan.target_spacing, WINDOW, crop)({"image": str(path)})["image"]
     assert ours.shape == tuple(ref.shape)
     np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(rec["affine"]), np.asarray(ref.affine), atol=1e-4)
     np.testing.assert_allclose(rec["spacing"], plan.target_spacing)  # the target exactly, unlike `extent`
 
 
-def test_monai_geometry_inverse_is_invertd(tmp_path):
+def test_monai_geometry_inverse_is_invertd(tmp_path, monai_ct_chain):
     from monai.transforms import Invertd
 
     path, _ = _ct(tmp_path)
     plan = _plan()
     _, _, rec = preprocess_files(path, plan)
-    pre = _monai_pre(plan.target_spacing)
+    pre = monai_ct_chain(plan.target_spacing, WINDOW)
     data = pre({"image": str(path)})
     logits = torch.randn((3, *data["image"].shape[1:]), generator=torch.Generator().manual_seed(0))
     data["pred"] = torch.cat([data["image"] * 0] * 3) + logits  # a MetaTensor that carries the transforms

@@ -172,26 +172,12 @@ class _Bands(torch.nn.Module):
 
 
 @pytest.mark.parametrize("crop", [True, False])
-def test_monai_geometry_gives_the_labels_of_a_monai_pipeline(plan, tmp_path, ct_writer, crop):
+def test_monai_geometry_gives_the_labels_of_a_monai_pipeline(plan, tmp_path, ct_writer, crop, monai_ct_chain):
     from monai.inferers import sliding_window_inference
-    from monai.transforms import (
-        AsDiscreted,
-        Compose,
-        CropForegroundd,
-        EnsureChannelFirstd,
-        Invertd,
-        LoadImaged,
-        Orientationd,
-        ScaleIntensityRanged,
-        Spacingd,
-    )
+    from monai.transforms import AsDiscreted, Compose, Invertd
 
     img = ct_writer(tmp_path / "ct.nii.gz", shape=(44, 36, 21), spacing=(1.1, 0.8, 2.6))
-    a_min, a_max, b_min, b_max = plan.window
-    pre = Compose([LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS"),
-                   Spacingd(keys="image", pixdim=plan.target_spacing, mode="bilinear"),
-                   ScaleIntensityRanged(keys="image", a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True),
-                   *([CropForegroundd(keys="image", source_key="image")] if crop else [])])
+    pre = monai_ct_chain(plan.target_spacing, plan.window, crop)
     data = pre({"image": str(img)})
     with torch.inference_mode():
         data["pred"] = sliding_window_inference(data["image"][None], ROI, 4, _Bands(), overlap=0.5, mode="gaussian",
