@@ -29,6 +29,7 @@ Run: python benchmarks/bench_infer.py [--repeats 2] [--threads 2] [--write-resul
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -210,13 +211,20 @@ def run_child(side: str, image: Path, out: Path, run: Path, model_kind: str, thr
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def agreement(a: Path, b: Path, k: int = K) -> dict:
-    """Dice per foreground class present in either of two label maps on the same grid (files or arrays)."""
+@functools.lru_cache(maxsize=8)
+def _read_label(path: Path):
+    """A label file read once (each output is compared with several others)."""
     from unetr.data.io import read_label
+
+    return read_label(path)
+
+
+def agreement(a: Path, b: Path, k: int = K) -> dict:
+    """Dice per foreground class present in either of two label map files on the same grid."""
     from unetr.metrics import confusion_matrix
 
-    la, ga = read_label(a)
-    lb, gb = read_label(b)
+    la, ga = _read_label(a)
+    lb, gb = _read_label(b)
     assert la.shape == lb.shape, (la.shape, lb.shape)
     assert np.allclose(ga.affine, gb.affine, atol=1e-3), "the two outputs are not on the same grid"
     cm = confusion_matrix(la, lb, k).astype(np.float64)

@@ -39,7 +39,8 @@ class UNETR(nn.Module):
         feature_size, norm, res_block, conv_block: the ``paper`` decoder.
         checkpointing: recompute transformer blocks in the backward pass (less memory, ~30 % more time).
         channels_last: run the decoder in ``torch.channels_last_3d`` layout, where oneDNN and cuDNN convolutions
-            are faster (no layout reorders inside each call); ``False`` keeps PyTorch's default layout. Outputs agree up to float rounding; parameters are unchanged.
+            are faster (no layout reorders inside each call); ``False`` keeps PyTorch's default layout. Outputs
+            agree up to float rounding; parameters are unchanged.
 
     Example:
         >>> m = UNETR(in_channels=1, out_channels=3, img_size=(32, 32, 48), hidden_size=48, mlp_dim=96,
