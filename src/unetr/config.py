@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence, Tuple, TypeVar, Union
+
+from unetr.fsutil import atomic_write_text
 
 T = TypeVar("T")
 
@@ -354,20 +354,6 @@ class InferConfig(_DictMixin):
 # ---------------------------------------------------------------------------------------------- files
 
 
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_json(path: Union[str, Path], data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
@@ -413,6 +399,6 @@ def parse_set(items: Optional[Sequence[str]]) -> dict:
 
 
 __all__ = [
-    "ModelConfig", "Plan", "TrainConfig", "InferConfig", "PRESETS", "preset", "atomic_write_text", "save_json",
+    "ModelConfig", "Plan", "TrainConfig", "InferConfig", "PRESETS", "preset", "save_json",
     "load_json", "load_yaml", "parse_set", "field",
 ]

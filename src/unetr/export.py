@@ -12,9 +12,7 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -22,6 +20,7 @@ from typing import Optional, Union
 import torch
 
 from unetr.errors import UnetrError
+from unetr.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +36,6 @@ class ExportResult:
     format: str
     max_abs_diff: float
     max_abs_logit: float
-
-
-def _tmp_next_to(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> bool:
@@ -128,8 +120,7 @@ def export_model(
     g = torch.Generator().manual_seed(0)
     trace_input = torch.randn((1, int(cfg["in_channels"])) + roi, generator=g)
     check_input = torch.randn((batch, int(cfg["in_channels"])) + roi, generator=g)
-    tmp = _tmp_next_to(target)
-    try:
+    with atomic_path(target, target.suffix) as tmp:
         with torch.no_grad():
             if format == "onnx":
                 if not _export_onnx(model, trace_input, tmp, opset):
@@ -150,10 +141,6 @@ def export_model(
                 scale = float(ref.abs().max())
                 if not diff <= atol:
                     raise UnetrError(f"the {format} export differs from PyTorch by up to {diff:.3g} (> {atol})")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     cfg_src = base / "config.json"
     if cfg_src.is_file() and target.parent.resolve() != base.resolve():
         shutil.copyfile(cfg_src, target.parent / "config.json")

@@ -44,6 +44,8 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import numpy as np
 from scipy import ndimage
 
+from unetr.fsutil import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 METRICS = ("dice", "iou", "hd95", "asd", "surface_dice")
@@ -281,7 +283,7 @@ def write_csv(path: Union[str, Path], per_case: Mapping[str, Mapping[int, ClassS
         for c, s in scores.items():
             name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
             w.writerow([case, c, name, *(f"{getattr(s, m):.6g}" for m in METRICS), s.pred_voxels, s.ref_voxels])
-    _atomic_write(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def read_csv(path: Union[str, Path]) -> Dict[str, Dict[int, ClassScore]]:
@@ -315,7 +317,7 @@ def write_summary_json(path: Union[str, Path], summary: Mapping[int, Mapping[str
             "mean_surface_dice": clean(mean_over_classes(summary, "surface_dice"))}
     if extra:
         data.update(extra)
-    _atomic_write(path, json.dumps(data, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def format_table(summary: Mapping[int, Mapping[str, Mapping[str, float]]],
@@ -334,12 +336,6 @@ def format_table(summary: Mapping[int, Mapping[str, Mapping[str, float]]],
     lines.append("-" * len(head))
     lines.append(f"{'mean':<{width}}  " + "  ".join(f"{mean_over_classes(summary, m):>15.3f}" for m in metrics))
     return "\n".join(lines)
-
-
-def _atomic_write(path: Union[str, Path], text: str) -> None:
-    from unetr.config import atomic_write_text
-
-    atomic_write_text(path, text)
 
 
 def evaluate_folders(

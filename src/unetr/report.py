@@ -13,13 +13,12 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from unetr.fsutil import atomic_path
 from unetr.metrics import METRICS, ClassScore, mean_over_classes, summarize
 
 log = logging.getLogger(__name__)
@@ -38,15 +37,9 @@ def _plt():
 
 def _save(fig, path: PathLike, dpi: int = 100) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=dpi)
     finally:
         _plt().close(fig)
     return path
@@ -267,7 +260,8 @@ def make_report(
     Returns:
         The path of ``report.md``.
     """
-    from unetr.config import atomic_write_text, load_json
+    from unetr.config import load_json
+    from unetr.fsutil import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

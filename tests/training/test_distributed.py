@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from unetr.device import resolve_device
 from unetr.training import distributed as D
 
 HERE = Path(__file__).parent
@@ -31,13 +32,13 @@ def test_environment_is_read_from_the_given_mapping():
 
 def test_bad_device():
     with pytest.raises(ValueError, match="device"):
-        D.resolve_device("tpu")
+        resolve_device("tpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only check")
 def test_cuda_requested_without_gpu():
     with pytest.raises(ValueError, match="CUDA"):
-        D.resolve_device("cuda")
+        resolve_device("cuda")
 
 
 def test_two_processes_with_gloo(tmp_path):

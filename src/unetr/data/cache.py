@@ -30,6 +30,7 @@ from unetr.config import Plan, load_json, save_json
 from unetr.data.cases import Case, Dataset
 from unetr.data.io import PathLike
 from unetr.errors import DataError
+from unetr.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,7 @@ def _paths(cache_dir: Path, case_id: str) -> Tuple[Path, Path, Path]:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array)))
 
 
 def case_is_fresh(cache_dir: PathLike, case: Case, plan: Plan) -> bool:

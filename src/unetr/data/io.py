@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import io as _io
 import logging
-import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from unetr.errors import DataError
+from unetr.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -361,14 +360,6 @@ def read_label(path: PathLike) -> Tuple[np.ndarray, Geometry]:
     return out, geom
 
 
-def _atomic_target(path: Path):
-    """A temporary name next to ``path`` that keeps its ending (nibabel picks gzip from the name)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + file_ending(path), dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def _write(path: PathLike, array: np.ndarray, geometry: Geometry, dtype: np.dtype, intent: str) -> None:
     import nibabel as nib
 
@@ -376,8 +367,7 @@ def _write(path: PathLike, array: np.ndarray, geometry: Geometry, dtype: np.dtyp
     array = np.asarray(array)
     if array.shape[:3] != tuple(geometry.shape):
         raise ValueError(f"{path}: array shape {array.shape} does not match the geometry's {geometry.shape}")
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path, file_ending(path)) as tmp:
         if file_ending(path) in ITK_ENDINGS:
             _write_itk(tmp, array.astype(dtype), geometry)
         else:
@@ -392,10 +382,6 @@ def _write(path: PathLike, array: np.ndarray, geometry: Geometry, dtype: np.dtyp
             hdr.set_intent(intent)
             hdr.set_slope_inter(1.0, 0.0)
             nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_label(path: PathLike, array: np.ndarray, geometry: Geometry) -> None:

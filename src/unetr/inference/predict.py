@@ -25,10 +25,9 @@ import numpy as np
 import torch
 
 from unetr.config import InferConfig, Plan
+from unetr.device import autocast, resolve_device
 from unetr.errors import CheckpointError, UnetrError
 from unetr.inference.sliding_window import count_windows, sliding_window
-from unetr.precision import autocast as shared_autocast
-from unetr.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -93,25 +92,6 @@ def find_inputs(spec: Union[PathLike, Sequence[PathLike]], in_channels: int = 1)
 
 
 # ------------------------------------------------------------------------------------------ model
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as torch reads it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but CUDA is not available")
-    return dev
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """An autocast context for ``precision``; ``auto`` is bf16 where the device computes it natively (recent
-    GPUs, CPUs with AVX-512 BF16 or AMX: the precision training and validation use there), else fp32."""
-    if precision == "auto":
-        precision = resolve_precision("auto", device)
-        precision = "fp32" if precision == "fp16" else precision  # fp16 only on request
-    return shared_autocast(device, precision)
 
 
 def load_predictor(
@@ -423,5 +403,5 @@ def iter_failed(results: Sequence[CaseResult]) -> Iterator[CaseResult]:
 
 __all__ = [
     "find_inputs", "case_name", "load_predictor", "make_predictor", "predict_volume", "predict_case",
-    "predict_files", "keep_largest_component", "CaseResult", "resolve_device", "autocast",
+    "predict_files", "keep_largest_component", "CaseResult",
 ]

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from unetr.config import ModelConfig, atomic_write_text
+from unetr.config import ModelConfig
 from unetr.errors import CheckpointError
+from unetr.fsutil import atomic_path, atomic_write_text
 from unetr.model.convert import (
     convert_state_dict,
     infer_model_kwargs,
@@ -47,15 +46,8 @@ def save_safetensors(path: PathLike, model_or_state: Union[nn.Module, Dict[str, 
     sd = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp), metadata=metadata)
 
 
 def save_run(run_dir: PathLike, model: nn.Module, config: ModelConfig, plan: Optional[dict] = None,

@@ -28,6 +28,8 @@ from typing import Any, List, Mapping, Optional
 import torch
 import torch.distributed as dist
 
+from unetr.device import resolve_device
+
 log = logging.getLogger(__name__)
 
 
@@ -48,19 +50,6 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> the local GPU when there is one, else the CPU; ``cuda`` -> ``cuda:<local_rank>``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but no CUDA GPU is available")
-        return torch.device("cuda", local_rank)
-    if name == "cpu" or name.startswith("cuda:") or name == "mps":
-        return torch.device(name)
-    raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
 
 
 def setup(device: str = "auto", environ: Optional[Mapping[str, str]] = None, timeout_s: float = 1800.0) -> DistEnv:

@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from unetr.config import ModelConfig, Plan, TrainConfig
+from unetr.device import autocast, resolve_device, resolve_precision
 from unetr.errors import UnetrError
-from unetr.precision import autocast, resolve_precision
+from unetr.fsutil import atomic_write, atomic_write_text
 from unetr.training import distributed as D
 from unetr.training.loss import DiceCELoss
 from unetr.training.optim import build_optimizer, lr_at, set_lr
@@ -239,20 +240,6 @@ def mean_foreground(dice: Sequence[float]) -> float:
 # ------------------------------------------------------------------------------------------- files
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, flushed to disk, then renamed over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_config(model_cfg: ModelConfig, plan: Plan, cfg: TrainConfig) -> dict:
     """The ``config.json`` of a run directory."""
     return {"format": RUN_FORMAT, "version": 1, "model": model_cfg.to_dict(), "plan": plan.to_dict(),
@@ -319,7 +306,6 @@ class MetricsLog:
         w = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
         w.writeheader()
         w.writerows(self.rows)
-        from unetr.config import atomic_write_text
 
         atomic_write_text(self.path, buf.getvalue())
 
@@ -396,7 +382,7 @@ def fit(
 
     from unetr.model import build_model
 
-    env = env or D.DistEnv(device=D.resolve_device(cfg.device))
+    env = env or D.DistEnv(device=resolve_device(cfg.device))
     device = env.device
     run_dir = Path(run_dir)
     if env.is_main:
@@ -480,7 +466,7 @@ def fit(
             "loss_sum": loss_sum, "loss_count": loss_n, "seconds": seconds, "rng": _rng_state(device),
             "sampler": {"seed": cfg.seed, "micro_step": iteration * cfg.accumulate}, "config": config,
         }
-        atomic_torch_save(state, last_path)
+        atomic_write(last_path, lambda f: torch.save(state, f))
 
     tb = _tensorboard(run_dir) if (cfg.tensorboard and env.is_main) else None
     bar = tqdm(total=cfg.iterations, initial=start, desc="train", disable=not (progress and env.is_main),
@@ -665,7 +651,7 @@ def train_dataset(
     from unetr.data.plan import fingerprint, load_plan, make_plan, save_plan
     from unetr.errors import DataError
 
-    env = env or D.DistEnv(device=D.resolve_device(cfg.device))
+    env = env or D.DistEnv(device=resolve_device(cfg.device))
     out = Path(out)
     cache = Path(cache_dir) if cache_dir else out / "cache"
     if env.is_main:

@@ -1,0 +1,125 @@
+"""The one way the package writes a file: to a temporary name beside it, flushed to disk, then renamed.
+
+A reader never sees a half-written file, a crash or Ctrl-C leaves the old file (or none) in place, and the
+new file gets the mode any file the user creates gets (``0666`` less the umask), so colleagues on a shared
+server can read results. A temporary name carries the writer's process id
+(``.NAME.unetr-PID-TOKEN.tmp[ENDING]``); :func:`remove_stale_temporaries` deletes those whose process is
+gone, which is how a rerun cleans up after a ``kill -9``.
+
+Imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Callable, Iterator, List, Union
+
+PathLike = Union[str, os.PathLike]
+
+_MARK = "unetr"
+_TEMP_RE = re.compile(rf"^\.(?P<name>.+)\.{_MARK}-(?P<pid>\d+)-[0-9a-f]+\.tmp")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems do not open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temporary_name(path: PathLike, ending: str = "") -> Path:
+    """A fresh hidden name beside ``path`` that ends with ``ending`` (nibabel reads gzip from the name)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{_MARK}-{os.getpid()}-{secrets.token_hex(4)}.tmp{ending}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, ending: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer that wants a file name; on a clean exit the file is
+    flushed to disk and renamed over ``path``, on any exception (Ctrl-C included) it is removed.
+
+    Args:
+        path: the final file; its folder is created when missing.
+        ending: the ending the temporary name keeps (``.nii.gz``, ``.png``) for writers that choose the format
+            from the name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path, ending)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any new file
+    mode = os.fstat(fd).st_mode & 0o777
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, mode)  # a writer that recreated the file may have left another mode
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write(path: PathLike, write: Callable[[object], None]) -> None:
+    """Call ``write(f)`` with a binary file object open on a temporary name, then rename it over ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: PathLike) -> List[Path]:
+    """Delete the temporary files in ``folder`` (not below it) left by writers whose process is gone.
+
+    Returns the removed paths. A live writer's temporary file is kept.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        m = _TEMP_RE.match(entry.name)
+        if m is None or _alive(int(m["pid"])):
+            continue
+        try:
+            entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed
+
+
+__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporaries",
+           "temporary_name"]
