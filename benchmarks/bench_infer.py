@@ -6,7 +6,7 @@ and goes file to file:
 - ``unetr``: ``unetr.inference.predict_case`` with its defaults (read, reorient, crop to the body,
   resample to 1.5x1.5x2 mm keeping the extent, CT window, Gaussian sliding window with overlap 0.5 whose
   blended logits stream into the soft inverse, argmax on the file's grid, write), after
-  ``unetr.heap.keep_freed_memory()`` as ``unetr predict`` runs it;
+  ``unetr.allocator.keep_freed_memory()`` as ``unetr predict`` runs it;
 - ``unetr-monai``: the same with the plan's ``geometry="monai"`` (``unetr predict --geometry monai``):
   MONAI's grid and order, logits back as MONAI's ``Invertd`` takes them;
 - ``monai``: ``LoadImaged, EnsureChannelFirstd, Orientationd(RAS), Spacingd(1.5, 1.5, 2),
@@ -134,7 +134,7 @@ def child_ours(image: Path, out: Path, run: Path, model_kind: str, geometry: str
     import torch
 
     from unetr.config import InferConfig
-    from unetr.heap import keep_freed_memory
+    from unetr.allocator import keep_freed_memory
     from unetr.inference.predict import load_predictor, predict_case
 
     keep_freed_memory()  # as `unetr predict` does at start

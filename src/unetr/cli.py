@@ -470,7 +470,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from unetr.errors import UnetrError
 
     if args.command in ("train", "predict", "demo"):
-        from unetr.heap import keep_freed_memory
+        from unetr.allocator import keep_freed_memory
 
         keep_freed_memory()
     try:
