@@ -30,7 +30,8 @@ def _unit(path: Path) -> str:
 def _imports(path: Path):
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "unetr":
-            names = [node.module] if node.module != "unetr" else [f"unetr.{a.name}" for a in node.names]
+            names = [node.module] if node.module != "unetr" else [
+                f"unetr.{a.name}" if a.name in LAYERS else "unetr" for a in node.names]
             for name in names:
                 yield node.lineno, name
         elif isinstance(node, ast.Import):
