@@ -94,6 +94,18 @@ def _add_plan(sub) -> None:
     p.set_defaults(func=_run_plan)
 
 
+_PLAN_WORDS = {"target_spacing": ("median", "paper"), "intensity": ("auto",)}  # make_plan resolves these
+
+
+def _plan_overrides(overrides: dict, source: str) -> dict:
+    """Plan settings from the command line or YAML, each converted to its field's type (the words
+    ``make_plan`` resolves itself pass as they are)."""
+    from unetr.config import Plan, coerce_fields
+
+    words = {k: v for k, v in overrides.items() if v in _PLAN_WORDS.get(k, ())}
+    return {**coerce_fields(Plan, {k: v for k, v in overrides.items() if k not in words}, source), **words}
+
+
 def _run_plan(args) -> int:
     from unetr.config import parse_set
     from unetr.data.cases import load_dataset
@@ -112,7 +124,7 @@ def _run_plan(args) -> int:
     if args.roi:
         overrides["roi"] = tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
     overrides.update(parse_set(args.set))
-    plan = make_plan(ds, fp, **overrides)
+    plan = make_plan(ds, fp, **_plan_overrides(overrides, "--set "))
     save_plan(plan, args.out, fingerprint=fp)
     print(f"wrote {args.out}: spacing {plan.target_spacing}, roi {plan.roi}, {plan.intensity}, "
           f"{plan.num_classes} classes {list(plan.class_names)}")
@@ -169,7 +181,7 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from unetr.config import TrainConfig, load_yaml, parse_set
+    from unetr.config import ModelConfig, TrainConfig, coerce_fields, load_yaml, parse_set
     from unetr.training import distributed
     from unetr.training.trainer import train_dataset
 
@@ -187,6 +199,8 @@ def _run_train(args) -> int:
     settings.update({k: v for k, v in flags.items() if v is not None})
     if args.roi:
         plan_over["roi"] = tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
+    plan_over = _plan_overrides(plan_over, "plan.")
+    model_over = coerce_fields(ModelConfig, model_over, "model.")
     cfg = TrainConfig.from_dict(settings)
     if args.threads:
         import torch

@@ -13,10 +13,12 @@ Every dataclass has ``to_dict()`` / ``from_dict()``; ``from_dict`` rejects unkno
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 from unetr.fsutil import atomic_write_text
 
@@ -38,6 +40,95 @@ def _as_tuple(value: Any, n: int, name: str) -> Tuple[int, ...]:
     return value
 
 
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as the annotated type ``tp`` (bool, int, float, str, tuples, Optional); ``ValueError`` naming
+    ``key``, the expected type and the value when it is not one."""
+    def fail() -> ValueError:
+        return ValueError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key) if len(inner) == 1 else value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise fail()
+    if tp is int:
+        if isinstance(value, bool):
+            raise fail()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise fail() from None
+        raise fail()
+    if tp is float:
+        if isinstance(value, bool):
+            raise fail()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())  # YAML reads 1e-4 as a string
+            except ValueError:
+                raise fail() from None
+        raise fail()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise fail()
+    if origin in (tuple, list):
+        if isinstance(value, (list, tuple)):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(v, args[0], key) for v in value)
+            if args and len(value) != len(args):
+                raise ValueError(f"{key}: expected {len(args)} values, got {value!r}")
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args)) if args else tuple(value)
+        if args and args[-1] is not Ellipsis and len(set(args)) == 1 and not isinstance(value, (str, dict)):
+            return _coerce(value, args[0], key)  # one number for every axis: the class expands it
+        raise fail()
+    return value
+
+
+def coerce_fields(cls: type, data: Mapping[str, Any], source: str = "") -> dict:
+    """Check ``data``'s keys against ``cls``'s fields (an unknown key gets the closest valid names) and convert
+    every value to its field's type: ``--set lr=1e-4``, ``lr: 1e-4`` in YAML and ``--set flag=true`` all
+    arrive as the right type. ``source`` prefixes the key in messages (``--set plan.``)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{cls.__name__} expects a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    out = {}
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(known))}"
+            raise ValueError(f"unknown {cls.__name__} setting {source}{key}{hint}")
+        out[key] = _coerce(value, hints[key], f"{source}{key}")
+    return out
+
+
 class _DictMixin:
     """``to_dict`` / ``from_dict`` / ``replace`` shared by the configuration dataclasses."""
 
@@ -46,13 +137,7 @@ class _DictMixin:
 
     @classmethod
     def from_dict(cls: type[T], data: dict) -> T:
-        if not isinstance(data, dict):
-            raise ValueError(f"{cls.__name__} expects a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)  # type: ignore[call-arg]
+        return cls(**coerce_fields(cls, data))  # type: ignore[call-arg]
 
     def replace(self: T, **changes: Any) -> T:
         return replace(self, **changes)  # type: ignore[type-var]
@@ -400,5 +485,5 @@ def parse_set(items: Optional[Sequence[str]]) -> dict:
 
 __all__ = [
     "ModelConfig", "Plan", "TrainConfig", "InferConfig", "PRESETS", "preset", "save_json",
-    "load_json", "load_yaml", "parse_set", "field",
+    "load_json", "load_yaml", "parse_set", "coerce_fields", "field",
 ]
