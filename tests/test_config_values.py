@@ -38,7 +38,7 @@ def test_tuples_and_nested_sections():
     assert Plan(**plan).target_spacing == (1.5, 1.5, 1.5)
     with pytest.raises(ValueError, match=r"plan\.roi: expected 3 values"):
         coerce_fields(Plan, {"roi": [64, 64]}, "plan.")
-    with pytest.raises(ValueError, match=r"unknown ModelConfig setting model\.bogus"):
+    with pytest.raises(ValueError, match=r"unknown ModelConfig field model\.bogus"):
         coerce_fields(ModelConfig, {"bogus": 1}, "model.")
     assert coerce_fields(ModelConfig, {"dropout": "0.1", "res_block": "false"}) == {"dropout": 0.1, "res_block": False}
 

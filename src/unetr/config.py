@@ -124,7 +124,7 @@ def coerce_fields(cls: type, data: Mapping[str, Any], source: str = "") -> dict:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(known))}"
-            raise ValueError(f"unknown {cls.__name__} setting {source}{key}{hint}")
+            raise ValueError(f"unknown {cls.__name__} field {source}{key}{hint}")
         out[key] = _coerce(value, hints[key], f"{source}{key}")
     return out
 
