@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Optional, Sequence
+import traceback
+from typing import Callable, Optional, Sequence, Tuple
 
 log = logging.getLogger("unetr")
 
@@ -481,7 +482,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    from unetr.errors import UnetrError
 
     if args.command in ("train", "predict", "demo"):
         from unetr.allocator import keep_freed_memory
@@ -489,9 +489,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         keep_freed_memory()
     try:
         return int(func(args) or 0)
-    except (UnetrError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        print(f"unetr {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"unetr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BaseException as e:  # noqa: BLE001 - every failure becomes one line (or a bug report)
+        message, code = describe_failure(e, verbose=args.verbose)
+        if code == EXIT_BUG and args.verbose:
+            traceback.print_exc()
+        print(f"unetr {args.command}: {message}", file=sys.stderr)
+        return code
+
+
+EXIT_USER = 2  # the user's input or environment: a message says what to change
+EXIT_BUG = 3  # an unexpected exception: a bug in unetr
+
+
+def describe_failure(e: BaseException, verbose: bool = False) -> Tuple[str, int]:
+    """One line for a failure and the exit code: user-caused conditions (bad files, options, a full disk, too
+    little memory) get :data:`EXIT_USER`; anything else is a bug in unetr and says so (:data:`EXIT_BUG`)."""
+    import errno
+
+    from unetr.errors import UnetrError
+
+    if isinstance(e, SystemExit):
+        raise e
+    if isinstance(e, (UnetrError, ValueError)):
+        return f"error: {e}", EXIT_USER
+    if isinstance(e, MemoryError):
+        return ("error: out of memory" + (f" ({e})" if str(e) else "")
+                + "; lower --batch / --threads, use --precision bf16, or free memory"), EXIT_USER
+    if isinstance(e, OSError):
+        where = e.filename or ""
+        if e.errno == errno.ENOSPC:
+            return f"error: disk full writing {where or 'a file'}", EXIT_USER
+        if isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+                          FileExistsError)) or e.errno in (errno.EROFS, errno.EDQUOT, errno.EIO):
+            text = e.strerror or str(e)
+            return f"error: {where}: {text}" if where and str(where) not in text else f"error: {e}", EXIT_USER
+    return (f"internal error (a bug in unetr; please report it with the command): {type(e).__name__}: {e}"
+            + ("" if verbose else " (rerun with -v for the traceback)")), EXIT_BUG

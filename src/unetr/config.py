@@ -451,6 +451,10 @@ def load_json(path: Union[str, Path]) -> dict:
         raise FileNotFoundError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 JSON") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a folder, not a JSON file") from None
 
 
 def load_yaml(path: Union[str, Path]) -> dict:
@@ -463,6 +467,8 @@ def load_yaml(path: Union[str, Path]) -> dict:
         raise FileNotFoundError(f"{path}: no such file") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
