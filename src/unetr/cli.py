@@ -46,11 +46,26 @@ def _add_synth(sub) -> None:
     p.add_argument("--cases", type=int, default=20, help="training cases")
     p.add_argument("--test-cases", type=int, default=4, help="held-out cases (imagesTs, labelsTs)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that already has files")
     p.set_defaults(func=_run_synth)
+
+
+def _refuse_non_empty(folder: str, overwrite: bool) -> None:
+    """A generated dataset goes into a new or empty folder: writing into a user's dataset would replace its
+    dataset.json and mix phantoms into it."""
+    from pathlib import Path
+
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: exists and is not a folder")
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        raise ValueError(f"{path}: the folder is not empty; choose a new folder or add --overwrite")
 
 
 def _run_synth(args) -> int:
     from unetr.data.synthetic import make_phantom_dataset
+
+    _refuse_non_empty(args.out, args.overwrite)
 
     out = make_phantom_dataset(args.out, cases=args.cases, test_cases=args.test_cases, seed=args.seed,
                                progress=True)
@@ -248,10 +263,10 @@ def _add_predict(sub) -> None:
     g = p.add_argument_group("preprocessing for a bare checkpoint (a run directory has its own plan)")
     g.add_argument("--spacing", type=float, nargs=3, help="target spacing in mm (x y z); marks a bare checkpoint")
     g.add_argument("--roi", type=int, nargs="+", help="window / model img_size: one value or three")
-    g.add_argument("--intensity", default="ct_window", choices=["ct_window", "zscore"])
-    g.add_argument("--window", type=float, nargs=4, default=[-175.0, 250.0, 0.0, 1.0],
-                   metavar=("A_MIN", "A_MAX", "B_MIN", "B_MAX"), help="CT window and its output range")
-    g.add_argument("--in-channels", type=int, default=1)
+    g.add_argument("--intensity", choices=["ct_window", "zscore"], help="default: ct_window")
+    g.add_argument("--window", type=float, nargs=4, metavar=("A_MIN", "A_MAX", "B_MIN", "B_MAX"),
+                   help="CT window and its output range (default: -175 250 0 1)")
+    g.add_argument("--in-channels", type=int, help="default: 1")
     g.add_argument("--out-channels", type=int, help="classes including background")
     g.add_argument("--class-names", nargs="+", help="one per class, background first")
     g.add_argument("--no-crop", action="store_true", help="do not crop to the body (MONAI: no CropForegroundd)")
@@ -259,11 +274,34 @@ def _add_predict(sub) -> None:
     p.set_defaults(func=_run_predict)
 
 
+_BARE_ONLY = ("spacing", "roi", "intensity", "window", "in_channels", "out_channels", "class_names", "no_crop",
+              "num_heads")
+
+
+def _has_plan(model: str) -> bool:
+    """Whether ``model`` is a run (its config.json carries the plan it was trained with)."""
+    import json
+    from pathlib import Path
+
+    path = Path(model)
+    cfg = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    try:
+        return "plan" in json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def _run_predict(args) -> int:
     import os
 
     from unetr.config import InferConfig, Plan
-    from unetr.inference.predict import load_predictor, predict_files, resolve_device
+    from unetr.device import resolve_device
+    from unetr.inference.predict import load_predictor, predict_files
+
+    given = [f"--{k.replace('_', '-')}" for k in _BARE_ONLY if getattr(args, k) not in (None, False)]
+    if given and _has_plan(args.model):
+        raise ValueError(f"{' '.join(given)}: {args.model} is a run, which predicts with the plan and window it "
+                         "was trained with; these options describe a bare checkpoint's preprocessing")
 
     cfg = InferConfig(overlap=args.overlap, mode=args.mode, sw_batch_size=args.batch, tta=args.tta,
                       precision=args.precision, device=args.device, largest_component=args.largest_component,
@@ -283,10 +321,14 @@ def _run_predict(args) -> int:
         if args.out_channels is None:
             raise ValueError("a bare checkpoint needs --out-channels (classes including background)")
         names = args.class_names or ["background"] + [f"class_{i}" for i in range(1, args.out_channels)]
-        plan = Plan(target_spacing=tuple(args.spacing), roi=roi or (96, 96, 96), in_channels=args.in_channels,
+        in_channels = args.in_channels or 1
+        plan = Plan(target_spacing=tuple(args.spacing), roi=roi or (96, 96, 96), in_channels=in_channels,
                     num_classes=args.out_channels, class_names=tuple(names),
-                    channel_names=tuple(f"ch{i}" for i in range(args.in_channels)), intensity=args.intensity,
-                    window=tuple(args.window), crop_foreground=not args.no_crop, geometry=args.geometry or "monai")
+                    channel_names=tuple(f"ch{i}" for i in range(in_channels)),
+                    intensity=args.intensity or "ct_window", window=tuple(args.window or (-175.0, 250.0, 0.0, 1.0)),
+                    crop_foreground=not args.no_crop, geometry=args.geometry or "monai")
+    elif given and given != ["--num-heads"]:
+        raise ValueError(f"{' '.join(given)} describe a bare checkpoint's preprocessing and need --spacing too")
     model, plan = load_predictor(args.model, plan=plan, device=device, **overrides)
     if args.geometry and args.geometry != plan.geometry:
         log.info("geometry %s in place of the plan's %s", args.geometry, plan.geometry)
@@ -394,13 +436,15 @@ def _add_export(sub) -> None:
     p.add_argument("-o", "--output", help="file to write (default: in the run directory)")
     p.add_argument("--no-check", action="store_true", help="skip running the export against PyTorch")
     p.add_argument("--atol", type=float, default=1e-3, help="largest accepted difference of the logits")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export of the same name")
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args) -> int:
     from unetr.export import export_model
 
-    res = export_model(args.model, args.output, format=args.format, check=not args.no_check, atol=args.atol)
+    res = export_model(args.model, args.output, format=args.format, check=not args.no_check, atol=args.atol,
+                       overwrite=args.overwrite)
     check = "not checked" if args.no_check else f"max |diff| {res.max_abs_diff:.2g} vs PyTorch"
     print(f"{res.format} -> {res.path} ({check})")
     return 0
@@ -414,12 +458,14 @@ def _add_mni(sub) -> None:
     p.add_argument("--test-cases", type=int, default=2, help="held-out cases (imagesTs, labelsTs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--spacing", type=float, default=3.0, help="isotropic voxel size in mm")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that already has files")
     p.set_defaults(func=_run_mni)
 
 
 def _run_mni(args) -> int:
     from unetr.data.brain import make_brain_dataset
 
+    _refuse_non_empty(args.out, args.overwrite)
     out = make_brain_dataset(args.out, cases=args.cases, test_cases=args.test_cases, seed=args.seed,
                              spacing=args.spacing)
     print(f"wrote {args.cases} training and {args.test_cases} test brain cases to {out}")
