@@ -348,28 +348,38 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--num-classes", type=int, help="classes including background (default: from --labels or data)")
     p.add_argument("--tolerance", type=float, default=2.0, help="surface Dice tolerance in mm")
     p.add_argument("-o", "--output", help="folder for metrics.csv and summary.json (default: PRED_DIR)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="a reference without a prediction is scored as a miss but does not fail the command")
+    p.add_argument("--workers", type=int, default=1, help="processes scoring cases in parallel")
     p.set_defaults(func=_run_evaluate)
+
+
+def read_label_for_metrics(path):
+    """``path -> (labels, spacing, affine)`` for :func:`unetr.metrics.evaluate_folders` (picklable)."""
+    from unetr.data.io import read_label
+
+    arr, geom = read_label(path)
+    return arr, geom.spacing, geom.affine
 
 
 def _run_evaluate(args) -> int:
     from pathlib import Path
 
-    from unetr.data.io import read_label
     from unetr.metrics import evaluate_folders, format_table, read_class_names
-
-    def reader(path: Path):
-        arr, geom = read_label(path)
-        return arr, geom.spacing
 
     names = read_class_names(args.labels) if args.labels else None
     per_case, summary, problems = evaluate_folders(
         args.pred_dir, args.ref_dir, num_classes=args.num_classes, class_names=names,
-        tolerance_mm=args.tolerance, out_dir=args.output, read_label=reader)
+        tolerance_mm=args.tolerance, out_dir=args.output, read_label=read_label_for_metrics,
+        workers=args.workers, allow_missing=args.allow_missing, progress=True)
     if not per_case:
         raise ValueError(f"no case could be scored ({len(problems)} problem(s))")
     print(format_table(summary, names))
     out = Path(args.output or args.pred_dir)
     print(f"{len(per_case)} case(s) -> {out / 'metrics.csv'}, {out / 'summary.json'}")
+    if problems:
+        print(f"{len(problems)} problem(s): " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""),
+              file=sys.stderr)
     return 1 if problems else 0
 
 

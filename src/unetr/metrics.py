@@ -338,6 +338,54 @@ def format_table(summary: Mapping[int, Mapping[str, Mapping[str, float]]],
     return "\n".join(lines)
 
 
+def _case_name(file_name: str) -> str:
+    return file_name[: -len(".nii.gz")] if file_name.endswith(".nii.gz") else file_name[: -len(".nii")]
+
+
+def _label_files(folder: Path) -> Dict[str, Path]:
+    return {p.name: p for p in sorted(folder.iterdir())
+            if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".")
+            and not p.name.endswith(("_probabilities.nii.gz", "_probabilities.nii"))}
+
+
+def _read_one(read: Callable, path: Path):
+    got = read(path)
+    return (got[0], got[1], got[2] if len(got) > 2 else None)
+
+
+def _score_pair(args) -> Tuple[str, Optional[Dict[int, ClassScore]], Optional[str], int]:
+    """Score one (prediction, reference) pair; a missing prediction scores as an empty label map.
+
+    Returns ``(file name, scores or None, problem or None, largest label seen)``. Runs in worker processes.
+    """
+    name, pred_path, ref_path, read, num_classes, tolerance_mm = args
+    from unetr.grid import grid_mismatch
+
+    try:
+        ra, spacing, raff = _read_one(read, ref_path)
+        if pred_path is None:
+            pa, paff = np.zeros_like(ra), raff
+        else:
+            pa, _, paff = _read_one(read, pred_path)
+    except MemoryError:
+        return name, None, f"{name}: out of memory reading the case", 0
+    except Exception as e:  # noqa: BLE001 - one message per unreadable case, the others go on
+        return name, None, f"{name}: cannot read ({e})", 0
+    if pa.shape != ra.shape:
+        return name, None, f"{name}: prediction shape {pa.shape} differs from reference shape {ra.shape}", 0
+    if paff is not None and raff is not None:
+        why = grid_mismatch(pa.shape, paff, ra.shape, raff)
+        if why is not None:
+            return name, None, f"{name}: the prediction is not on the reference's grid ({why})", 0
+    top = int(max(pa.max(initial=0), ra.max(initial=0)))
+    if num_classes is None:
+        return name, None, None, top
+    try:
+        return name, evaluate_case(pa, ra, spacing, num_classes, tolerance_mm=tolerance_mm), None, top
+    except ValueError as e:
+        return name, None, f"{name}: {e}", top
+
+
 def evaluate_folders(
     pred_dir: Union[str, Path],
     ref_dir: Union[str, Path],
@@ -346,63 +394,79 @@ def evaluate_folders(
     class_names: Optional[Sequence[str]] = None,
     tolerance_mm: float = 2.0,
     out_dir: Optional[Union[str, Path]] = None,
-    read_label: Callable[[Path], Tuple[np.ndarray, Sequence[float]]],
+    read_label: Callable[[Path], tuple],
+    workers: int = 1,
+    allow_missing: bool = False,
+    progress: bool = False,
 ) -> Tuple[Dict[str, Dict[int, ClassScore]], Dict[int, Dict[str, Dict[str, float]]], List[str]]:
-    """Score every prediction in ``pred_dir`` against the reference of the same file name in ``ref_dir``.
+    """Score every reference in ``ref_dir`` against the prediction of the same file name in ``pred_dir``.
 
-    The spacing comes from the reference's header. Writes ``metrics.csv`` and ``summary.json`` into
-    ``out_dir`` (default ``pred_dir``).
+    Cases are read and scored one at a time (in ``workers`` processes), so memory is bounded by a case or
+    two per worker, not by the folder. A reference without a prediction is scored as a miss for every class
+    it holds (Dice 0, HD95 the image diagonal), listed in the summary's ``missing`` and, unless
+    ``allow_missing``, a problem; a prediction without a reference, or one whose affine places it elsewhere
+    than its reference (:func:`unetr.grid.grid_mismatch`), is a problem and is not scored. The spacing
+    comes from the reference's header. Writes ``metrics.csv`` and ``summary.json`` into ``out_dir``
+    (default ``pred_dir``).
 
     Args:
         pred_dir: folder of predicted label maps (``.nii.gz``/``.nii``).
         ref_dir: folder of reference label maps with the same file names.
-        num_classes: K; default from ``class_names`` or the largest label found.
+        num_classes: K; default from ``class_names``, else a first pass over the labels finds the largest.
         class_names: names of the classes, background first.
         tolerance_mm: tolerance of the surface Dice.
         out_dir: where the CSV and JSON go.
-        read_label: ``path -> (array (X, Y, Z), spacing)`` (this module reads no files itself; the CLI
-            passes :func:`unetr.data.io.read_label`'s array and spacing).
+        read_label: ``path -> (array (X, Y, Z), spacing[, affine])`` (this module reads no files itself; the
+            CLI passes :func:`unetr.data.io.read_label`'s array, spacing and affine). With the affine, grids
+            are compared. Must be picklable when ``workers > 1``.
+        workers: processes scoring cases in parallel.
+        allow_missing: a missing prediction is scored as a miss but is not a problem.
+        progress: a progress bar over cases.
 
     Returns:
-        ``(per_case, summary, problems)``: problems are one message per case that could not be scored.
+        ``(per_case, summary, problems)``: problems are one message per case that could not be scored (or
+        was missing).
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     for d in (pred_dir, ref_dir):
         if not d.is_dir():
             raise NotADirectoryError(f"{d}: not a folder")
-    read = read_label
-    preds = sorted(p for p in pred_dir.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".")
-                   and not p.name.endswith(("_probabilities.nii.gz", "_probabilities.nii")))
+    preds, refs = _label_files(pred_dir), _label_files(ref_dir)
     if not preds:
         raise FileNotFoundError(f"{pred_dir}: no .nii/.nii.gz predictions")
+    if not refs:
+        raise FileNotFoundError(f"{ref_dir}: no .nii/.nii.gz references")
     if num_classes is None and class_names is not None:
         num_classes = len(class_names)
-    loaded = []
-    problems: List[str] = []
-    for p in preds:
-        r = ref_dir / p.name
-        if not r.exists():
-            problems.append(f"{p.name}: no reference {r}")
-            continue
-        try:
-            pa, _ = read(p)
-            ra, spacing = read(r)
-        except Exception as e:  # noqa: BLE001 - one message per unreadable case, the others go on
-            problems.append(f"{p.name}: cannot read ({e})")
-            continue
-        if pa.shape != ra.shape:
-            problems.append(f"{p.name}: prediction shape {pa.shape} differs from reference shape {ra.shape}")
-            continue
-        loaded.append((p.name, pa, ra, spacing))
-    if num_classes is None:
-        num_classes = max([int(max(pa.max(), ra.max())) for _, pa, ra, _ in loaded] + [1]) + 1
+    problems: List[str] = [f"{n}: no reference {ref_dir / n}" for n in preds if n not in refs]
+    missing = [n for n in refs if n not in preds]
+    if missing and not allow_missing:
+        problems += [f"{n}: no prediction {pred_dir / n} (scored as a miss)" for n in missing]
+    jobs = [(n, preds.get(n), refs[n], read_label, num_classes, tolerance_mm) for n in refs]
+
+    def run(jobs_):
+        if workers <= 1:
+            yield from map(_score_pair, jobs_)
+            return
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            yield from pool.map(_score_pair, jobs_)
+
+    if num_classes is None:  # a first pass finds the largest label
+        num_classes = max([top for _, _, _, top in run(jobs)] + [1]) + 1
+        jobs = [j[:4] + (num_classes,) + j[5:] for j in jobs]
     per_case: Dict[str, Dict[int, ClassScore]] = {}
-    for name, pa, ra, spacing in loaded:
-        case = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
-        try:
-            per_case[case] = evaluate_case(pa, ra, spacing, num_classes, tolerance_mm=tolerance_mm)
-        except ValueError as e:
-            problems.append(f"{name}: {e}")
+    results = run(jobs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        results = tqdm(results, total=len(jobs), desc="cases", unit="case")
+    for name, scores, problem, _ in results:
+        if problem is not None:
+            problems.append(problem)
+        elif scores is not None:
+            per_case[_case_name(name)] = scores
     for msg in problems:
         log.error(msg)
     summary = summarize(per_case)
@@ -410,7 +474,8 @@ def evaluate_folders(
     if per_case:
         write_csv(out / "metrics.csv", per_case, class_names)
         write_summary_json(out / "summary.json", summary, class_names,
-                           extra={"cases": len(per_case), "tolerance_mm": tolerance_mm, "problems": problems})
+                           extra={"cases": len(per_case), "tolerance_mm": tolerance_mm,
+                                  "missing": [_case_name(n) for n in missing], "problems": problems})
     return per_case, summary, problems
 
 
