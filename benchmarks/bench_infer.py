@@ -133,8 +133,8 @@ def _peak_rss_mb() -> float:
 def child_ours(image: Path, out: Path, run: Path, model_kind: str, geometry: str | None, precision: str) -> dict:
     import torch
 
-    from unetr.config import InferConfig
     from unetr.allocator import keep_freed_memory
+    from unetr.config import InferConfig
     from unetr.inference.predict import load_predictor, predict_case
 
     keep_freed_memory()  # as `unetr predict` does at start
