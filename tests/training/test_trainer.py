@@ -13,19 +13,15 @@ import pytest
 import torch
 from train_helpers import ROI, DictLoader, flip_augmenter, make_cases, simple_sampler, tiny_setup
 
+from unetr.device import resolve_precision
 from unetr.errors import UnetrError
+from unetr.metrics import dice_from_confusion, mean_foreground
 from unetr.model import build_model, load_model
+from unetr.training.batches import PatchSource
 from unetr.training.loss import DiceCELoss
 from unetr.training.optim import build_optimizer
-from unetr.training.trainer import (
-    NonFiniteLossError,
-    PatchSource,
-    confusion_counts,
-    dice_from_counts,
-    fit,
-    mean_foreground,
-    resolve_precision,
-)
+from unetr.training.trainer import NonFiniteLossError, fit
+from unetr.training.validation import confusion_matrix_torch
 
 HERE = Path(__file__).parent
 CASES = make_cases()
@@ -71,9 +67,11 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
 def test_confusion_counts_and_dice_by_hand():
     label = torch.tensor([0, 0, 1, 1, 2, 2]).reshape(1, 2, 3)
     pred = torch.tensor([0, 1, 1, 1, 0, 0]).reshape(1, 2, 3)
-    counts = confusion_counts(pred, label, 4)  # class 3 absent everywhere
-    assert counts.tolist() == [[1, 2, 0, 0], [2, 1, 0, 0], [1, 0, 2, 0]]
-    dice = dice_from_counts(counts)
+    cm = confusion_matrix_torch(pred, label, 4)  # class 3 absent everywhere
+    assert cm.tolist() == [[1, 0, 2, 0], [1, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]  # rows prediction
+    tp = cm.diagonal()
+    assert torch.stack([tp, cm.sum(1) - tp, cm.sum(0) - tp]).tolist() == [[1, 2, 0, 0], [2, 1, 0, 0], [1, 0, 2, 0]]
+    dice = dice_from_confusion(cm.numpy()).tolist()
     assert dice[0] == pytest.approx(2 / 5) and dice[1] == pytest.approx(4 / 5) and dice[2] == 0.0
     assert math.isnan(dice[3])
     assert mean_foreground(dice) == pytest.approx(0.4)  # NaN class excluded, background excluded
