@@ -30,7 +30,11 @@ Augmenter = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
 
 
 def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from non-negative integers (``seed, rank, step``), well mixed by ``SeedSequence``."""
+    """A 63-bit seed from non-negative integers (``seed, rank, step``), well mixed by ``SeedSequence``.
+
+    ``SeedSequence`` pads its entropy with zeros, so trailing zero parts do not change the seed: each use
+    ends its parts with its own non-zero tag (1 loader, 2 augmentation, 3 in-model randomness).
+    """
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32).astype(np.uint64)
                .dot(np.array([1, 1 << 32], dtype=np.uint64)) & np.uint64((1 << 63) - 1))
 
