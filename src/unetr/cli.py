@@ -199,7 +199,7 @@ def _add_train(sub) -> None:
 def _run_train(args) -> int:
     from unetr.config import ModelConfig, TrainConfig, coerce_fields, load_yaml, parse_set
     from unetr.training import distributed
-    from unetr.training.trainer import train_dataset
+    from unetr.training.prepare import train_dataset
 
     settings: dict = load_yaml(args.config) if args.config else {}
     plan_over, model_over = dict(settings.pop("plan", None) or {}), dict(settings.pop("model", None) or {})

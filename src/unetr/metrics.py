@@ -82,6 +82,11 @@ def diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
 def confusion_matrix(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.ndarray:
     """Voxel counts ``C[p, r]`` of predicted class ``p`` against reference class ``r``.
 
+    The one layout of a confusion matrix in this package: **rows are the prediction, columns the
+    reference** (``C[p].sum()`` = voxels predicted ``p``, ``C[:, r].sum()`` = reference voxels of ``r``).
+    :func:`dice_from_confusion` reads it; training validation counts the same layout in torch
+    (:func:`unetr.training.validation.confusion_matrix_torch`).
+
     Args:
         pred: label map ``(X, Y, Z)`` of integers in ``[0, num_classes)``.
         ref: label map of the same shape.
@@ -99,6 +104,48 @@ def confusion_matrix(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.
             raise ValueError(f"{name} has labels outside 0..{num_classes - 1} (found {a.min()}..{a.max()})")
     idx = p.astype(np.int64) * num_classes + r.astype(np.int64)
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def dice_from_confusion(cm: np.ndarray) -> np.ndarray:
+    """Dice of every class from a confusion matrix: ``2 C[k, k] / (C[k].sum() + C[:, k].sum())``.
+
+    The one Dice-from-counts rule of the package (evaluation and training validation). Dice is symmetric
+    in prediction and reference, but the layout is that of :func:`confusion_matrix`: rows prediction,
+    columns reference.
+
+    Args:
+        cm: ``(K, K)`` voxel counts, rows prediction, columns reference (summed over cases if wanted).
+
+    Returns:
+        float64 ``(K,)``, background first; NaN for a class absent from both prediction and reference
+        (it cannot be scored; see :func:`mean_foreground` for how means leave it out).
+    """
+    cm = np.asarray(cm)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square (K, K), got shape {cm.shape}")
+    tp = np.diagonal(cm).astype(np.float64)
+    denom = cm.sum(1).astype(np.float64) + cm.sum(0).astype(np.float64)  # |P| + |R| per class
+    out = np.full(denom.shape, np.nan)
+    np.divide(2.0 * tp, denom, out=out, where=denom > 0)
+    return out
+
+
+def mean_foreground(values: Union[Sequence[float], Mapping[int, float]]) -> float:
+    """The mean of a per-class metric over the foreground classes: class 0 and NaN values left out.
+
+    The one mean rule of the package: validation mean Dice in training, the mean row of evaluation
+    summaries (:func:`mean_over_classes`) and the ranking of cases in reports. A NaN value is a class
+    absent from both prediction and reference; it is excluded explicitly, never counted as 0 or 1.
+
+    Args:
+        values: ``{class: value}``, or a sequence indexed by class (background first).
+
+    Returns:
+        The mean, or NaN when no foreground class has a value.
+    """
+    items = values.items() if isinstance(values, Mapping) else enumerate(values)
+    kept = [float(v) for c, v in items if int(c) != 0 and not math.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
@@ -202,6 +249,7 @@ def evaluate_case(
             raise ValueError(f"class {c} is outside 0..{num_classes - 1}")
 
     cm = confusion_matrix(pred, ref, num_classes)
+    dices = dice_from_confusion(cm)
     penalty = diagonal_mm(pred.shape, sp)
     need_boxes = surface_metrics and class_list
     # find_objects labels 1..K-1; background (0) gets the whole volume.
@@ -217,7 +265,7 @@ def evaluate_case(
         if n_p == 0 and n_r == 0:
             out[c] = ClassScore(nan, nan, nan, nan, nan, 0, 0)
             continue
-        dice = 2.0 * tp / (n_p + n_r)
+        dice = float(dices[c])
         iou = tp / (n_p + n_r - tp)
         if not surface_metrics:
             out[c] = ClassScore(dice, iou, nan, nan, nan, n_p, n_r)
@@ -265,9 +313,9 @@ def summarize(
 
 
 def mean_over_classes(summary: Mapping[int, Mapping[str, Mapping[str, float]]], metric: str = "dice") -> float:
-    """The mean over classes of the per-class means of ``metric`` (classes with no value left out)."""
-    v = [s[metric]["mean"] for s in summary.values() if not math.isnan(s[metric]["mean"])]
-    return float(np.mean(v)) if v else float("nan")
+    """The mean over foreground classes of the per-class means of ``metric`` (:func:`mean_foreground`:
+    background and classes with no value left out)."""
+    return mean_foreground({c: s[metric]["mean"] for c, s in summary.items()})
 
 
 def write_csv(path: Union[str, Path], per_case: Mapping[str, Mapping[int, ClassScore]],
@@ -511,7 +559,7 @@ def read_class_names(path: Union[str, Path]) -> List[str]:
 
 
 __all__ = [
-    "ClassScore", "METRICS", "confusion_matrix", "surface", "surface_distances", "evaluate_case", "summarize",
+    "ClassScore", "METRICS", "confusion_matrix", "dice_from_confusion", "mean_foreground", "surface", "surface_distances", "evaluate_case", "summarize",
     "mean_over_classes", "diagonal_mm", "write_csv", "read_csv", "write_summary_json", "format_table",
     "evaluate_folders", "read_class_names",
 ]
