@@ -221,18 +221,15 @@ def _read_label(path: Path):
 
 def agreement(a: Path, b: Path, k: int = K) -> dict:
     """Dice per foreground class present in either of two label map files on the same grid."""
-    from unetr.metrics import confusion_matrix
+    from unetr.grid import grid_mismatch
+    from unetr.metrics import confusion_matrix, dice_from_confusion
 
     la, ga = _read_label(a)
     lb, gb = _read_label(b)
-    assert la.shape == lb.shape, (la.shape, lb.shape)
-    assert np.allclose(ga.affine, gb.affine, atol=1e-3), "the two outputs are not on the same grid"
-    cm = confusion_matrix(la, lb, k).astype(np.float64)
-    dice = {}
-    for c in range(1, k):
-        denom = cm[c].sum() + cm[:, c].sum()
-        if denom:
-            dice[c] = float(2 * cm[c, c] / denom)
+    why = grid_mismatch(la.shape, ga.affine, lb.shape, gb.affine)
+    assert why is None, f"the two outputs are not on the same grid: {why}"
+    per_class = dice_from_confusion(confusion_matrix(la, lb, k))
+    dice = {c: float(d) for c, d in enumerate(per_class) if c > 0 and not np.isnan(d)}
     return {"min": min(dice.values()) if dice else float("nan"),
             "mean": float(np.mean(list(dice.values()))) if dice else float("nan"),
             "per_class": {str(k): round(v, 5) for k, v in dice.items()},
