@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from unetr.model import decoder as D
+from unetr.model.layout import to_channels_last
 from unetr.model.vit import ViT
 
 
@@ -138,7 +139,7 @@ class UNETR(nn.Module):
         self.check_input(x)
         grid = tuple(s // self.patch_size for s in x.shape[2:])
         cl = self.channels_last
-        x = D.to_channels_last(x) if cl else x.contiguous()
+        x = to_channels_last(x) if cl else x.contiguous()
         last, hidden = self.vit(x)  # (B, N, E), [(B, N, E)] * num_layers
         if self.variant == "paper":
             return self._decode_paper(x, last, hidden, grid, cl)
