@@ -115,6 +115,23 @@ def test_position_embedding_is_interpolated_for_other_sizes():
         assert torch.equal(pe.position_embedding_for(pe.grid), pe.position_embeddings)
 
 
+def test_one_position_embedding_resampler_for_inputs_and_checkpoints():
+    """A model run on another grid and a model loaded for that grid see the same position embedding."""
+    from unetr.model import load_weights
+    from unetr.model.vit import resample_position_embedding
+
+    small = UNETR(in_channels=1, out_channels=2, img_size=(32, 32, 32), **SMALL, feature_size=8)
+    large = UNETR(in_channels=1, out_channels=2, img_size=(48, 32, 64), **SMALL, feature_size=8)
+    load_weights(large, small.state_dict())
+    on_the_fly = small.vit.patch_embedding.position_embedding_for((3, 2, 4))
+    assert torch.equal(large.vit.patch_embedding.position_embeddings.detach(), on_the_fly.detach())
+    pe = torch.arange(8.0).reshape(1, 8, 1).expand(1, 8, 3)  # a linear ramp along Z on a 2x2x2 grid
+    up = resample_position_embedding(pe, (2, 2, 2), (2, 2, 4))
+    assert up.shape == (1, 16, 3) and torch.equal(up[0, :4, 0], torch.tensor([0.0, 0.25, 0.75, 1.0]))
+    with pytest.raises(ValueError, match="8 tokens"):
+        resample_position_embedding(pe, (2, 2, 3), (2, 2, 2))
+
+
 def test_checkpointing_gives_the_same_gradients():
     torch.manual_seed(1)
     a = UNETR(in_channels=1, out_channels=2, img_size=(32, 32, 32), **SMALL, feature_size=8)
