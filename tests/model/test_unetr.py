@@ -169,17 +169,27 @@ def test_bad_inputs_raise_value_errors(shape, match):
     [
         (dict(hidden_size=100, num_heads=12), "divisible"),
         (dict(img_size=(96, 96, 90)), "multiple of patch_size"),
+        (dict(img_size=(96, 96)), "3 values"),
         (dict(variant="swin"), "variant"),
         (dict(norm="group"), "norm"),
         (dict(skip_layers=(4, 7)), "skip_layers"),
         (dict(skip_layers=(7, 4, 10)), "skip_layers"),
+        (dict(skip_layers=(4, 7, 13)), "skip_layers"),
         (dict(proj_type="linear"), "proj_type"),
+        (dict(mlp_act="swish"), "mlp_act"),
         (dict(dropout=1.5), "dropout"),
+        (dict(out_channels=0), "out_channels"),
+        (dict(feature_size=0), "feature_size"),
+        (dict(patch_size=32, img_size=(96, 96, 96)), "patch_size must be 16"),  # ModelConfig once let 32 pass
+        (dict(variant="tutorial", skip_layers=(3, 6, 9, 11)), "deepest skip"),  # UNETR alone refused this
     ],
 )
-def test_bad_config_raises(kw, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments_raise_the_same_error_in_config_and_model(kw, match):
+    with pytest.raises(ValueError, match=match) as from_config:
         ModelConfig(**kw)
+    with pytest.raises(ValueError, match=match) as from_model:
+        UNETR(**{"in_channels": 1, "out_channels": 2, **kw})
+    assert str(from_config.value) == str(from_model.value)
 
 
 def test_unknown_preset_and_config_round_trip():
