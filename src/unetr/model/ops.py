@@ -42,9 +42,10 @@ def convolution(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
             return y
     if exporting():  # TorchScript/ONNX graphs get the plain operator
         return conv(x)
-    if x.device.type == "cpu" and K.fits_up2(conv) and is_channels_last(x):
+    fast = K.fast_paths_enabled(x.device)
+    if fast and K.fits_up2(conv) and is_channels_last(x):
         return K.up2_channels_last(x, conv.weight, conv.bias)
-    if isinstance(conv, nn.Conv3d) and x.device.type == "cpu" and K.wants_onednn(x, conv.weight):
+    if fast and isinstance(conv, nn.Conv3d) and K.wants_onednn(x, conv.weight):
         y = K.onednn_conv3d(x, conv)
     else:
         y = conv(x)
@@ -72,22 +73,64 @@ def instance_norm(x: torch.Tensor, eps: float = 1e-5, *, inplace: bool = False) 
     """Instance normalisation of ``(B, C, X, Y, Z)`` without affine parameters, in the input's layout and dtype.
 
     PyTorch's ``instance_norm`` copies a channels-last tensor to channels-first and back; for channels-last
-    input the work is done on the ``(B, X·Y·Z, C)`` view instead. ``inplace=True`` writes the result into
-    ``x`` where the path allows it; only for tensors autograd does not track.
+    input the work is done on the ``(B, X·Y·Z, C)`` view instead, by the CPU kernel
+    (:func:`~unetr.model.cpu_kernels.instance_norm_cl`) or by the generic path: statistics accumulated in fp32
+    for every input dtype, one fused multiply-add, no host synchronisation and no loop over cases, and a
+    backward pass written out (it saves the input and two ``(B, C)`` statistics, as batch norm does).
+    ``inplace=True`` writes the result into ``x``; only for tensors autograd does not track.
     """
     if not is_channels_last(x) or exporting():
         return F.instance_norm(x, eps=eps)
-    if x.device.type == "cpu":
+    if K.fast_paths_enabled(x.device):
         return K.instance_norm_cl(x, eps, inplace=inplace)
-    # other devices: out of place, autograd through the ops
-    b = x.shape[0]
-    v = voxels(x)
-    if x.dtype in (torch.bfloat16, torch.float16):
-        out = torch.stack([F.batch_norm(v[i], None, None, training=True, eps=eps) for i in range(b)])
-    else:
-        mean, rstd = K.fp32_stats(v, eps)
-        out = torch.addcmul((-mean * rstd)[:, None], v, rstd[:, None])
-    return from_voxels(out, x)
+    if inplace:
+        _norm_into(x, eps, x)
+        return x
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _InstanceNorm.apply(x, eps)
+    out = torch.empty_like(x, memory_format=torch.channels_last_3d)
+    _norm_into(x, eps, out)
+    return out
+
+
+def _norm_into(x: torch.Tensor, eps: float, out: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Normalise channels-last ``x`` into channels-last ``out`` (may be ``x``); returns the fp32 mean and
+    1/std, ``(B, C)`` each."""
+    v, o = voxels(x), voxels(out)  # (B, N, C) views
+    mean = v.sum(1, dtype=torch.float32) / v.shape[1]  # (B, C), accumulated in fp32 also for bf16/fp16
+    var = torch.var(v, dim=1, correction=0).float()  # Welford (stable for any offset), fp32 accumulation
+    rstd = torch.rsqrt(var + eps)
+    torch.addcmul((-mean * rstd)[:, None], v, rstd[:, None], out=o)  # computed in fp32, stored in x's dtype
+    return mean, rstd
+
+
+class _InstanceNorm(torch.autograd.Function):
+    """Channels-last instance norm with public operators, for training on any device.
+
+    With ``x̂ = (x - mean) · rstd`` over each case's and channel's ``N`` voxels, the input gradient is
+    ``rstd · (g - mean(g) - x̂ · mean(g · x̂))``, computed in fp32 and stored channels-last in ``x``'s dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
+        out = torch.empty_like(x, memory_format=torch.channels_last_3d)
+        mean, rstd = _norm_into(x, eps, out)
+        ctx.save_for_backward(x, mean, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> Tuple[torch.Tensor, None]:
+        x, mean, rstd = ctx.saved_tensors
+        v, g = voxels(x), voxels(to_channels_last(grad))  # (B, N, C) each
+        n = v.shape[1]
+        centred = v - mean[:, None]  # (B, N, C) fp32
+        g_sum = g.sum(1, dtype=torch.float32)  # (B, C)
+        gc_sum = (centred * g).sum(1)  # (B, C): sum of g·(x - mean)
+        # rstd·g - rstd·mean(g) - (x - mean)·rstd³·mean(g·(x - mean)), the last two terms into `centred`
+        centred.mul_((-rstd.pow(3) * gc_sum / n)[:, None]).add_((-rstd * g_sum / n)[:, None])
+        gx = torch.empty_like(x, memory_format=torch.channels_last_3d)
+        torch.addcmul(centred, g, rstd[:, None], out=voxels(gx))
+        return gx, None
 
 
 # ---------------------------------------------------------------------------------------------- output head
