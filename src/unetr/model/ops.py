@@ -98,7 +98,8 @@ def _norm_into(x: torch.Tensor, eps: float, out: torch.Tensor) -> Tuple[torch.Te
     1/std, ``(B, C)`` each."""
     v, o = voxels(x), voxels(out)  # (B, N, C) views
     mean = v.sum(1, dtype=torch.float32) / v.shape[1]  # (B, C), accumulated in fp32 also for bf16/fp16
-    var = torch.var(v, dim=1, correction=0).float()  # Welford (stable for any offset), fp32 accumulation
+    # Welford (stable for any offset), accumulated in fp32; fp16 would overflow beyond a variance of 65504
+    var = torch.var(v.float() if v.dtype == torch.float16 else v, dim=1, correction=0).float()
     rstd = torch.rsqrt(var + eps)
     torch.addcmul((-mean * rstd)[:, None], v, rstd[:, None], out=o)  # computed in fp32, stored in x's dtype
     return mean, rstd
