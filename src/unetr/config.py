@@ -424,6 +424,6 @@ def parse_set(items: Optional[Sequence[str]]) -> dict:
 
 
 __all__ = [
-    "ModelConfig", "Plan", "TrainConfig", "InferConfig", "PRESETS", "check_model_args", "preset", "save_json",
+    "ModelConfig", "Plan", "TrainConfig", "InferConfig", "PRESETS", "preset", "save_json",
     "load_json", "load_yaml", "parse_set", "field",
 ]
