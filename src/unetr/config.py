@@ -146,7 +146,7 @@ class _DictMixin:
 
 @dataclass(frozen=True)
 class ModelConfig(_DictMixin):
-    """The network. ``variant='paper'`` is MONAI's UNETR; ``'tutorial'`` is the seed text's network.
+    """The network. ``variant='paper'`` is MONAI's UNETR; ``'tutorial'`` is tamasino52/UNETR's network (the single-file code of the popular Chinese walk-through).
 
     Attributes:
         in_channels: image channels (modalities).
@@ -255,7 +255,7 @@ def _check_skip_layers(variant: str, skip_layers: Tuple[int, ...], num_layers: i
 PRESETS: dict = {
     # The paper's network as MONAI implements it: ViT-B/16, feature size 16, residual decoder, instance norm.
     "paper": dict(variant="paper"),
-    # The seed tutorial's network (tamasino52): Conv+BN+ReLU decoder, ReLU FFN of 2048, skips 3/6/9/12.
+    # tamasino52/UNETR's network (the tutorial): Conv+BN+ReLU decoder, ReLU FFN of 2048, skips 3/6/9/12.
     "tutorial": dict(
         variant="tutorial", mlp_dim=2048, mlp_act="relu", skip_layers=(3, 6, 9, 12), qkv_bias=True,
         dropout=0.1, norm_eps=1e-6, norm="batch",

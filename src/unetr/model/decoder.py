@@ -2,7 +2,7 @@
 
 The ``paper`` decoder mirrors MONAI's ``UnetrBasicBlock``/``UnetrPrUpBlock``/``UnetrUpBlock``/``UnetOutBlock``
 module tree, so parameter names (``encoder2.blocks.0.1.conv1.conv.weight``...) coincide with MONAI's.
-The ``tutorial`` decoder mirrors the seed text's ``Conv3DBlock``/``Deconv3DBlock`` tree (``block`` names).
+The ``tutorial`` decoder mirrors tamasino52/UNETR's ``Conv3DBlock``/``Deconv3DBlock`` tree (``block`` names).
 
 All volumes are ``(B, C, X, Y, Z)``. The operators that keep the decoder channels-last on every device (and
 their CPU kernels) are in :mod:`unetr.model.ops` and :mod:`unetr.model.cpu_kernels`.

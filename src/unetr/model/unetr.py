@@ -5,7 +5,7 @@ Two decoders, one encoder:
 - ``variant="paper"``: the network of Hatamizadeh et al. as MONAI implements it (``monai.networks.nets.UNETR``):
   the outputs of blocks ``skip_layers`` (4, 7, 10 for ViT-B) and the normed output of the last block, a
   residual decoder of width ``feature_size`` with instance (or batch) norm. Parameter names are MONAI's.
-- ``variant="tutorial"``: the network of the seed tutorial (tamasino52's UNETR): skips from blocks 3/6/9/12,
+- ``variant="tutorial"``: the network of tamasino52/UNETR (the single-file PyTorch code the popular Chinese walk-through prints): skips from blocks 3/6/9/12,
   Conv+BatchNorm+ReLU decoder with fixed widths 32…512. Its bugs are fixed: the feed-forward has a forward
   (``linear2(dropout(relu(linear1(x))))``), the duplicated class is one class, and the final encoder
   LayerNorm, which the text builds but never applies, normalises the deepest skip (block 12), as in the ViT
