@@ -35,7 +35,8 @@ SAMPLES_PER_CASE = 10_000
 
 
 def _case_fingerprint(case: Case, index: int, modality: str, seed: int) -> dict:
-    from unetr.data.preprocess import apply_ornt, bounding_box, ras_ornt
+    from unetr.data.intensity import bounding_box
+    from unetr.data.orientation import apply_ornt, ras_ornt
 
     image, geom = read_image(case.images)
     label = None

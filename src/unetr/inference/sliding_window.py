@@ -159,7 +159,7 @@ def sliding_window(
             ``(K, n, Y, Z)`` float32, in order along X, to ``sink`` and returns None.
         out_dtype: dtype of the returned blended outputs (``probabilities`` only).
         progress: called with the number of windows done after each batch (e.g. ``tqdm.update``).
-        sink: receives the slabs of ``output='stream'`` (e.g. :class:`unetr.data.preprocess.SoftInverse`).
+        sink: receives the slabs of ``output='stream'`` (e.g. :class:`unetr.inference.soft_inverse.SoftInverse`).
 
     Returns:
         ``(K, X, Y, Z)`` blended outputs or ``(X, Y, Z)`` labels, on ``accum_device``, with the image's
