@@ -264,3 +264,17 @@ def test_record_round_trips_through_json_with_the_v1_keys(geometry):
     with pytest.raises(ValueError, match="mode"):
         PreprocessRecord(**{**rec.__dict__, "mode": "nnunet"})
 
+
+def test_labels_outside_the_plans_classes_name_the_file(tmp_path):
+    from unetr.data.io import write_image, write_label
+
+    image, label, geom = _phantom()
+    write_image(tmp_path / "i.nii.gz", image[0], geom, dtype="int16")
+    label[0, 0, :3] = (5, 7, 5)
+    write_label(tmp_path / "l.nii.gz", label, geom)
+    with pytest.raises(DataError, match="l.nii.gz: label values \\[5, 7\\] outside the 3 declared classes"):
+        preprocess_files([tmp_path / "i.nii.gz"], _plan(), tmp_path / "l.nii.gz")
+    with pytest.raises(DataError, match="outside the 3 declared classes"):
+        preprocess_case(image, geom, _plan(), label)
+    label[0, 0, :3] = 0
+    assert preprocess_case(image, geom, _plan(), label)[1].max() == 2

@@ -33,6 +33,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from unetr.config import Plan
+from unetr.data.checks import check_labels, check_same_grid
 from unetr.data.intensity import Box, normalize, plan_crop_box
 from unetr.data.io import Geometry, PathLike, read_image
 from unetr.data.orientation import apply_ornt, invert_ornt, ornt_affine, ras_ornt
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 RECORD_VERSION = 1
 """The on-disk form of :class:`PreprocessRecord` (the key names of :meth:`PreprocessRecord.to_dict`)."""
+
+_UINT8_CLASSES = 256  # preprocessed label maps are uint8
 
 
 def _ints(values: Sequence) -> Tuple[int, ...]:
@@ -197,8 +200,10 @@ def preprocess_case(
     if label is not None:
         if tuple(label.shape) != tuple(image.shape[1:]):
             raise DataError(f"label shape {label.shape} differs from image shape {image.shape[1:]}")
-        if label.size and int(label.max()) > 255:
-            raise DataError(f"{source}: label values up to {int(label.max())} do not fit uint8")
+        if plan.num_classes > _UINT8_CLASSES:
+            raise DataError(f"the plan has {plan.num_classes} classes; preprocessed labels are uint8 "
+                            f"(at most {_UINT8_CLASSES} classes)")
+        check_labels(source, label, plan.num_classes)
 
     # 1. reorient (views only)
     ornt = ras_ornt(geometry.affine)
@@ -285,10 +290,7 @@ def preprocess_files(
     label = None
     if label_path is not None:
         label, lgeom = read_label(label_path)
-        if lgeom.shape != geom.shape:
-            raise DataError(f"{label_path}: label shape {lgeom.shape} differs from the image's {geom.shape}")
-        if not np.allclose(lgeom.affine, geom.affine, atol=1e-3 * max(1.0, float(np.abs(geom.affine).max()))):
-            raise DataError(f"{label_path}: label affine differs from the image's")
+        check_same_grid(label_path, lgeom, geom)
     return preprocess_case(image, geom, plan, label, source=str(label_path))
 
 

@@ -1,0 +1,99 @@
+"""The one grid rule and the one label rule, for every place that compares grids or checks label values.
+
+Grids: two volumes lie on one voxel grid when their shapes are equal and their affines agree within
+:data:`GRID_TOLERANCE` of the affine's scale (:func:`grid_problem`): an image and its label, the channel
+files of an image, a prediction and its input. Labels: integers in ``[0, num_classes)``
+(:func:`label_problem`): label files as they are read and written, label maps before preprocessing, the
+class values a fingerprint found. Each has a ``check_*`` twin that raises :class:`unetr.errors.DataError`
+naming the file; ``unetr check`` collects the problems instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence, Union
+
+import numpy as np
+
+from unetr.errors import DataError
+
+if TYPE_CHECKING:
+    from unetr.data.io import Geometry
+
+PathLike = Union[str, Path]
+
+GRID_TOLERANCE = 1e-3
+"""Two affines describe one grid when no entry differs by more than this fraction of their largest entry
+(of 1 mm at least): float32 headers and tools that round differently then agree (an origin of -400 mm may
+differ by 0.4 mm), while a label shifted by a voxel does not."""
+
+
+def grid_problem(geom: Geometry, reference: Geometry, what: str = "label", of: str = "the image's") -> Optional[str]:
+    """Why ``geom`` is not on the voxel grid of ``reference`` (shape, then affine), or ``None`` when it is.
+
+    The one grid rule: image and label, the channels of an image, a prediction and its input.
+
+    Args:
+        what / of: name the two in the message (``"label affine differs from the image's ..."``).
+    """
+    if tuple(geom.shape) != tuple(reference.shape):
+        return f"{what} shape {tuple(geom.shape)} differs from {of} {tuple(reference.shape)}"
+    diff = float(np.abs(geom.affine - reference.affine).max())
+    tol = GRID_TOLERANCE * max(1.0, float(np.abs(geom.affine).max()), float(np.abs(reference.affine).max()))
+    if diff > tol:
+        return f"{what} affine differs from {of} (by up to {diff:.3g} mm; {tol:.3g} mm is tolerated)"
+    return None
+
+
+def check_same_grid(path: PathLike, geom: Geometry, reference: Geometry, what: str = "label",
+                    of: str = "the image's") -> None:
+    """Raise :class:`DataError` naming ``path`` when :func:`grid_problem` finds one."""
+    problem = grid_problem(geom, reference, what, of)
+    if problem:
+        raise DataError(f"{path}: {problem}")
+
+
+def _listed(values: np.ndarray, most: int = 10) -> str:
+    shown = [int(v) if float(v).is_integer() else float(v) for v in values[:most]]
+    return str(shown)[:-1] + (", ...]" if len(values) > most else "]")
+
+
+def label_problem(values: Union[np.ndarray, Sequence[int]], num_classes: Optional[int] = None) -> Optional[str]:
+    """What is wrong with the values of a label map, or ``None``: labels are integers in ``[0, num_classes)``
+    (``[0, inf)`` when ``num_classes`` is not given).
+
+    The one label-range rule, for label files, label maps in memory and the class values a fingerprint
+    found. Cheap when the values are fine (min and max); the offending values are listed otherwise.
+
+    Args:
+        values: a label map of any shape, or the label values present.
+        num_classes: K, background included.
+    """
+    a = np.asarray(values)
+    if a.size == 0:
+        return None
+    if a.dtype.kind == "f":
+        frac = a != np.round(a)
+        if frac.any():
+            return f"label map has non-integer values (e.g. {a[frac].flat[0]:g})"
+    elif a.dtype.kind not in "iub":
+        return f"label map has data type {a.dtype}, expected integers"
+    lo, hi = a.min(), a.max()
+    if num_classes is None:
+        if lo < 0:
+            return f"label map has negative values {_listed(np.unique(a[a < 0]))}"
+        return None
+    if lo < 0 or hi >= num_classes:
+        bad = np.unique(a[(a < 0) | (a >= num_classes)])
+        return f"label values {_listed(bad)} outside the {num_classes} declared classes (0..{num_classes - 1})"
+    return None
+
+
+def check_labels(path: PathLike, values: Union[np.ndarray, Sequence[int]], num_classes: Optional[int] = None) -> None:
+    """Raise :class:`DataError` naming ``path`` when :func:`label_problem` finds one."""
+    problem = label_problem(values, num_classes)
+    if problem:
+        raise DataError(f"{path}: {problem}")
+
+
+__all__ = ["GRID_TOLERANCE", "grid_problem", "check_same_grid", "label_problem", "check_labels"]
