@@ -165,6 +165,8 @@ def sliding_window(
         ``(K, X, Y, Z)`` blended outputs or ``(X, Y, Z)`` labels, on ``accum_device``, with the image's
         spatial shape (padding for volumes smaller than the ROI is removed).
     """
+    # One long function on purpose: the rolling accumulators (acc, cnt, base) are shared by the window loop
+    # and emit(); split apart they would need a class whose state is only meaningful mid-loop.
     if image.dim() == 5:
         if image.shape[0] != 1:
             raise ValueError(f"sliding_window takes one volume at a time, got a batch of {image.shape[0]}")
