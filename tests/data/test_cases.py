@@ -167,10 +167,10 @@ def test_dataset_split_without_validation_list(phantom_dir):
     assert len(val) == 2 and len(train) == 4
 
 
-@pytest.mark.parametrize("shift_mm,ok", [(0.2, True), (0.6, False)])
+@pytest.mark.parametrize("shift_mm,ok", [(0.05, True), (0.2, False)])
 def test_check_and_preprocessing_apply_one_grid_rule(tmp_path, shift_mm, ok):
-    """A real CT's mm-scale origin: header rounding of 0.2 mm passes `unetr check` and preprocessing alike,
-    a 0.6 mm shift (more than 1e-3 of the -400 mm origin) fails both."""
+    """A real CT's mm-scale origin: 0.05 mm of header rounding passes `unetr check` and preprocessing alike
+    (the old check's 1e-3 mm refused it), a 0.2 mm shift (more than a tenth of a 0.78 mm voxel) fails both."""
     from unetr.config import Plan
     from unetr.data.preprocess import preprocess_files
 

@@ -1,8 +1,8 @@
-"""The one grid rule and the one label rule, for every place that compares grids or checks label values.
+"""The grid rule and the label rule as data/ applies them to files: each says what is wrong, naming both sides.
 
-Grids: two volumes lie on one voxel grid when their shapes are equal and their affines agree within
-:data:`GRID_TOLERANCE` of the affine's scale (:func:`grid_problem`): an image and its label, the channel
-files of an image, a prediction and its input. Labels: integers in ``[0, num_classes)``
+Grids: two volumes lie on one voxel grid by :func:`unetr.grid.grid_mismatch` (the package's one rule: shapes
+equal, voxel centres within a tenth of a voxel); :func:`grid_problem` words it for an image and its label,
+the channel files of an image, a prediction and its input. Labels: integers in ``[0, num_classes)``
 (:func:`label_problem`): label files as they are read and written, label maps before preprocessing, the
 class values a fingerprint found. Each has a ``check_*`` twin that raises :class:`unetr.errors.DataError`
 naming the file; ``unetr check`` collects the problems instead.
@@ -16,33 +16,24 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import numpy as np
 
 from unetr.errors import DataError
+from unetr.grid import grid_mismatch
 
 if TYPE_CHECKING:
     from unetr.data.io import Geometry
 
 PathLike = Union[str, Path]
 
-GRID_TOLERANCE = 1e-3
-"""Two affines describe one grid when no entry differs by more than this fraction of their largest entry
-(of 1 mm at least): float32 headers and tools that round differently then agree (an origin of -400 mm may
-differ by 0.4 mm), while a label shifted by a voxel does not."""
-
 
 def grid_problem(geom: Geometry, reference: Geometry, what: str = "label", of: str = "the image's") -> Optional[str]:
-    """Why ``geom`` is not on the voxel grid of ``reference`` (shape, then affine), or ``None`` when it is.
-
-    The one grid rule: image and label, the channels of an image, a prediction and its input.
+    """Why ``geom`` is not on the voxel grid of ``reference`` (:func:`unetr.grid.grid_mismatch`), or ``None``.
 
     Args:
-        what / of: name the two in the message (``"label affine differs from the image's ..."``).
+        what / of: name the two in the message (``"label affine differs from the image's: ..."``).
     """
     if tuple(geom.shape) != tuple(reference.shape):
         return f"{what} shape {tuple(geom.shape)} differs from {of} {tuple(reference.shape)}"
-    diff = float(np.abs(geom.affine - reference.affine).max())
-    tol = GRID_TOLERANCE * max(1.0, float(np.abs(geom.affine).max()), float(np.abs(reference.affine).max()))
-    if diff > tol:
-        return f"{what} affine differs from {of} (by up to {diff:.3g} mm; {tol:.3g} mm is tolerated)"
-    return None
+    why = grid_mismatch(geom.shape, geom.affine, reference.shape, reference.affine)
+    return None if why is None else f"{what} affine differs from {of}: {why}"
 
 
 def check_same_grid(path: PathLike, geom: Geometry, reference: Geometry, what: str = "label",
@@ -96,4 +87,4 @@ def check_labels(path: PathLike, values: Union[np.ndarray, Sequence[int]], num_c
         raise DataError(f"{path}: {problem}")
 
 
-__all__ = ["GRID_TOLERANCE", "grid_problem", "check_same_grid", "label_problem", "check_labels"]
+__all__ = ["grid_problem", "check_same_grid", "label_problem", "check_labels"]
