@@ -241,4 +241,3 @@ def test_itk_missing_gives_a_clear_message(tmp_path, monkeypatch):
     p = _gz(tmp_path, "a.mha", b"x")
     with pytest.raises(DataError, match="SimpleITK"):
         read_image(p)
-

@@ -21,8 +21,6 @@ from unetr.grid import grid_mismatch
 if TYPE_CHECKING:
     from unetr.data.io import Geometry
 
-PathLike = Union[str, Path]
-
 
 def grid_problem(geom: Geometry, reference: Geometry, what: str = "label", of: str = "the image's") -> Optional[str]:
     """Why ``geom`` is not on the voxel grid of ``reference`` (:func:`unetr.grid.grid_mismatch`), or ``None``.
@@ -36,7 +34,7 @@ def grid_problem(geom: Geometry, reference: Geometry, what: str = "label", of: s
     return None if why is None else f"{what} affine differs from {of}: {why}"
 
 
-def check_same_grid(path: PathLike, geom: Geometry, reference: Geometry, what: str = "label",
+def check_same_grid(path: Union[str, Path], geom: Geometry, reference: Geometry, what: str = "label",
                     of: str = "the image's") -> None:
     """Raise :class:`DataError` naming ``path`` when :func:`grid_problem` finds one."""
     problem = grid_problem(geom, reference, what, of)
@@ -80,7 +78,8 @@ def label_problem(values: Union[np.ndarray, Sequence[int]], num_classes: Optiona
     return None
 
 
-def check_labels(path: PathLike, values: Union[np.ndarray, Sequence[int]], num_classes: Optional[int] = None) -> None:
+def check_labels(path: Union[str, Path], values: Union[np.ndarray, Sequence[int]],
+                 num_classes: Optional[int] = None) -> None:
     """Raise :class:`DataError` naming ``path`` when :func:`label_problem` finds one."""
     problem = label_problem(values, num_classes)
     if problem:

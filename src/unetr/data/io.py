@@ -24,12 +24,13 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from unetr.data.checks import PathLike, check_labels, check_same_grid, grid_problem
+from unetr.data.checks import check_labels, check_same_grid, grid_problem
 from unetr.errors import DataError
 from unetr.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
+PathLike = Union[str, Path]
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 ITK_ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_ENDINGS = NIFTI_ENDINGS + ITK_ENDINGS
@@ -430,5 +431,5 @@ def read_geometry(path: PathLike) -> Tuple[Geometry, Tuple[int, ...]]:
     return _geometry_from_nifti(img, shape), shape
 
 
-__all__ = ["Geometry", "PathLike", "read_image", "read_label", "write_image", "write_label", "read_geometry",
-           "file_ending", "IMAGE_ENDINGS"]
+__all__ = ["Geometry", "read_image", "read_label", "write_image", "write_label", "read_geometry", "file_ending",
+           "IMAGE_ENDINGS"]
