@@ -393,7 +393,7 @@ class TrainConfig(_DictMixin):
     val_sw_batch: int = 4
     num_workers: int = 2
     seed: int = 0
-    fold: int = 0
+    fold: Union[int, str] = 0  # the validation fold of splits.json, or "all" (every case trains, no validation)
     num_folds: int = 5
     checkpointing: bool = False
     channels_last: bool = True  # the decoder's activation layout (faster convolutions on CPUs and GPUs)
@@ -415,6 +415,12 @@ class TrainConfig(_DictMixin):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_workers < 0 or self.warmup_iterations < 0 or self.seed < 0:
             raise ValueError("num_workers, warmup_iterations and seed must be non-negative")
+        if isinstance(self.fold, str) and self.fold.strip().isdigit():
+            object.__setattr__(self, "fold", int(self.fold))
+        if self.fold != "all" and (isinstance(self.fold, bool) or not isinstance(self.fold, int) or self.fold < 0):
+            raise ValueError(f"fold must be a fold number (0, 1, ...) or 'all', got {self.fold!r}")
+        if self.num_folds < 2:
+            raise ValueError(f"num_folds must be at least 2, got {self.num_folds}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.dice_weight < 0 or self.ce_weight < 0 or self.dice_weight + self.ce_weight == 0:

@@ -10,7 +10,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -99,7 +99,7 @@ def train_dataset(
         env: the distributed environment (one process when omitted).
         progress: progress bars.
     """
-    from unetr.data.cases import dataset_split, load_dataset
+    from unetr.data.cases import load_dataset
 
     env = env or D.DistEnv(device=resolve_device(cfg.device))
     out = Path(out)
@@ -109,7 +109,8 @@ def train_dataset(
     ds = load_dataset(dataset)
     if not ds.labelled:
         raise DataError(f"{dataset}: no labelled training cases")
-    train_cases, val_cases = dataset_split(ds, cfg.fold, cfg.num_folds, cfg.seed)
+    cfg = folds_of_splits(cfg, splits_path(out, plan_path))
+    train_cases, val_cases = fold_cases(ds, str(dataset), out, cfg, plan_path=plan_path, write=env.is_main)
     if not train_cases:
         raise DataError(f"{dataset}: no training cases after the split (fold {cfg.fold} of {cfg.num_folds})")
 
@@ -126,6 +127,71 @@ def train_dataset(
                  run_plan.roi, out)
     return fit(run_dir=out, train_ids=train_ids, val_ids=val_ids, load=CachedCases(cache), plan=run_plan,
                model_cfg=model_cfg, cfg=cfg, env=env, progress=progress)
+
+
+def splits_path(out: Path, plan_path: Optional[os.PathLike]) -> Path:
+    """Where a run's ``splits.json`` lives: next to its plan (``--plan``'s, else the run's own)."""
+    from unetr.data.splits import SPLITS_NAME
+
+    return (Path(plan_path).parent if plan_path is not None else Path(out)) / SPLITS_NAME
+
+
+def folds_of_splits(cfg: TrainConfig, path: Path) -> TrainConfig:
+    """``cfg`` with the number of folds of an existing ``splits.json`` (the file decides it once written)."""
+    from unetr.data.splits import load_splits
+
+    if not path.is_file():
+        return cfg
+    splits = load_splits(path)
+    if splits.source == "kfold" and splits.num_folds != cfg.num_folds:
+        log.info("%s has %d folds; num_folds %d does not apply", path, splits.num_folds, cfg.num_folds)
+        return cfg.replace(num_folds=splits.num_folds)
+    return cfg
+
+
+def fold_cases(ds: Dataset, label: str, out: Path, cfg: TrainConfig, *, plan_path: Optional[os.PathLike] = None,
+               write: bool = True) -> Tuple[List[Case], List[Case]]:
+    """The training and validation cases of ``cfg.fold`` from the dataset's one ``splits.json`` (next to the
+    plan; written on first use, then only read). ``fold="all"``: every labelled case trains, none validates.
+
+    Raises:
+        DataError: the splits file does not match the dataset or the folds asked for; too few cases for the
+            folds (the message says to use ``--fold all`` or fewer folds); or ``out`` holds a run that a resume
+            would continue on another split (one begun before its splits were written, or of another fold).
+    """
+    from unetr.data.splits import resolve_splits
+
+    path = splits_path(out, plan_path)
+    if cfg.fold == "all" and not path.is_file():
+        ids: Sequence[str] = [c.id for c in ds.labelled]
+        train_ids, val_ids = sorted(ids), ()
+    else:
+        if not path.is_file() and (out / "last.pt").is_file():
+            raise DataError(f"{out} holds a run begun without {path}: its validation cases were drawn with its "
+                            "--seed, and a resume could see other ones; start anew in another --out")
+        splits = resolve_splits(ds, path, cfg.num_folds, write=write, label=label)
+        if cfg.fold != "all" and cfg.fold >= splits.num_folds:
+            raise DataError(f"fold {cfg.fold}: {path} has {splits.num_folds} fold(s) (0..{splits.num_folds - 1})"
+                            + (" from the datalist's own validation list" if splits.source == "datalist" else ""))
+        train_ids, val_ids = splits.fold(cfg.fold)
+    _refuse_another_fold(out, cfg)
+    by_id = {c.id: c for c in ds.labelled}
+    return [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
+
+
+def _refuse_another_fold(out: Path, cfg: TrainConfig) -> None:
+    """A resume must train the fold its ``last.pt`` trained (another fold validates on other cases)."""
+    last = out / "last.pt"
+    if not last.is_file():
+        return
+    try:
+        train = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["config"]["train"]
+    except Exception:  # noqa: BLE001 - an unreadable last.pt is reported by the resume itself
+        return
+    then = (str(train.get("fold", 0)), int(train.get("num_folds", 5)))
+    if then != (str(cfg.fold), cfg.num_folds):
+        raise DataError(f"{last} trained fold {then[0]} of {then[1]}; this command asks for fold {cfg.fold} of "
+                        f"{cfg.num_folds}, which validates on other cases: use the run's fold or another --out")
 
 
 def _plan_and_cache(ds: Dataset, cases: Sequence[Case], out: Path, cache: Path, env: D.DistEnv, *,
@@ -183,4 +249,4 @@ def _count_params(model_cfg: ModelConfig) -> int:
         return sum(p.numel() for p in build_model(model_cfg).parameters())
 
 
-__all__ = ["check_cases", "check_writable", "train_dataset"]
+__all__ = ["check_cases", "check_writable", "fold_cases", "folds_of_splits", "splits_path", "train_dataset"]
