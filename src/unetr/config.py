@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence, Tuple, TypeVar
+from typing import Any, Sequence, Tuple, TypeVar, Union
 
 from unetr.settings import coerce_fields, load_json, load_yaml, parse_set, save_json  # noqa: F401 (re-exported)
 
