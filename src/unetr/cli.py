@@ -428,6 +428,8 @@ def _predict_members(args) -> int:
     sources = [open_model(m) for m in args.model]
     members = [m for s in sources for m in s.members]
     plan = Plan.from_dict(shared_plan(members))
+    for m in members:  # a tampered package is refused before any case
+        m.verify()
     if args.geometry and args.geometry != plan.geometry:
         log.info("geometry %s in place of the plan's %s", args.geometry, plan.geometry)
         plan = plan.replace(geometry=args.geometry)

@@ -78,6 +78,15 @@ class Member:
     def plan(self) -> Dict[str, Any]:
         return self.config["plan"]
 
+    def verify(self) -> None:
+        """Check a package member's size and checksum now (nothing to check for a run's file).
+
+        Raises:
+            CheckpointError: see :meth:`read_bytes`.
+        """
+        if self.package is not None:
+            self.read_bytes()
+
     def read_bytes(self) -> bytes:
         """The safetensors bytes of the weights; a package member is checked against its checksum.
 
