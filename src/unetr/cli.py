@@ -660,6 +660,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iterations", type=int, default=None, help="training iterations (default: the demo's 500)")
     p.add_argument("--fresh", action="store_true", help="start again instead of reusing finished steps")
+    p.add_argument("--folds", type=int, default=0,
+                   help="cross-validation: train N folds (2-3 take N times as long), then their ensemble's held-out "
+                        "Dice beside each fold's")
     p.set_defaults(func=_run_demo)
 
 
@@ -669,7 +672,7 @@ def _run_demo(args) -> int:
     cases = args.cases if args.cases is not None else (20 if args.data == "phantom" else 8)
     test_cases = args.test_cases if args.test_cases is not None else (4 if args.data == "phantom" else 2)
     result = run_demo(args.out, data=args.data, cases=cases, test_cases=test_cases, seed=args.seed,
-                      fresh=args.fresh, iterations=args.iterations)
+                      fresh=args.fresh, iterations=args.iterations, folds=args.folds)
     classes = result["summary"].get("classes", {})
     print(f"\n{'class':<16}{'Dice':>10}{'HD95 (mm)':>12}{'surface Dice':>15}")
     for name, m in classes.items():
@@ -677,6 +680,9 @@ def _run_demo(args) -> int:
     if classes:
         print(f"{'mean':<16}{result['summary']['mean_dice']:>10.3f}{result['summary']['mean_hd95']:>12.2f}"
               f"{result['summary']['mean_surface_dice']:>15.3f}")
+    if result.get("folds"):
+        print("\nheld-out mean Dice: " + ", ".join(f"fold {k} {s['mean_dice']:.3f}" for k, s in result["folds"].items())
+              + f"; ensemble of the {len(result['folds'])} folds {result['summary'].get('mean_dice', float('nan')):.3f}")
     print(f"\ndemo finished in {result['seconds'] / 60:.1f} min; report: {result['report']}")
     return 0
 
