@@ -243,10 +243,14 @@ def write_folds_csv(path: PathLike, folds: Dict[int, Dict[int, Dict[str, Dict[st
 
 def format_cv(result: CVResult) -> str:
     """The console report: the pooled table, each fold's mean Dice, and the post-processing decision."""
-    lines = [format_table(result.summary, result.class_names), ""]
+    names = result.class_names
+    lines = ["pooled out-of-fold:", format_table(result.summary, names), "",
+             "per fold (mean over cases; " + ", ".join(f"{names[c]} Dice" for c in sorted(result.summary)) + "):"]
     for f, s in result.folds.items():
         n = max((v["dice"]["n"] for v in s.values()), default=0)
-        lines.append(f"fold {f}: mean Dice {mean_over_classes(s, 'dice'):.4f} ({n} case(s))")
+        per = ", ".join(f"{s[c]['dice']['mean']:.3f}" for c in sorted(s))
+        lines.append(f"fold {f} ({n} case(s)): {per}; mean Dice {mean_over_classes(s, 'dice'):.4f}, HD95 "
+                     f"{mean_over_classes(s, 'hd95'):.2f} mm, surface Dice {mean_over_classes(s, 'surface_dice'):.4f}")
     rec = result.postprocessing.record
     before, after = rec.get("dice_before", {}), rec.get("dice_after", {})
     lines.append("")

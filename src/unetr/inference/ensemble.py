@@ -106,6 +106,12 @@ def _window_kwargs(config: InferConfig, device: torch.device) -> dict:
                 accum_device=accum, accum_dtype=torch.float16 if config.accum_fp16 else torch.float32)
 
 
+def softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """The softmax over the first axis of ``logits`` ``(K, ...)``, computed in place (no second volume)."""
+    logits.sub_(logits.amax(0, keepdim=True)).exp_()
+    return logits.div_(logits.sum(0, keepdim=True))
+
+
 def stream_probabilities(model: nn.Module, image: torch.Tensor, config: InferConfig,
                          sink: Callable[[int, torch.Tensor], None], *, axes: Tuple[int, ...] = (),
                          progress: Optional[Callable[[int], None]] = None) -> None:
@@ -123,8 +129,10 @@ def stream_probabilities(model: nn.Module, image: torch.Tensor, config: InferCon
     pos = 0
 
     def take(slab: torch.Tensor) -> None:
+        # (K, n, Y, Z) blended logits: a fresh tensor the window loop never reads again, so the softmax may
+        # overwrite it (one slab less in memory)
         nonlocal pos
-        probs = torch.softmax(slab.float(), 0).cpu()  # (K, n, Y, Z)
+        probs = softmax_(slab.float().cpu())
         sink(pos, probs)
         pos += probs.shape[1]
 
