@@ -93,6 +93,7 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
     if pid == os.getpid():
         return True
     try:
@@ -101,7 +102,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's live process
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc (macOS): trust kill
+        return True
 
 
 def remove_stale_temporaries(folder: PathLike, legacy: bool = False) -> List[Path]:
@@ -129,5 +134,10 @@ def remove_stale_temporaries(folder: PathLike, legacy: bool = False) -> List[Pat
     return removed
 
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporaries",
-           "temporary_name"]
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (zombies do not; this process does)."""
+    return _alive(pid)
+
+
+__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text", "process_alive",
+           "remove_stale_temporaries", "temporary_name"]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from unetr.errors import UnetrError
+from unetr.fsutil import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +68,7 @@ def _alive_here(holder: dict) -> bool:
         pid = int(holder.get("pid"))
     except (TypeError, ValueError):
         return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and process_alive(pid)
 
 
 class RunLock:
