@@ -40,6 +40,17 @@ def _run_summary(args) -> int:
     return 0
 
 
+def _roi(values: Sequence[int]) -> Tuple[int, int, int]:
+    """``--roi`` as three sizes: one value (a cube) or three, each a positive multiple of the patch size 16."""
+    given = " ".join(str(v) for v in values)
+    if len(values) not in (1, 3):
+        raise ValueError(f"--roi {given}: give one size (a cube) or three, e.g. --roi 96 or --roi 128 128 64")
+    if any(v < 16 or v % 16 for v in values):
+        raise ValueError(f"--roi {given}: crop sizes must be positive multiples of 16 (the patch size), "
+                         "e.g. --roi 96 or --roi 128 128 64")
+    return tuple(values * 3 if len(values) == 1 else values)
+
+
 # ------------------------------------------------------------------------------------------ data
 def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="write a synthetic CT-like phantom dataset (nnU-Net v2 layout)")
@@ -139,7 +150,7 @@ def _run_plan(args) -> int:
     if args.preset:
         overrides["preset"] = args.preset
     if args.roi:
-        overrides["roi"] = tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
+        overrides["roi"] = _roi(args.roi)
     overrides.update(parse_set(args.set))
     plan = make_plan(ds, fp, **_plan_overrides(overrides, "--set "))
     save_plan(plan, args.out, fingerprint=fp)
@@ -218,7 +229,7 @@ def _run_train(args) -> int:
              "seed": args.seed, "fold": args.fold, "num_workers": args.num_workers}
     settings.update({k: v for k, v in flags.items() if v is not None})
     if args.roi:
-        plan_over["roi"] = tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
+        plan_over["roi"] = _roi(args.roi)
     plan_over = _plan_overrides(plan_over, "plan.")
     model_over = coerce_fields(ModelConfig, model_over, "model.")
     cfg = TrainConfig.from_dict(settings)
@@ -318,7 +329,7 @@ def _run_predict(args) -> int:
         device = __import__("torch").device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         cfg = cfg.replace(device=str(device))
     plan, overrides = None, {}
-    roi = None if args.roi is None else tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
+    roi = None if args.roi is None else _roi(args.roi)
     if roi is not None:
         overrides["img_size"] = roi
     if args.num_heads:
