@@ -340,7 +340,8 @@ def _check_case(case: Case, num_channels: Optional[int], num_classes: Optional[i
     except DataError as e:
         return [f"{case.id}: {e}"], None
     if num_channels is not None and image.shape[0] != num_channels:
-        problems.append(f"{case.id}: {image.shape[0]} channel(s), the dataset declares {num_channels}")
+        problems.append(f"{case.id}: {case.images[0]}: {image.shape[0]} channel(s), the dataset declares "
+                        f"{num_channels}")
     if case.label is None:
         return problems, image.shape[0]
     try:
@@ -348,13 +349,14 @@ def _check_case(case: Case, num_channels: Optional[int], num_classes: Optional[i
     except DataError as e:
         return problems + [f"{case.id}: {e}"], image.shape[0]
     if lgeom.shape != geom.shape:
-        problems.append(f"{case.id}: label shape {lgeom.shape} differs from image shape {geom.shape}")
+        problems.append(f"{case.id}: {case.label}: label shape {lgeom.shape} differs from image shape {geom.shape}")
     elif not np.allclose(lgeom.affine, geom.affine, atol=1e-3):
-        problems.append(f"{case.id}: label affine differs from the image affine "
+        problems.append(f"{case.id}: {case.label}: label affine differs from the image affine "
                         f"(max difference {np.abs(lgeom.affine - geom.affine).max():.3g})")
     if num_classes is not None and label.size and int(label.max()) >= num_classes:
         bad = sorted(int(v) for v in np.unique(label) if v >= num_classes)
-        problems.append(f"{case.id}: label values {bad} outside the declared classes 0..{num_classes - 1}")
+        problems.append(f"{case.id}: {case.label}: label values {bad} outside the declared classes "
+                        f"0..{num_classes - 1}")
     return problems, image.shape[0]
 
 
