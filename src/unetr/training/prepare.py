@@ -125,7 +125,10 @@ def train_dataset(
     ds = load_dataset(dataset)
     if not ds.labelled:
         raise DataError(f"{dataset}: no labelled training cases")
-    train_cases, val_cases = dataset_split(ds, cfg.fold, cfg.num_folds, cfg.seed)
+    try:
+        train_cases, val_cases = dataset_split(ds, cfg.fold, cfg.num_folds, cfg.seed)
+    except ValueError as e:
+        raise DataError(f"{dataset}: {e}") from None
     if not train_cases:
         raise DataError(f"{dataset}: no training cases after the split (fold {cfg.fold} of {cfg.num_folds})")
     train_ids, val_ids = [c.id for c in train_cases], [c.id for c in val_cases]

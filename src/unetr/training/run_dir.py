@@ -82,7 +82,8 @@ def settings_differences(old: dict, new: dict) -> List[str]:
             if key in free or a.get(key) == b.get(key):
                 continue
             if section == "data":
-                changed.append(f"data.{key} ({len(a.get(key) or ())} -> {len(b.get(key) or ())} cases, or others)")
+                was, now = set(a.get(key) or ()), set(b.get(key) or ())
+                changed.append(f"data.{key}: {len(was - now)} case(s) left out, {len(now - was)} added")
             else:
                 changed.append(f"{section}.{key} {_short(a.get(key, '(unset)'))} -> {_short(b.get(key, '(unset)'))}")
     return changed
