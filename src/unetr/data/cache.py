@@ -5,7 +5,8 @@ Layout of a cache folder::
     cache.json               the plan the cache was built for (and the format version)
     <id>_image.npy           (C, X, Y, Z) float32, read memory-mapped
     <id>_label.npy           (X, Y, Z) uint8
-    <id>.json                the case record: preprocessing record, source-file stamps, class voxel counts
+    <id>.json                the case record: preprocessing record (PreprocessRecord.to_dict), source-file
+                             stamps, class voxel counts
 
 Each array is written under a temporary name and renamed; the case's JSON is written last, so a case is
 complete exactly when its JSON exists. An interrupted build therefore leaves no half case (leftover
@@ -15,7 +16,8 @@ source file changed (size, or modification time together with a content hash of 
 
 Worker processes die with the process that started them, however it ends (``kill -9`` included), and
 Ctrl-C or SIGTERM stops them at once. A case whose label values fall outside the plan's classes stops the
-build (training would refuse it); a case that does not fit in memory is reported and the others go on.
+build (:func:`unetr.data.preprocess.preprocess_case` checks them; training would refuse them); a case that does
+not fit in memory is reported and the others go on.
 """
 
 from __future__ import annotations
@@ -115,22 +117,17 @@ def _build_one(case: Case, plan_dict: dict, cache_dir: str) -> str:
     json_p.unlink(missing_ok=True)  # the case is incomplete until its JSON is back
     sources = [file_stamp(p) for p in list(case.images) + ([case.label] if case.label else [])]
     image, label, record = preprocess_files(case.images, plan, case.label)
+    _save_npy(image_p, image)
     counts = {}
     if label is not None:
-        values, n = np.unique(label, return_counts=True)
-        bad = [int(v) for v in values if v >= plan.num_classes]
-        if bad:  # training would refuse them later: say so now, before the case enters the cache
-            raise DataError(f"{case.label}: label values {bad} outside the {plan.num_classes} declared classes "
-                            f"{list(plan.class_names)} of the plan")
-        counts = {str(int(v)): int(k) for v, k in zip(values, n)}
-    _save_npy(image_p, image)
-    if label is not None:
         _save_npy(label_p, label)
+        values, n = np.unique(label, return_counts=True)
+        counts = {str(int(v)): int(k) for v, k in zip(values, n)}
     else:
         label_p.unlink(missing_ok=True)
     meta = {
         "id": case.id, "cache_version": CACHE_VERSION, "plan_hash": plan_hash(plan), "sources": sources,
-        "class_voxels": counts, **record,
+        "class_voxels": counts, **record.to_dict(),
     }
     save_json(json_p, meta)
     return case.id
@@ -286,8 +283,9 @@ def load_cached(cache_dir: PathLike, case_id: str, mmap: bool = True
                 ) -> Tuple[np.ndarray, Optional[np.ndarray], dict]:
     """One cached case: ``(image (C, X, Y, Z) float32, label (X, Y, Z) uint8 or None, record)``.
 
-    The arrays are read-only memory maps (``mmap=False`` loads them). The record is the preprocessing record
-    (for :func:`unetr.data.preprocess.invert_to_original`) plus ``id``, ``sources`` and ``class_voxels``.
+    The arrays are read-only memory maps (``mmap=False`` loads them). The record is the case's JSON: the
+    preprocessing record (:meth:`unetr.data.preprocess.PreprocessRecord.from_dict` reads it) plus ``id``,
+    ``sources`` and ``class_voxels``.
     """
     image_p, label_p, json_p = _paths(Path(cache_dir), case_id)
     if not json_p.is_file():
