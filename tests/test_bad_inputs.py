@@ -308,13 +308,13 @@ CASES: Dict[str, Bad] = {
     "train on too few cases for the folds": Bad(
         RUN_TRAIN.replace("{t}/run", "{t}/runs/new") + " --set num_folds=6", ["ds: 5 case(s)", "6 folds"]),
     "train with labels outside the declared classes": Bad(
-        RUN_TRAIN.replace("{t}/run", "{t}/new"), ["labels [2, 3] outside the declared classes"],
+        RUN_TRAIN.replace("{t}/run", "{t}/new"), ["ds", "[2, 3] outside the 2 declared classes"],
         setup=lambda t: _dataset_json(t, labels={"background": 0, "liver": 1})),
     "check names the file, not only the case": Bad(
         "check {t}/ds", ["phantom_000", "labelsTr/phantom_000.nii.gz", "label affine differs"], code=1,
         setup=lambda t: _edit_label(t, lambda a, m: (a, m @ np.diag([1, 1, 1.5, 1])))),
     "check: labels outside the declared classes": Bad(
-        "check {t}/ds", ["labelsTr/phantom_000.nii.gz", "outside the declared classes"], code=1,
+        "check {t}/ds", ["labelsTr/phantom_000.nii.gz", "outside the 2 declared classes"], code=1,
         setup=lambda t: _dataset_json(t, labels={"background": 0, "liver": 1})),
     # what already worked, and must stay so
     "corrupt gzip": Bad("plan {t}/ds -o {t}/plan.json", ["phantom_000_0000.nii.gz"],
