@@ -129,6 +129,11 @@ def _out_of_memory_for(case: str, where: str):
     return patch
 
 
+def _torch_out_of_memory(*args, **kwargs):
+    raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you "
+                       "tried to allocate 17179869184 bytes.")
+
+
 def _disk_full(t: Path, ctx) -> None:
     """Every flush of a temporary file fails as on a full disk (the writer learns it at fsync or close)."""
     real = os.fsync
@@ -172,7 +177,8 @@ class Bad:
     """One bad input or careless command.
 
     Attributes:
-        argv: the command; ``{t}`` is the row's folder (holding ``ds``, ``run``, ``pred`` as ``uses`` says).
+        argv: the command; ``{t}`` is the row's folder (holding ``ds``, ``run``, ``pred`` as ``uses`` says),
+            ``{w}`` the shared originals (for a row that must not copy them; the command must not change them).
         says: what the failure lines must contain (the file, the problem, the fix).
         setup: makes the bad thing: ``setup(t)``, or ``setup(t, ctx)`` (``ctx.monkeypatch`` for conditions a
             test can only simulate, a full disk or too little memory; ``ctx.processes`` are killed afterwards).
@@ -290,6 +296,10 @@ CASES: Dict[str, Bad] = {
         ["phantom_002", "phantom_002_0000.nii.gz", "did not fit in memory", "63.6 GiB", "--workers"],
         setup=_out_of_memory_for("phantom_002", "unetr.data.preprocess.preprocess_files"),
         creates=("c", "c/*"), uses=("ds", "run")),
+    "train: out of memory": Bad(
+        RUN_TRAIN.replace("{t}/ds", "{w}/ds") + " --iterations 3", ["out of memory", "16.0 GiB", "--roi"],
+        setup=lambda t, ctx: ctx.monkeypatch.setattr("unetr.training.trainer._train_step", _torch_out_of_memory),
+        uses=("run",)),
     "preprocess: disk full": Bad("preprocess {t}/ds --plan {t}/run/plan.json --cache {t}/c --workers 0",
                                  ["disk full writing", "c/cache.json"], setup=_disk_full, creates=("c",),
                                  uses=("ds", "run")),
@@ -368,7 +378,8 @@ def test_bad_input(name, world, tmp_path, monkeypatch, capsys, caplog):
             args = (t, ctx)[: len(inspect.signature(bad.setup).parameters)]
             bad.setup(*args)
         before = _tree(t)
-        argv = [a.replace("{t}", str(t)) for a in bad.argv.split()]
+        argv = [a.replace("{t}", str(t)).replace("{w}", str(world)) for a in bad.argv.split()]
+        world_before = _tree(world) if "{w}" in bad.argv else None
         caplog.set_level("INFO")
         code = cli.main(argv)
     finally:
@@ -391,6 +402,7 @@ def test_bad_input(name, world, tmp_path, monkeypatch, capsys, caplog):
     new = [k for k in after if k not in before and not any(fnmatch(k, g) for g in bad.creates)]
     assert not new, f"partial output: {new}"
     assert not (t / "pwned").exists()
+    assert world_before is None or _tree(world) == world_before
 
 
 def test_the_table_covers_enough():

@@ -75,3 +75,20 @@ def test_roi_larger_than_the_images_without_padding(phantom, cache, tmp_path):
     with pytest.raises(DataError, match="larger than"):
         train_dataset(phantom, tmp_path / "run", TrainConfig(**FAST, pad_to_roi=False), preset_name="tiny",
                       plan_overrides={"roi": (128, 128, 128)}, cache_dir=cache, workers=0, progress=False)
+
+
+def test_a_roi_larger_than_the_images_is_padded_with_a_notice(phantom, tmp_path, caplog):
+    from unetr.data.cache import build_cache
+    from unetr.data.cases import load_dataset
+    from unetr.data.plan import make_plan
+    from unetr.training.prepare import check_cases
+
+    ds = load_dataset(phantom)
+    plan = make_plan(ds, preset="tiny", roi=(96, 96, 32))
+    build_cache(ds.train[:2], plan, tmp_path / "cache", workers=0, progress=False)
+    ids = [c.id for c in ds.train[:2]]
+    check_cases(ids, tmp_path / "cache", plan, pad_to_roi=True)
+    assert "ROI (96, 96, 32) is larger than 2 of 2 preprocessed image(s)" in caplog.text
+    assert "crops are padded with zeros" in caplog.text and "--roi 64 64 32 would fit" in caplog.text
+    with pytest.raises(DataError, match="padding is off"):
+        check_cases(ids, tmp_path / "cache", plan, pad_to_roi=False)
