@@ -40,6 +40,13 @@ def test_cli_trains_and_a_rerun_resumes(phantom, cache, tmp_path):
     longer[longer.index("--iterations") + 1] = "3"
     assert main(longer) == 0  # a longer budget continues the run
     assert (out / "metrics.csv").read_text().splitlines()[-1].startswith("3,")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main(longer + ["--lr", "3e-3"]) == 2  # another optimizer: refused, nothing touched
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert main(longer + ["--lr", "3e-3", "--restart"]) == 0  # the old run moves aside, whole
+    old = out.with_name("run.old-1")
+    assert {p.name: p.read_bytes() for p in old.iterdir() if p.is_file()} == before
+    assert json.loads((out / "config.json").read_text())["train"]["lr"] == 3e-3
 
 
 def test_cli_bad_set_key(phantom, tmp_path, capsys):
