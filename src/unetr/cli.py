@@ -592,6 +592,7 @@ class Terminated(BaseException):
 
 
 def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the cleanup ends the process
     raise Terminated()
 
 

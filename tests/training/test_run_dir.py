@@ -141,10 +141,12 @@ def test_settings_a_rerun_may_change(section, key, value, refused):
     assert not refused or changed[0].startswith(f"{section}.{key}")
 
 
-def test_older_runs_without_data_section_are_compared_on_the_rest():
+def test_older_runs_are_compared_on_what_they_recorded():
     _, _, _, config = _parts()
-    newer = {**config, "data": {"train": ["a"], "validation": []}}
+    newer = {**config, "data": {"train": ["a"], "validation": []}}  # no data section before
     assert settings_differences(config, newer) == []
+    older = {**config, "train": {k: v for k, v in config["train"].items() if k != "class_balanced"}}
+    assert settings_differences(older, config) == []  # a setting added since keeps its default
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])

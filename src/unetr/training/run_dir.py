@@ -70,7 +70,8 @@ class RunSettingsError(UnetrError):
 
 def settings_differences(old: dict, new: dict) -> List[str]:
     """``section.key old -> new`` for each setting of ``new`` that differs from ``old`` (two :func:`run_config`
-    dicts) and changes what is trained; a section missing from either (older runs have no ``data``) is skipped.
+    dicts) and changes what is trained. A section or key missing from either is skipped: older runs have no
+    ``data`` section, and a setting added since keeps its earlier behaviour by default.
     """
     changed = []
     for section, free in (("model", RESUMABLE_MODEL_KEYS), ("plan", frozenset()), ("train", RESUMABLE_TRAIN_KEYS),
@@ -78,14 +79,14 @@ def settings_differences(old: dict, new: dict) -> List[str]:
         a, b = old.get(section), new.get(section)
         if not isinstance(a, dict) or not isinstance(b, dict):
             continue
-        for key in sorted(set(a) | set(b)):
-            if key in free or a.get(key) == b.get(key):
+        for key in sorted(set(a) & set(b)):
+            if key in free or a[key] == b[key]:
                 continue
             if section == "data":
-                was, now = set(a.get(key) or ()), set(b.get(key) or ())
+                was, now = set(a[key] or ()), set(b[key] or ())
                 changed.append(f"data.{key}: {len(was - now)} case(s) left out, {len(now - was)} added")
             else:
-                changed.append(f"{section}.{key} {_short(a.get(key, '(unset)'))} -> {_short(b.get(key, '(unset)'))}")
+                changed.append(f"{section}.{key} {_short(a[key])} -> {_short(b[key])}")
     return changed
 
 
