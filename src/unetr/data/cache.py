@@ -204,16 +204,18 @@ def build_cache(
         log.info("removed %s, left by an interrupted build", tmp)
     head = cdir / "cache.json"
     want = {"cache_version": CACHE_VERSION, "plan_hash": plan_hash(plan), "plan": plan.to_dict()}
+    have: dict = {}
     if head.is_file():
         try:
             have = load_json(head)
         except ValueError:
-            have = {}
+            pass
+        have = have if isinstance(have, dict) else {}
         if have.get("plan_hash") != want["plan_hash"] or have.get("cache_version") != CACHE_VERSION:
             log.warning("%s: built for another plan; clearing it", cdir)
             for p in list(cdir.glob("*.npy")) + [p for p in cdir.glob("*.json") if p.name != "cache.json"]:
                 p.unlink(missing_ok=True)
-    if not head.is_file() or load_json(head) != want:
+    if have != want:  # unchanged: left as it is
         save_json(head, want)
 
     todo = [c for c in cases if not case_is_fresh(cdir, c, plan)]
