@@ -509,7 +509,7 @@ def check_forward_backward(ref: Dict[str, Any], model: torch.nn.Module, device: 
     tol_l, tol_g = TOLERANCE[precision]
     ok = e_logits <= tol_l and e_grads <= tol_g  # False for NaN
     return Outcome(PASS if ok else FAIL, {"measured": f"logits {e_logits:.1e}, gradients {e_grads:.1e}",
-                                          "criterion": f"≤ {tol_l:.0e}, ≤ {tol_g:.0e}"})
+                                          "criterion": f"≤ {tol_l:g}, ≤ {tol_g:g}"})
 
 
 def check_prediction(ctx: Context) -> Outcome:
@@ -680,7 +680,7 @@ def prediction_rows(ctx: Context, budget: Budget) -> Dict[str, Outcome]:
                       else f"≥ {PREDICT_TARGET}x on a GPU (not judged on a CPU)")
         return Outcome(MEASURED, {"unetr": seconds(t[ours]), "MONAI": seconds(t[theirs]),
                                   "MONAI / unetr": f"{ratio:.2f}x", "peak memory unetr / MONAI": gib_pair(mem, ours, theirs),
-                                  "target": target}, note=f"medians of {len(times[ours])} alternating round(s)")
+                                  "target": target}, note=rounds(len(times[ours])))
 
     return {
         names[0]: row("unetr", "monai", False),
@@ -689,6 +689,10 @@ def prediction_rows(ctx: Context, budget: Budget) -> Dict[str, Outcome]:
                           note=f"Dice per class between the two label maps: min {agree['min']:.6f}, mean "
                                f"{agree['mean']:.6f} (criterion ≥ {MIN_LABEL_DICE})"),
     }
+
+
+def rounds(n: int) -> str:
+    return "one round" if n == 1 else f"medians of {n} alternating rounds"
 
 
 def prediction_names(sizes: Sizes) -> Tuple[str, str, str]:
@@ -958,7 +962,7 @@ def render(rec: Recorder, ctx: Context, info: Dict[str, str], command: str, wall
         lines.append("")
     option = compile_option()
     compiled = (f"TrainConfig.{option} exists: the compiled rows run torch.compile on our model" if option else
-                f"{UNAVAILABLE}: TrainConfig has no compile field (`unetr train` no --compile option)")
+                f"{UNAVAILABLE}: TrainConfig has no compile field (`unetr train` has no --compile option)")
     lines += [
         "## Notes", "",
         "- Correctness: random-projection loss `sum(logits * w)` (w scaled to unit size, so fp16 needs no "
