@@ -426,12 +426,12 @@ def train_step(forward: Callable, params: torch.nn.Module, optimizer: torch.opti
                device: torch.device, precision: str) -> Callable[[torch.Tensor, torch.Tensor], float]:
     """One training step ``step(images (B, 1, *roi), labels (B, 1, *roi))``: autocast forward, loss, backward,
     optimizer step, gradients zeroed; fp16 with a gradient scaler (as ``unetr train`` and MONAI's AMP recipe)."""
+    from unetr.device import autocast
+
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     params.train()
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
-        from unetr.device import autocast
-
         with autocast(device, precision):
             logits = forward(x)  # (B, K, X, Y, Z)
         loss = loss_fn(logits, y)
