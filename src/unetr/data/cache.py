@@ -38,6 +38,7 @@ from unetr.data.cases import Case, Dataset
 from unetr.data.io import PathLike
 from unetr.errors import DataError, UnetrError, out_of_memory
 from unetr.fsutil import atomic_write, remove_stale_temporaries
+from unetr.workers import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -144,22 +145,6 @@ def _worker_init(threads: int, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(max(1, threads))
-
-
-def die_with_parent(parent: int) -> None:
-    """Have the kernel kill this process when its parent ends (Linux ``PR_SET_PDEATHSIG``), so that killing a
-    command never leaves its workers running; exit at once when the parent ``parent`` is already gone."""
-    import ctypes
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # pragma: no cover - no prctl: the parent's own cleanup remains
-            pass
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
