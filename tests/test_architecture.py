@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "unetr"
 LAYERS = {
     "errors": 0, "fsutil": 0, "device": 0, "allocator": 0, "grid": 0,
     "config": 1,
-    "model": 2, "data": 2, "metrics": 2,
+    "model": 2, "data": 2, "metrics": 2, "recipes": 2,
     "inference": 3, "report": 3, "export": 3,
     "training": 4,
     "demo": 5,

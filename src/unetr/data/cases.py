@@ -35,13 +35,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from unetr.config import load_json, save_json
+from unetr.config import MODALITIES, load_json, save_json
 from unetr.data.io import IMAGE_ENDINGS, PathLike, file_ending
 from unetr.errors import DataError
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("CT", "MR", "OTHER")
 _MR_NAMES = re.compile(r"^(mri?|t1|t2|flair|adc|dwi|pd|swi|dce|bold)", re.IGNORECASE)
 
 

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 import torch
 
 from unetr.config import ModelConfig, Plan, TrainConfig
+from unetr.data.sampling import rot90_note
 from unetr.device import resolve_device
 from unetr.errors import DataError, UnetrError
+from unetr.recipes import resolve_epochs
 from unetr.training import distributed as D
 from unetr.training.batches import CachedCases
 from unetr.training.trainer import TrainResult, fit
@@ -112,6 +114,7 @@ def train_dataset(
     train_cases, val_cases = dataset_split(ds, cfg.fold, cfg.num_folds, cfg.seed)
     if not train_cases:
         raise DataError(f"{dataset}: no training cases after the split (fold {cfg.fold} of {cfg.num_folds})")
+    cfg = resolve_epochs(cfg, len(train_cases), env.world_size)  # counts in epochs (--recipe btcv) -> iterations
 
     plan, plan_existed = _plan_and_cache(ds, list(train_cases) + list(val_cases), out, cache, env,
                                          plan_path=plan_path, plan_overrides=plan_overrides,
@@ -124,6 +127,8 @@ def train_dataset(
         log.info("training %s (%s preset, %.1fM parameters) on %d cases, validating on %d; ROI %s; run %s",
                  dataset, run_plan.preset, _count_params(model_cfg) / 1e6, len(train_ids), len(val_ids),
                  run_plan.roi, out)
+        if rot90_note(run_plan.roi, cfg.rot90_prob):
+            log.info("%s", rot90_note(run_plan.roi, cfg.rot90_prob))
     return fit(run_dir=out, train_ids=train_ids, val_ids=val_ids, load=CachedCases(cache), plan=run_plan,
                model_cfg=model_cfg, cfg=cfg, env=env, progress=progress)
 
@@ -138,7 +143,7 @@ def _plan_and_cache(ds: Dataset, cases: Sequence[Case], out: Path, cache: Path, 
         ``(plan, whether it existed before this call)``.
     """
     from unetr.data.cache import build_cache
-    from unetr.data.plan import fingerprint, load_plan, make_plan, save_plan
+    from unetr.data.plan import load_plan, plan_dataset, save_plan
 
     own_plan = out / "plan.json"
     plan_existed = plan_path is not None or own_plan.is_file()
@@ -153,8 +158,7 @@ def _plan_and_cache(ds: Dataset, cases: Sequence[Case], out: Path, cache: Path, 
             overrides = dict(plan_overrides or {})
             if preset_name:
                 overrides.setdefault("preset", preset_name)
-            fp = fingerprint(ds, workers=workers, progress=progress)
-            plan = make_plan(ds, fp, **overrides)
+            plan, fp = plan_dataset(ds, workers=workers, progress=progress, **overrides)
             save_plan(plan, own_plan, fingerprint=fp)
         build_cache(cases, plan, cache, workers=workers, progress=progress)
     plan = Plan.from_dict(D.broadcast_object(plan.to_dict() if plan is not None else None, env))
