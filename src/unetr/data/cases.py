@@ -407,7 +407,7 @@ def _refuse_unconverted(path: Path) -> None:
     kind = detect_layout(path)
     if kind is not None:
         raise DataError(f"{path}: a {kind.title} dataset ({kind.files}); unetr reads it once converted to the "
-                        f"nnU-Net v2 layout: unetr convert {kind.name} {path} {path.name}_nnunet")
+                        f"nnU-Net v2 layout: unetr convert {kind.name} {path} {path.parent / (path.name + '_nnunet')}")
 
 
 def load_dataset(path: PathLike) -> Dataset:
