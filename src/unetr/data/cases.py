@@ -470,7 +470,7 @@ def check_dataset(path: PathLike, workers: int = 2) -> List[str]:
     """Validate a dataset and return every problem found (an empty list means it is usable).
 
     Checks: the layout parses; every file exists and reads as a 3D volume with finite values; labels are
-    non-negative integers within the declared classes (:func:`unetr.data.checks.label_problem`); image and label
+    non-negative integers within the declared classes (:func:`unetr.labels.label_problem`); image and label
     lie on one grid (:func:`unetr.data.checks.grid_problem`, the rule preprocessing applies); every case has the
     same number of channels (and the declared one).
     """

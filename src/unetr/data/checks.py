@@ -3,7 +3,7 @@
 Grids: two volumes lie on one voxel grid by :func:`unetr.grid.grid_mismatch` (the package's one rule: shapes
 equal, voxel centres within a tenth of a voxel); :func:`grid_problem` words it for an image and its label,
 the channel files of an image, a prediction and its input. Labels: integers in ``[0, num_classes)``
-(:func:`label_problem`): label files as they are read and written, label maps before preprocessing, the
+(:func:`unetr.labels.label_problem`): label files as they are read and written, label maps before preprocessing, the
 class values a fingerprint found. Each has a ``check_*`` twin that raises :class:`unetr.errors.DataError`
 naming the file; ``unetr check`` collects the problems instead.
 """
@@ -17,6 +17,7 @@ import numpy as np
 
 from unetr.errors import DataError
 from unetr.grid import grid_mismatch
+from unetr.labels import label_problem
 
 if TYPE_CHECKING:
     from unetr.data.io import Geometry
@@ -40,42 +41,6 @@ def check_same_grid(path: Union[str, Path], geom: Geometry, reference: Geometry,
     problem = grid_problem(geom, reference, what, of)
     if problem:
         raise DataError(f"{path}: {problem}")
-
-
-def _listed(values: np.ndarray, most: int = 10) -> str:
-    shown = [int(v) if float(v).is_integer() else float(v) for v in values[:most]]
-    return str(shown)[:-1] + (", ...]" if len(values) > most else "]")
-
-
-def label_problem(values: Union[np.ndarray, Sequence[int]], num_classes: Optional[int] = None) -> Optional[str]:
-    """What is wrong with the values of a label map, or ``None``: labels are integers in ``[0, num_classes)``
-    (``[0, inf)`` when ``num_classes`` is not given).
-
-    The one label-range rule, for label files, label maps in memory and the class values a fingerprint
-    found. Cheap when the values are fine (min and max); the offending values are listed otherwise.
-
-    Args:
-        values: a label map of any shape, or the label values present.
-        num_classes: K, background included.
-    """
-    a = np.asarray(values)
-    if a.size == 0:
-        return None
-    if a.dtype.kind == "f":
-        frac = a != np.round(a)
-        if frac.any():
-            return f"label map has non-integer values (e.g. {a[frac].flat[0]:g})"
-    elif a.dtype.kind not in "iub":
-        return f"label map has data type {a.dtype}, expected integers"
-    lo, hi = a.min(), a.max()
-    if num_classes is None:
-        if lo < 0:
-            return f"label map has negative values {_listed(np.unique(a[a < 0]))}"
-        return None
-    if lo < 0 or hi >= num_classes:
-        bad = np.unique(a[(a < 0) | (a >= num_classes)])
-        return f"label values {_listed(bad)} outside the {num_classes} declared classes (0..{num_classes - 1})"
-    return None
 
 
 def check_labels(path: Union[str, Path], values: Union[np.ndarray, Sequence[int]],

@@ -344,7 +344,7 @@ def read_label(path: PathLike) -> Tuple[np.ndarray, Geometry]:
 
     Raises:
         DataError: unreadable file, not 3D, NaN/Inf, non-integer or negative values
-            (:func:`unetr.data.checks.label_problem`).
+            (:func:`unetr.labels.label_problem`).
     """
     arr, geom = _read_any(path, None)
     arr = _squeeze_spatial(arr, path, allow_channels=False)
