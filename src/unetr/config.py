@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence, Tuple, TypeVar
+from typing import Any, Optional, Sequence, Tuple, TypeVar
 
 from unetr.settings import coerce_fields, load_json, load_yaml, parse_set, save_json  # noqa: F401 (re-exported)
 
@@ -329,10 +329,15 @@ class TrainConfig(_DictMixin):
     epochs: int = 0  # > 0: `iterations` is this many passes over the training cases (unetr.recipes.resolve_epochs)
     warmup_epochs: int = 0  # > 0: `warmup_iterations` in passes over the training cases
     val_every_epochs: int = 0  # > 0: `val_every` in passes over the training cases
+    squared_pred: bool = False  # Dice denominator over squared probabilities (MONAI's squared_pred; BTCV: true)
+    decay_all: bool = False  # weight decay on every parameter, norms, biases and embeddings included (BTCV: true)
+    val_mode: str = "gaussian"  # validation window blending: gaussian | constant (BTCV: constant)
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise ValueError(f"iterations must be positive, got {self.iterations}")
+        if self.val_mode not in ("gaussian", "constant"):
+            raise ValueError(f"val_mode must be 'gaussian' or 'constant', got {self.val_mode!r}")
         for name in ("epochs", "warmup_epochs", "val_every_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be non-negative (0: counted in iterations), got {getattr(self, name)}")

@@ -61,8 +61,9 @@ BTCV = Recipe(
         extra_augment=False, class_balanced=False,
         lr=1e-4, weight_decay=1e-5, min_lr=0.0, grad_clip=0.0, accumulate=1,  # AdamW, warmup_cosine
         dice_weight=1.0, ce_weight=1.0, include_background=True, smooth_nr=0.0, smooth_dr=1e-6,  # DiceCELoss
-        batch_dice=False, label_smoothing=0.0,
-        val_overlap=0.5,  # infer_overlap
+        squared_pred=True, batch_dice=False, label_smoothing=0.0,
+        decay_all=True,  # torch.optim.AdamW(model.parameters(), ...): every parameter decayed
+        val_overlap=0.5, val_mode="constant",  # sliding_window_inference(overlap=infer_overlap), its default mode
     ),
 )
 

@@ -295,3 +295,26 @@ def test_public_layout_check_train_predict_evaluate(built, name, tmp_path, capsy
     assert main(["evaluate", str(preds), str(reference), "-o", str(tmp_path / "eval")]) == 0
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["cases"] == len(flow.predicted) and not summary["problems"]
+
+
+def test_btcv_recipe_on_plan_and_train(built, tmp_path, capsys):
+    """`--recipe btcv` on the BTCV layout: the script's plan, and its epochs in iterations for these 4 training
+    volumes (50 warm-up epochs = 200 iterations); the options given on the command line win."""
+    datalist = built["btcv"] / "dataset_0.json"
+    assert main(["plan", str(datalist), "-o", str(tmp_path / "plan.json"), "--recipe", "btcv", "--workers", "1"]) == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["target_spacing"] == [1.5, 1.5, 2.0] and plan["roi"] == [96, 96, 96]
+    assert (plan["geometry"], plan["label_resample"], plan["window"]) == ("monai", "nearest", [-175.0, 250.0, 0.0, 1.0])
+    run = tmp_path / "run"
+    assert main(["train", str(datalist), "--out", str(run), "--recipe", "btcv", "--preset", "tiny", "--roi", "32",
+                 "--iterations", "2", "--val-every", "2", "--no-progress", "--num-workers", "0", "--workers", "0",
+                 "--precision", "fp32", "--device", "cpu", "--set", "samples_per_volume=1",
+                 "--set", "tensorboard=false"]) == 0
+    doc = json.loads((run / "config.json").read_text())
+    train, model, plan = doc["train"], doc["model"], doc["plan"]
+    assert (train["iterations"], train["val_every"], train["warmup_iterations"]) == (2, 2, 200)
+    assert (train["image_threshold"], train["squared_pred"], train["decay_all"], train["val_mode"]) == (
+        0.0, True, True, "constant")
+    assert (train["smooth_nr"], train["smooth_dr"], train["samples_per_volume"]) == (0.0, 1e-6, 1)
+    assert model["proj_type"] == "perceptron" and model["hidden_size"] == 192  # the recipe's embedding, tiny's sizes
+    assert (plan["geometry"], plan["target_spacing"], plan["roi"]) == ("monai", [1.5, 1.5, 2.0], [32, 32, 32])
