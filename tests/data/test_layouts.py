@@ -297,7 +297,7 @@ def test_public_layout_check_train_predict_evaluate(built, name, tmp_path, capsy
     assert summary["cases"] == len(flow.predicted) and not summary["problems"]
 
 
-def test_btcv_recipe_on_plan_and_train(built, tmp_path, capsys):
+def test_btcv_recipe_on_plan_and_train(built, tmp_path, caplog):
     """`--recipe btcv` on the BTCV layout: the script's plan, and its epochs in iterations for these 4 training
     volumes (50 warm-up epochs = 200 iterations); the options given on the command line win."""
     datalist = built["btcv"] / "dataset_0.json"
@@ -306,10 +306,13 @@ def test_btcv_recipe_on_plan_and_train(built, tmp_path, capsys):
     assert plan["target_spacing"] == [1.5, 1.5, 2.0] and plan["roi"] == [96, 96, 96]
     assert (plan["geometry"], plan["label_resample"], plan["window"]) == ("monai", "nearest", [-175.0, 250.0, 0.0, 1.0])
     run = tmp_path / "run"
-    assert main(["train", str(datalist), "--out", str(run), "--recipe", "btcv", "--preset", "tiny", "--roi", "32",
-                 "--iterations", "2", "--val-every", "2", "--no-progress", "--num-workers", "0", "--workers", "0",
-                 "--precision", "fp32", "--device", "cpu", "--set", "samples_per_volume=1",
-                 "--set", "tensorboard=false"]) == 0
+    argv = ["train", str(datalist), "--out", str(run), "--recipe", "btcv", "--preset", "tiny", "--roi", "32",
+            "--iterations", "2", "--val-every", "2", "--no-progress", "--num-workers", "0", "--workers", "0",
+            "--precision", "fp32", "--device", "cpu", "--set", "samples_per_volume=1", "--set", "tensorboard=false"]
+    assert main(argv) == 0
+    caplog.set_level("WARNING")
+    assert main(argv) == 0  # the same command again: the recipe's plan settings are the plan's, no warning
+    assert not [r for r in caplog.records if "ignoring the plan settings" in r.message]
     doc = json.loads((run / "config.json").read_text())
     train, model, plan = doc["train"], doc["model"], doc["plan"]
     assert (train["iterations"], train["val_every"], train["warmup_iterations"]) == (2, 2, 200)

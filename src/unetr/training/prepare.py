@@ -174,7 +174,8 @@ def _run_plan(plan: Plan, plan_overrides: Optional[dict], preset_name: Optional[
     if preset_name:
         run_changes["preset"] = preset_name
     run_plan = plan.replace(**run_changes)
-    ignored = sorted(set(plan_overrides or {}) - set(RUN_PLAN_KEYS))
+    ignored = sorted(k for k, v in (plan_overrides or {}).items()  # those the plan holds already are no news
+                     if k not in RUN_PLAN_KEYS and getattr(plan, k, None) != v)
     if ignored and plan_existed and env.is_main:
         log.warning("the plan exists already; ignoring the plan settings %s (use a new --out)", ", ".join(ignored))
     return run_plan
