@@ -317,14 +317,21 @@ def _run_evaluate(args) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="pictures and a Markdown report of a run and/or predictions")
+    p = sub.add_parser("report", help="report.html (interactive: cases, slice viewer, curves, attention) and report.md")
     p.add_argument("-o", "--output", required=True, help="report folder")
-    p.add_argument("--run", help="run directory (training curves, class names)")
+    p.add_argument("--run", help="run directory (training curves, class names, model, attention maps)")
     p.add_argument("--pred", help="folder of predictions")
     p.add_argument("--labels", help="folder of reference label maps (metrics are computed when no --metrics)")
-    p.add_argument("--images", help="folder of the images (for the pictures)")
+    p.add_argument("--images", help="folder of the images (for the viewer and the pictures)")
     p.add_argument("--metrics", help="a metrics.csv written by `unetr evaluate`")
-    p.add_argument("--show", type=int, default=2, help="best and worst cases drawn")
+    p.add_argument("--classes", help="dataset.json (or a run's config.json) naming the classes (default: the run's, "
+                   "else dataset.json beside --labels)")
+    p.add_argument("--show", type=int, default=2, help="best and worst cases drawn in report.md")
+    p.add_argument("--attention", metavar="CASE", help="case whose attention maps the page shows (default: the worst; "
+                   "'none' for none)")
+    p.add_argument("--max-voxels", type=int, default=None,
+                   help="voxels per case in the viewer; larger cases are shown coarser (default: 4,000,000)")
+    p.add_argument("--modality", choices=["CT", "MR"], help="window presets of the viewer (default: guessed per case)")
     p.set_defaults(func=_run_report)
 
 
@@ -333,16 +340,35 @@ def _run_report(args) -> int:
 
     from unetr.data.io import read_label
     from unetr.metrics import evaluate_folders, read_class_names, read_csv
-    from unetr.report import load_case_from_files, make_report
+    from unetr.report import (
+        DEFAULT_MAX_VOXELS,
+        attention_for_case,
+        load_case_from_files,
+        make_report,
+        rank_cases,
+        write_html_report,
+    )
 
     if not (args.run or args.pred or args.metrics):
         raise ValueError("give --run, --pred (with --labels) or --metrics")
+    max_voxels = DEFAULT_MAX_VOXELS if args.max_voxels is None else args.max_voxels
+    if max_voxels < 1000:
+        raise ValueError(f"--max-voxels must be at least 1000, got {max_voxels}")
     names = None
-    if args.run and (Path(args.run) / "config.json").is_file():
+    sources = [args.classes] if args.classes else []
+    sources += [Path(args.run) / "config.json"] if args.run else []
+    sources += [Path(args.labels).parent / "dataset.json"] if args.labels and not args.classes else []
+    for source in sources:
+        if not Path(source).is_file():
+            if source == args.classes:
+                raise FileNotFoundError(f"--classes {source}: no such file")
+            continue
         try:
-            names = read_class_names(Path(args.run) / "config.json")
+            names = read_class_names(source)
+            break
         except ValueError:
-            names = None
+            if source == args.classes:
+                raise
     per_case = None
     if args.metrics:
         per_case = read_csv(args.metrics)
@@ -354,9 +380,7 @@ def _run_report(args) -> int:
         per_case, _, _ = evaluate_folders(args.pred, args.labels, class_names=names, out_dir=args.output,
                                           read_label=reader)
 
-    def load_case(case: str):
-        if not args.images:
-            return None
+    def case_files(case: str):
         images = Path(args.images)
         cands = [images / f"{case}{end}" for end in (".nii.gz", "_0000.nii.gz", ".nii", "_0000.nii")]
         image = next((c for c in cands if c.exists()), None)
@@ -364,11 +388,30 @@ def _run_report(args) -> int:
             raise FileNotFoundError(f"no image for {case} in {images}")
         ref = Path(args.labels) / f"{case}.nii.gz" if args.labels else None
         pred = Path(args.pred) / f"{case}.nii.gz" if args.pred else None
-        return load_case_from_files(image, ref, pred)
+        return image, ref, pred
+
+    def load_case(case: str):
+        return load_case_from_files(*case_files(case)) if args.images else None
 
     path = make_report(args.output, run_dir=args.run, per_case=per_case, class_names=names, load_case=load_case,
                        n_show=args.show)
-    print(f"report -> {path}")
+    attention, notes = None, []
+    ranked = [c for c, _ in rank_cases(per_case or {})]
+    att_case = args.attention or (ranked[-1] if ranked else None)
+    if args.attention and per_case and args.attention not in per_case and args.attention != "none":
+        raise ValueError(f"--attention {args.attention}: no such case (cases: {', '.join(sorted(per_case))})")
+    if args.run and args.images and att_case and att_case != "none":
+        try:
+            image, ref, pred = case_files(att_case)
+            label = ref if ref is not None and ref.exists() else pred if pred is not None and pred.exists() else None
+            attention = attention_for_case(args.run, image, label, case=att_case)
+        except Exception as e:  # noqa: BLE001 - the rest of the report is worth having without them
+            logging.getLogger(__name__).warning("no attention maps for %s: %s", att_case, e)
+            notes.append(f"No attention maps for {att_case}: {e}")
+    html = write_html_report(args.output, run_dir=args.run, per_case=per_case, class_names=names,
+                             load_case=load_case, attention=attention, max_voxels=max_voxels, modality=args.modality,
+                             notes=notes)
+    print(f"report -> {html} ({html.stat().st_size / 1e6:.1f} MB; open it in a browser), {path}")
     return 0
 
 
@@ -438,7 +481,7 @@ def _run_demo(args) -> int:
     if classes:
         print(f"{'mean':<16}{result['summary']['mean_dice']:>10.3f}{result['summary']['mean_hd95']:>12.2f}"
               f"{result['summary']['mean_surface_dice']:>15.3f}")
-    print(f"\ndemo finished in {result['seconds'] / 60:.1f} min; report: {result['report']}")
+    print(f"\ndemo finished in {result['seconds'] / 60:.1f} min; report: {result['report']} (open it in a browser)")
     return 0
 
 
