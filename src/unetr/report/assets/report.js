@@ -385,7 +385,12 @@
     }
 
     async load(name) {
-      if (this.cases.has(name)) return this.cases.get(name);
+      if (this.cases.has(name)) {
+        const vol = this.cases.get(name);
+        this.cases.delete(name);
+        this.cases.set(name, vol);  // the most recently opened last
+        return vol;
+      }
       const v = DATA.volumes[name];
       const [img, ref, pred] = await Promise.all([inflate(v.image),
         v.reference ? inflate(v.reference) : null, v.prediction ? inflate(v.prediction) : null]);
@@ -395,6 +400,7 @@
       }
       const vol = { ...v, name, img, ref, pred, levels: Float32Array.from(v.levels), counts: countDisagreement(ref, pred) };
       this.cases.set(name, vol);
+      while (this.cases.size > 4) this.cases.delete(this.cases.keys().next().value);  // keep a few decoded cases
       return vol;
     }
 
