@@ -336,82 +336,12 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args) -> int:
-    from pathlib import Path
+    from unetr.report import report_from_folders
 
-    from unetr.data.io import read_label
-    from unetr.metrics import evaluate_folders, read_class_names, read_csv
-    from unetr.report import (
-        DEFAULT_MAX_VOXELS,
-        attention_for_case,
-        load_case_from_files,
-        make_report,
-        rank_cases,
-        write_html_report,
-    )
-
-    if not (args.run or args.pred or args.metrics):
-        raise ValueError("give --run, --pred (with --labels) or --metrics")
-    max_voxels = DEFAULT_MAX_VOXELS if args.max_voxels is None else args.max_voxels
-    if max_voxels < 1000:
-        raise ValueError(f"--max-voxels must be at least 1000, got {max_voxels}")
-    names = None
-    sources = [args.classes] if args.classes else []
-    sources += [Path(args.run) / "config.json"] if args.run else []
-    sources += [Path(args.labels).parent / "dataset.json"] if args.labels and not args.classes else []
-    for source in sources:
-        if not Path(source).is_file():
-            if source == args.classes:
-                raise FileNotFoundError(f"--classes {source}: no such file")
-            continue
-        try:
-            names = read_class_names(source)
-            break
-        except ValueError:
-            if source == args.classes:
-                raise
-    per_case = None
-    if args.metrics:
-        per_case = read_csv(args.metrics)
-    elif args.pred and args.labels:
-        def reader(path: Path):
-            arr, geom = read_label(path)
-            return arr, geom.spacing
-
-        per_case, _, _ = evaluate_folders(args.pred, args.labels, class_names=names, out_dir=args.output,
-                                          read_label=reader)
-
-    def case_files(case: str):
-        images = Path(args.images)
-        cands = [images / f"{case}{end}" for end in (".nii.gz", "_0000.nii.gz", ".nii", "_0000.nii")]
-        image = next((c for c in cands if c.exists()), None)
-        if image is None:
-            raise FileNotFoundError(f"no image for {case} in {images}")
-        ref = Path(args.labels) / f"{case}.nii.gz" if args.labels else None
-        pred = Path(args.pred) / f"{case}.nii.gz" if args.pred else None
-        return image, ref, pred
-
-    def load_case(case: str):
-        return load_case_from_files(*case_files(case)) if args.images else None
-
-    path = make_report(args.output, run_dir=args.run, per_case=per_case, class_names=names, load_case=load_case,
-                       n_show=args.show)
-    attention, notes = None, []
-    ranked = [c for c, _ in rank_cases(per_case or {})]
-    att_case = args.attention or (ranked[-1] if ranked else None)
-    if args.attention and per_case and args.attention not in per_case and args.attention != "none":
-        raise ValueError(f"--attention {args.attention}: no such case (cases: {', '.join(sorted(per_case))})")
-    if args.run and args.images and att_case and att_case != "none":
-        try:
-            image, ref, pred = case_files(att_case)
-            label = ref if ref is not None and ref.exists() else pred if pred is not None and pred.exists() else None
-            attention = attention_for_case(args.run, image, label, case=att_case)
-        except Exception as e:  # noqa: BLE001 - the rest of the report is worth having without them
-            logging.getLogger(__name__).warning("no attention maps for %s: %s", att_case, e)
-            notes.append(f"No attention maps for {att_case}: {e}")
-    html = write_html_report(args.output, run_dir=args.run, per_case=per_case, class_names=names,
-                             load_case=load_case, attention=attention, max_voxels=max_voxels, modality=args.modality,
-                             notes=notes)
-    print(f"report -> {html} ({html.stat().st_size / 1e6:.1f} MB; open it in a browser), {path}")
+    html, md = report_from_folders(args.output, run=args.run, pred=args.pred, labels=args.labels, images=args.images,
+                                   metrics=args.metrics, classes=args.classes, show=args.show,
+                                   attention=args.attention, max_voxels=args.max_voxels, modality=args.modality)
+    print(f"report -> {html} ({html.stat().st_size / 1e6:.1f} MB; open it in a browser), {md}")
     return 0
 
 

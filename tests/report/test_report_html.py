@@ -160,7 +160,7 @@ def test_cli_report_attention_options(tiny_run, phantom_files, tmp_path, capsys)
     assert page_data(tmp_path / "b" / "report.html")["attention"] is None
     capsys.readouterr()
     assert main(["report", "-o", str(tmp_path / "c"), *common, "--attention", "nope"]) == 2
-    assert "--attention nope: no such case" in capsys.readouterr().err
+    assert "attention case 'nope' is not among the cases" in capsys.readouterr().err
 
 
 def test_cli_report_class_names_from_dataset_json(phantom_files, tmp_path):
@@ -181,3 +181,25 @@ def test_demo_names_the_html_report(tmp_path):
     result = run_demo(tmp_path / "d", runner=lambda cmd: calls.append(cmd) or 0)
     assert result["report"] == tmp_path / "d" / "report" / "report.html"
     assert calls[-1][0] == "report" and "--images" in calls[-1] and "--run" in calls[-1]
+
+
+def test_class_names_sources(tiny_run, phantom_files, tmp_path):
+    from unetr.report.folders import class_names_for
+
+    (tmp_path / "ds.json").write_text('{"labels": {"0": "bg", "1": "a", "2": "b", "3": "c"}}')  # MSD style
+    assert class_names_for(tmp_path / "ds.json", tiny_run, None) == ["bg", "a", "b", "c"]  # given first
+    assert class_names_for(None, tiny_run, None)[1] == "liver"  # then the run's
+    assert class_names_for(None, None, phantom_files / "labelsTs")[3] == "kidney"  # then beside the labels
+    assert class_names_for(None, None, tmp_path / "labels") is None
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        class_names_for(tmp_path / "missing.json", tiny_run, None)
+
+
+def test_report_from_folders_bad_arguments(tmp_path, phantom_files):
+    from unetr.report import report_from_folders
+
+    with pytest.raises(ValueError, match="give a run"):
+        report_from_folders(tmp_path)
+    with pytest.raises(ValueError, match="max_voxels"):
+        report_from_folders(tmp_path, pred=phantom_files / "predictions", labels=phantom_files / "labelsTs",
+                            max_voxels=10)
