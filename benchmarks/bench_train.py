@@ -44,9 +44,9 @@ LR, WD = 1e-4, 1e-5
 def ours(preset_name: str, device: torch.device, precision: str,
          channels_last: bool = True) -> Callable[[torch.Tensor, torch.Tensor], float]:
     from unetr.config import preset
+    from unetr.device import autocast
     from unetr.model import build_model
     from unetr.training import DiceCELoss, build_optimizer
-    from unetr.training.trainer import autocast
 
     model = build_model(preset(preset_name, in_channels=IN_CH, out_channels=K, img_size=ROI),
                         channels_last=channels_last).to(device)
@@ -71,7 +71,7 @@ def monai(preset_name: str, device: torch.device, precision: str) -> Callable[[t
     from monai.networks.nets import UNETR
 
     from unetr.config import preset
-    from unetr.training.trainer import autocast
+    from unetr.device import autocast
 
     cfg = preset(preset_name, in_channels=IN_CH, out_channels=K, img_size=ROI)
     model = UNETR(in_channels=IN_CH, out_channels=K, img_size=ROI, feature_size=cfg.feature_size,
@@ -151,7 +151,7 @@ def write_section(text: str, path: Path) -> None:
 
 
 def main() -> None:
-    from unetr.training.trainer import resolve_precision
+    from unetr.device import resolve_precision
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["paper", "small"])

@@ -1,5 +1,7 @@
 """Export: ONNX and TorchScript outputs equal PyTorch's; bad format; no file left when the check fails."""
 
+import json
+
 import pytest
 import torch
 
@@ -27,7 +29,25 @@ def test_export_matches_pytorch(run_dir, tmp_path, fmt):
     res = export_model(run_dir, out, format=fmt)
     assert res.path == out and out.stat().st_size > 0
     assert res.max_abs_diff <= 1e-3 and res.max_abs_logit > 0
-    assert (tmp_path / "config.json").exists()
+    assert not (tmp_path / "config.json").exists()  # export writes only its own names
+    side = json.loads((tmp_path / "m.json").read_text())
+    assert side["model"]["img_size"] == [32, 16, 16] and side["export"] == {"format": fmt, "file": out.name}
+
+
+def test_export_never_replaces_what_it_did_not_write(run_dir, tmp_path):
+    other_run = tmp_path / "other"
+    other_run.mkdir()
+    (other_run / "config.json").write_text("theirs")
+    (other_run / "m.json").write_text("mine?")
+    out = other_run / "m.pt"
+    with pytest.raises(UnetrError, match="exists; export elsewhere or add --overwrite"):
+        export_model(run_dir, out, format="torchscript")
+    assert (other_run / "m.json").read_text() == "mine?" and not out.exists()
+    export_model(run_dir, out, format="torchscript", overwrite=True)
+    assert (other_run / "config.json").read_text() == "theirs"
+    assert json.loads((other_run / "m.json").read_text())["export"]["file"] == "m.pt"
+    with pytest.raises(UnetrError, match="model's own file"):
+        export_model(run_dir, run_dir / "config.json", format="torchscript", overwrite=True)
 
 
 def test_export_bad_format(run_dir):

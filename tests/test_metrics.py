@@ -194,10 +194,11 @@ def test_read_class_names_bad(tmp_path, content, match):
         M.read_class_names(tmp_path / "d.json")
 
 
-def _write_label(path, lab, spacing=(1.0, 1.0, 2.0)):
+def _write_label(path, lab, spacing=(1.0, 1.0, 2.0), affine=None):
     from unetr.data.io import Geometry, write_label
 
-    write_label(path, lab, Geometry.from_affine(np.diag([*spacing, 1.0]), lab.shape))
+    affine = np.diag([*spacing, 1.0]) if affine is None else affine
+    write_label(path, lab, Geometry.from_affine(affine, lab.shape))
 
 
 def test_evaluate_folders_and_cli_problems(tmp_path, capsys):
@@ -229,6 +230,60 @@ def test_evaluate_folders_and_cli_problems(tmp_path, capsys):
     _write_label(ref / "a.nii.gz", b)
     (pred / "b.nii.gz").unlink()
     (pred / "c.nii.gz").unlink()
+    assert main(["evaluate", str(pred), str(ref)]) == 1  # c's reference has no prediction any more
+    assert main(["evaluate", str(pred), str(ref), "--allow-missing"]) == 0
+    (ref / "c.nii.gz").unlink()
     assert main(["evaluate", str(pred), str(ref)]) == 0
     assert M.read_csv(pred / "metrics.csv")["a"][1].hd95 == pytest.approx(2.0)
     assert main(["evaluate", str(tmp_path / "nope"), str(ref)]) == 2
+
+
+def test_missing_prediction_is_a_miss_not_dropped(tmp_path, capsys):
+    from unetr.cli import main
+
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    pred.mkdir()
+    ref.mkdir()
+    a = _blobs(11, 3, shape=(20, 16, 12))
+    _write_label(pred / "a.nii.gz", a)
+    _write_label(ref / "a.nii.gz", a)
+    _write_label(ref / "b.nii.gz", a)  # never predicted
+    assert main(["evaluate", str(pred), str(ref), "-o", str(tmp_path / "ev")]) == 1
+    assert "no prediction" in capsys.readouterr().err
+    rows = M.read_csv(tmp_path / "ev" / "metrics.csv")
+    assert sorted(rows) == ["a", "b"]
+    diag = M.diagonal_mm((20, 16, 12), (1.0, 1.0, 2.0))
+    assert all(rows["b"][k].dice == 0.0 and rows["b"][k].hd95 == pytest.approx(diag, rel=1e-4) for k in (1, 2))
+    import json
+
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["missing"] == ["b"] and summary["mean_dice"] == pytest.approx(0.5)
+
+
+def test_prediction_on_another_grid_is_refused(tmp_path):
+    from unetr.cli import main
+
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    pred.mkdir()
+    ref.mkdir()
+    a = _blobs(11, 3, shape=(20, 16, 12))
+    _write_label(ref / "a.nii.gz", a)
+    flipped = np.diag([-1.0, 1, 2, 1])
+    flipped[0, 3] = 19.0  # voxel i of the flipped array sits where voxel 19 - i of the reference does
+    _write_label(pred / "a.nii.gz", a[::-1], affine=flipped)  # right in the world, wrong on the reference's grid
+    assert main(["evaluate", str(pred), str(ref), "-o", str(tmp_path / "ev")]) == 2
+    assert not (tmp_path / "ev" / "metrics.csv").exists()
+
+
+def test_workers_give_the_same_figures(tmp_path):
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    pred.mkdir()
+    ref.mkdir()
+    for i in range(3):
+        _write_label(pred / f"c{i}.nii.gz", _blobs(i, 3, shape=(20, 16, 12)))
+        _write_label(ref / f"c{i}.nii.gz", _blobs(i + 10, 3, shape=(20, 16, 12)))
+    from unetr.cli import read_label_for_metrics
+
+    one, s1, _ = M.evaluate_folders(pred, ref, read_label=read_label_for_metrics, out_dir=tmp_path / "a")
+    two, s2, _ = M.evaluate_folders(pred, ref, read_label=read_label_for_metrics, out_dir=tmp_path / "b", workers=2)
+    assert s1 == s2 and list(one) == list(two)

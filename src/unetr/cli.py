@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Optional, Sequence
+import traceback
+from typing import Callable, Optional, Sequence, Tuple
 
 log = logging.getLogger("unetr")
 
@@ -45,11 +46,26 @@ def _add_synth(sub) -> None:
     p.add_argument("--cases", type=int, default=20, help="training cases")
     p.add_argument("--test-cases", type=int, default=4, help="held-out cases (imagesTs, labelsTs)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that already has files")
     p.set_defaults(func=_run_synth)
+
+
+def _refuse_non_empty(folder: str, overwrite: bool) -> None:
+    """A generated dataset goes into a new or empty folder: writing into a user's dataset would replace its
+    dataset.json and mix phantoms into it."""
+    from pathlib import Path
+
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: exists and is not a folder")
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        raise ValueError(f"{path}: the folder is not empty; choose a new folder or add --overwrite")
 
 
 def _run_synth(args) -> int:
     from unetr.data.synthetic import make_phantom_dataset
+
+    _refuse_non_empty(args.out, args.overwrite)
 
     out = make_phantom_dataset(args.out, cases=args.cases, test_cases=args.test_cases, seed=args.seed,
                                progress=True)
@@ -94,6 +110,18 @@ def _add_plan(sub) -> None:
     p.set_defaults(func=_run_plan)
 
 
+_PLAN_WORDS = {"target_spacing": ("median", "paper"), "intensity": ("auto",)}  # make_plan resolves these
+
+
+def _plan_overrides(overrides: dict, source: str) -> dict:
+    """Plan settings from the command line or YAML, each converted to its field's type (the words
+    ``make_plan`` resolves itself pass as they are)."""
+    from unetr.config import Plan, coerce_fields
+
+    words = {k: v for k, v in overrides.items() if v in _PLAN_WORDS.get(k, ())}
+    return {**coerce_fields(Plan, {k: v for k, v in overrides.items() if k not in words}, source), **words}
+
+
 def _run_plan(args) -> int:
     from unetr.config import parse_set
     from unetr.data.cases import load_dataset
@@ -112,7 +140,7 @@ def _run_plan(args) -> int:
     if args.roi:
         overrides["roi"] = tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
     overrides.update(parse_set(args.set))
-    plan = make_plan(ds, fp, **overrides)
+    plan = make_plan(ds, fp, **_plan_overrides(overrides, "--set "))
     save_plan(plan, args.out, fingerprint=fp)
     print(f"wrote {args.out}: spacing {plan.target_spacing}, roi {plan.roi}, {plan.intensity}, "
           f"{plan.num_classes} classes {list(plan.class_names)}")
@@ -169,9 +197,9 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from unetr.config import TrainConfig, load_yaml, parse_set
+    from unetr.config import ModelConfig, TrainConfig, coerce_fields, load_yaml, parse_set
     from unetr.training import distributed
-    from unetr.training.trainer import train_dataset
+    from unetr.training.prepare import train_dataset
 
     settings: dict = load_yaml(args.config) if args.config else {}
     plan_over, model_over = dict(settings.pop("plan", None) or {}), dict(settings.pop("model", None) or {})
@@ -187,6 +215,8 @@ def _run_train(args) -> int:
     settings.update({k: v for k, v in flags.items() if v is not None})
     if args.roi:
         plan_over["roi"] = tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
+    plan_over = _plan_overrides(plan_over, "plan.")
+    model_over = coerce_fields(ModelConfig, model_over, "model.")
     cfg = TrainConfig.from_dict(settings)
     if args.threads:
         import torch
@@ -233,10 +263,10 @@ def _add_predict(sub) -> None:
     g = p.add_argument_group("preprocessing for a bare checkpoint (a run directory has its own plan)")
     g.add_argument("--spacing", type=float, nargs=3, help="target spacing in mm (x y z); marks a bare checkpoint")
     g.add_argument("--roi", type=int, nargs="+", help="window / model img_size: one value or three")
-    g.add_argument("--intensity", default="ct_window", choices=["ct_window", "zscore"])
-    g.add_argument("--window", type=float, nargs=4, default=[-175.0, 250.0, 0.0, 1.0],
-                   metavar=("A_MIN", "A_MAX", "B_MIN", "B_MAX"), help="CT window and its output range")
-    g.add_argument("--in-channels", type=int, default=1)
+    g.add_argument("--intensity", choices=["ct_window", "zscore"], help="default: ct_window")
+    g.add_argument("--window", type=float, nargs=4, metavar=("A_MIN", "A_MAX", "B_MIN", "B_MAX"),
+                   help="CT window and its output range (default: -175 250 0 1)")
+    g.add_argument("--in-channels", type=int, help="default: 1")
     g.add_argument("--out-channels", type=int, help="classes including background")
     g.add_argument("--class-names", nargs="+", help="one per class, background first")
     g.add_argument("--no-crop", action="store_true", help="do not crop to the body (MONAI: no CropForegroundd)")
@@ -244,11 +274,34 @@ def _add_predict(sub) -> None:
     p.set_defaults(func=_run_predict)
 
 
+_BARE_ONLY = ("spacing", "roi", "intensity", "window", "in_channels", "out_channels", "class_names", "no_crop",
+              "num_heads")
+
+
+def _has_plan(model: str) -> bool:
+    """Whether ``model`` is a run (its config.json carries the plan it was trained with)."""
+    import json
+    from pathlib import Path
+
+    path = Path(model)
+    cfg = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    try:
+        return "plan" in json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def _run_predict(args) -> int:
     import os
 
     from unetr.config import InferConfig, Plan
-    from unetr.inference.predict import load_predictor, predict_files, resolve_device
+    from unetr.device import resolve_device
+    from unetr.inference.predict import load_predictor, predict_files
+
+    given = [f"--{k.replace('_', '-')}" for k in _BARE_ONLY if getattr(args, k) not in (None, False)]
+    if given and _has_plan(args.model):
+        raise ValueError(f"{' '.join(given)}: {args.model} is a run, which predicts with the plan and window it "
+                         "was trained with; these options describe a bare checkpoint's preprocessing")
 
     cfg = InferConfig(overlap=args.overlap, mode=args.mode, sw_batch_size=args.batch, tta=args.tta,
                       precision=args.precision, device=args.device, largest_component=args.largest_component,
@@ -268,10 +321,14 @@ def _run_predict(args) -> int:
         if args.out_channels is None:
             raise ValueError("a bare checkpoint needs --out-channels (classes including background)")
         names = args.class_names or ["background"] + [f"class_{i}" for i in range(1, args.out_channels)]
-        plan = Plan(target_spacing=tuple(args.spacing), roi=roi or (96, 96, 96), in_channels=args.in_channels,
+        in_channels = args.in_channels or 1
+        plan = Plan(target_spacing=tuple(args.spacing), roi=roi or (96, 96, 96), in_channels=in_channels,
                     num_classes=args.out_channels, class_names=tuple(names),
-                    channel_names=tuple(f"ch{i}" for i in range(args.in_channels)), intensity=args.intensity,
-                    window=tuple(args.window), crop_foreground=not args.no_crop, geometry=args.geometry or "monai")
+                    channel_names=tuple(f"ch{i}" for i in range(in_channels)),
+                    intensity=args.intensity or "ct_window", window=tuple(args.window or (-175.0, 250.0, 0.0, 1.0)),
+                    crop_foreground=not args.no_crop, geometry=args.geometry or "monai")
+    elif given and given != ["--num-heads"]:
+        raise ValueError(f"{' '.join(given)} describe a bare checkpoint's preprocessing and need --spacing too")
     model, plan = load_predictor(args.model, plan=plan, device=device, **overrides)
     if args.geometry and args.geometry != plan.geometry:
         log.info("geometry %s in place of the plan's %s", args.geometry, plan.geometry)
@@ -291,28 +348,38 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--num-classes", type=int, help="classes including background (default: from --labels or data)")
     p.add_argument("--tolerance", type=float, default=2.0, help="surface Dice tolerance in mm")
     p.add_argument("-o", "--output", help="folder for metrics.csv and summary.json (default: PRED_DIR)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="a reference without a prediction is scored as a miss but does not fail the command")
+    p.add_argument("--workers", type=int, default=1, help="processes scoring cases in parallel")
     p.set_defaults(func=_run_evaluate)
+
+
+def read_label_for_metrics(path):
+    """``path -> (labels, spacing, affine)`` for :func:`unetr.metrics.evaluate_folders` (picklable)."""
+    from unetr.data.io import read_label
+
+    arr, geom = read_label(path)
+    return arr, geom.spacing, geom.affine
 
 
 def _run_evaluate(args) -> int:
     from pathlib import Path
 
-    from unetr.data.io import read_label
     from unetr.metrics import evaluate_folders, format_table, read_class_names
-
-    def reader(path: Path):
-        arr, geom = read_label(path)
-        return arr, geom.spacing
 
     names = read_class_names(args.labels) if args.labels else None
     per_case, summary, problems = evaluate_folders(
         args.pred_dir, args.ref_dir, num_classes=args.num_classes, class_names=names,
-        tolerance_mm=args.tolerance, out_dir=args.output, read_label=reader)
+        tolerance_mm=args.tolerance, out_dir=args.output, read_label=read_label_for_metrics,
+        workers=args.workers, allow_missing=args.allow_missing, progress=True)
     if not per_case:
         raise ValueError(f"no case could be scored ({len(problems)} problem(s))")
     print(format_table(summary, names))
     out = Path(args.output or args.pred_dir)
     print(f"{len(per_case)} case(s) -> {out / 'metrics.csv'}, {out / 'summary.json'}")
+    if problems:
+        print(f"{len(problems)} problem(s): " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""),
+              file=sys.stderr)
     return 1 if problems else 0
 
 
@@ -352,13 +419,15 @@ def _add_export(sub) -> None:
     p.add_argument("-o", "--output", help="file to write (default: in the run directory)")
     p.add_argument("--no-check", action="store_true", help="skip running the export against PyTorch")
     p.add_argument("--atol", type=float, default=1e-3, help="largest accepted difference of the logits")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export of the same name")
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args) -> int:
     from unetr.export import export_model
 
-    res = export_model(args.model, args.output, format=args.format, check=not args.no_check, atol=args.atol)
+    res = export_model(args.model, args.output, format=args.format, check=not args.no_check, atol=args.atol,
+                       overwrite=args.overwrite)
     check = "not checked" if args.no_check else f"max |diff| {res.max_abs_diff:.2g} vs PyTorch"
     print(f"{res.format} -> {res.path} ({check})")
     return 0
@@ -372,12 +441,14 @@ def _add_mni(sub) -> None:
     p.add_argument("--test-cases", type=int, default=2, help="held-out cases (imagesTs, labelsTs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--spacing", type=float, default=3.0, help="isotropic voxel size in mm")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that already has files")
     p.set_defaults(func=_run_mni)
 
 
 def _run_mni(args) -> int:
     from unetr.data.brain import make_brain_dataset
 
+    _refuse_non_empty(args.out, args.overwrite)
     out = make_brain_dataset(args.out, cases=args.cases, test_cases=args.test_cases, seed=args.seed,
                              spacing=args.spacing)
     print(f"wrote {args.cases} training and {args.test_cases} test brain cases to {out}")
@@ -440,17 +511,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    from unetr.errors import UnetrError
 
     if args.command in ("train", "predict", "demo"):
-        from unetr.heap import keep_freed_memory
+        from unetr.allocator import keep_freed_memory
 
         keep_freed_memory()
     try:
         return int(func(args) or 0)
-    except (UnetrError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        print(f"unetr {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"unetr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BaseException as e:  # noqa: BLE001 - every failure becomes one line (or a bug report)
+        message, code = describe_failure(e, verbose=args.verbose)
+        if code == EXIT_BUG and args.verbose:
+            traceback.print_exc()
+        print(f"unetr {args.command}: {message}", file=sys.stderr)
+        return code
+
+
+EXIT_USER = 2  # the user's input or environment: a message says what to change
+EXIT_BUG = 3  # an unexpected exception: a bug in unetr
+
+
+def describe_failure(e: BaseException, verbose: bool = False) -> Tuple[str, int]:
+    """One line for a failure and the exit code: user-caused conditions (bad files, options, a full disk, too
+    little memory) get :data:`EXIT_USER`; anything else is a bug in unetr and says so (:data:`EXIT_BUG`)."""
+    import errno
+
+    from unetr.errors import UnetrError
+
+    if isinstance(e, SystemExit):
+        raise e
+    if isinstance(e, (UnetrError, ValueError)):
+        return f"error: {e}", EXIT_USER
+    if isinstance(e, MemoryError):
+        return ("error: out of memory" + (f" ({e})" if str(e) else "")
+                + "; lower --batch / --threads, use --precision bf16, or free memory"), EXIT_USER
+    if isinstance(e, OSError):
+        where = e.filename or ""
+        if e.errno == errno.ENOSPC:
+            return f"error: disk full writing {where or 'a file'}", EXIT_USER
+        if isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+                          FileExistsError)) or e.errno in (errno.EROFS, errno.EDQUOT, errno.EIO):
+            text = e.strerror or str(e)
+            return f"error: {where}: {text}" if where and str(where) not in text else f"error: {e}", EXIT_USER
+    return (f"internal error (a bug in unetr; please report it with the command): {type(e).__name__}: {e}"
+            + ("" if verbose else " (rerun with -v for the traceback)")), EXIT_BUG

@@ -1,7 +1,7 @@
 """The whole job on data the package makes itself: ``unetr demo`` (what ``make demo`` runs).
 
-Each step is the same CLI command a user would type, run in-process, and each one reuses what an earlier
-run finished (the dataset, the plan and cache, the finished training, the predictions):
+Each step is the same CLI command a user would type, run as its own process (``python -m unetr ...``; the
+demo never imports the CLI), and each one reuses what an earlier run finished (the dataset, the plan and cache, the finished training, the predictions):
 
 1. ``unetr synth``: phantom CT-like dataset (training and held-out cases), or ``unetr mni`` for the brain;
 2. ``unetr train``: plan, preprocess (cached) and train the ``tiny`` preset on the CPU;
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
@@ -61,6 +63,11 @@ def demo_commands(out: Union[str, Path], *, data: str = "phantom", cases: int = 
     ]
 
 
+def run_command(argv: Sequence[str]) -> int:
+    """Run ``unetr ARGV`` as a child process of this Python (its output goes to this terminal)."""
+    return subprocess.run([sys.executable, "-m", "unetr", *argv], check=False).returncode
+
+
 def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, test_cases: int = 4, seed: int = 0,
              train_args: Optional[Sequence[str]] = None, fresh: bool = False, iterations: Optional[int] = None,
              runner: Optional[Callable[[List[str]], int]] = None) -> dict:
@@ -70,16 +77,14 @@ def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, t
         out: the demo folder (``data/``, ``run/``, ``predictions/``, ``evaluation/``, ``report/``).
         fresh: start again (remove ``out`` first) instead of reusing finished steps.
         iterations: training iterations instead of the demo's (validation every sixth of them).
-        runner: how a command runs (default: ``unetr.cli.main`` in this process).
+        runner: how a command runs (default: :func:`run_command`, ``python -m unetr`` in a child process).
     """
     import shutil
-
-    from unetr.cli import main as cli_main
 
     out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)
-    runner = runner or cli_main
+    runner = runner or run_command
     t0 = time.perf_counter()
     if iterations is not None:
         train_args = list(train_args if train_args is not None else (PHANTOM_TRAIN if data == "phantom" else BRAIN_TRAIN))
@@ -92,9 +97,11 @@ def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, t
             log.info("[demo] %s: reusing %s", cmd[0], out / "data")
             continue
         log.info("[demo] step %d/%d: unetr %s", i + 1, len(cmds), " ".join(cmd))
+        t_step = time.perf_counter()
         rc = runner(cmd)
         if rc != 0:
             raise UnetrError(f"demo step `unetr {' '.join(cmd)}` failed with exit code {rc}")
+        log.info("[demo] step %d/%d (%s) took %.1f s", i + 1, len(cmds), cmd[0], time.perf_counter() - t_step)
     summary_path = out / "evaluation" / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     seconds = time.perf_counter() - t0

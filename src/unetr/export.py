@@ -1,8 +1,9 @@
 """Export a trained model to ONNX or TorchScript, and check that the export computes what PyTorch does.
 
 The exported graph takes one window ``(B, C, *roi)`` and returns logits ``(B, K, *roi)``; the sliding
-window, pre- and post-processing stay outside (they are in the run's ``config.json``, which is copied next
-to the export). ONNX needs the optional extra ``unetr[export]`` (onnx, onnxruntime) for the check.
+window, pre- and post-processing stay outside: the run's ``config.json`` (model and plan) is written beside
+the export as ``<export name>.json`` (``model.onnx`` -> ``model.json``). Export writes only these two files
+and replaces neither when it exists, unless asked to (``overwrite``); it never replaces the run's own files. ONNX needs the optional extra ``unetr[export]`` (onnx, onnxruntime) for the check.
 
 Example:
     >>> export_model("runs/spleen", format="onnx")   # doctest: +SKIP
@@ -11,8 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -20,7 +21,7 @@ from typing import Optional, Union
 import torch
 
 from unetr.errors import UnetrError
-from unetr.fsutil import atomic_path
+from unetr.fsutil import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,12 @@ def _run_onnx(path: Path, example: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def config_path_for(export: PathLike) -> Path:
+    """The ``.json`` written beside an export: ``model.onnx`` -> ``model.json``."""
+    export = Path(export)
+    return export.with_name(export.name.split(".")[0] + ".json") if export.name.split(".")[0] else export.with_suffix(".json")
+
+
 def export_model(
     model_path: PathLike,
     out: Optional[PathLike] = None,
@@ -84,6 +91,7 @@ def export_model(
     atol: float = 1e-3,
     opset: int = 17,
     batch: int = 2,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export the model of a run directory (or checkpoint) and check the export against PyTorch.
 
@@ -97,6 +105,7 @@ def export_model(
         opset: the ONNX opset.
         batch: windows in the check (a batch of 2 also checks the dynamic batch axis of ONNX; when the model's
             graph cannot have a dynamic batch, the ONNX file takes batch 1 and the check uses 1).
+        overwrite: replace an existing export and its ``.json`` (never the run's own files).
 
     Returns:
         An :class:`ExportResult`.
@@ -117,6 +126,13 @@ def export_model(
     roi = tuple(int(s) for s in cfg["img_size"])
     base = model_path if model_path.is_dir() else model_path.parent
     target = Path(out) if out is not None else base / ("model.onnx" if format == "onnx" else "model.torchscript.pt")
+    sidecar = config_path_for(target)
+    protected = {p.resolve() for p in (base / "config.json", base / "model.safetensors", base / "last.pt", model_path)}
+    for path in (target, sidecar):
+        if path.resolve() in protected:
+            raise UnetrError(f"{path}: this is the model's own file; export to another name (-o)")
+        if path.exists() and not overwrite:
+            raise UnetrError(f"{path}: exists; export elsewhere or add --overwrite to replace it")
     g = torch.Generator().manual_seed(0)
     trace_input = torch.randn((1, int(cfg["in_channels"])) + roi, generator=g)
     check_input = torch.randn((batch, int(cfg["in_channels"])) + roi, generator=g)
@@ -142,8 +158,8 @@ def export_model(
                 if not diff <= atol:
                     raise UnetrError(f"the {format} export differs from PyTorch by up to {diff:.3g} (> {atol})")
     cfg_src = base / "config.json"
-    if cfg_src.is_file() and target.parent.resolve() != base.resolve():
-        shutil.copyfile(cfg_src, target.parent / "config.json")
+    doc = json.loads(cfg_src.read_text()) if cfg_src.is_file() else {"model": cfg}
+    atomic_write_text(sidecar, json.dumps({**doc, "export": {"format": format, "file": target.name}}, indent=2) + "\n")
     log.info("wrote %s (%s); max |export - PyTorch| = %.3g on logits up to %.3g", target, format, diff, scale)
     return ExportResult(target, format, diff, scale)
 

@@ -82,6 +82,11 @@ def diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
 def confusion_matrix(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.ndarray:
     """Voxel counts ``C[p, r]`` of predicted class ``p`` against reference class ``r``.
 
+    The one layout of a confusion matrix in this package: **rows are the prediction, columns the
+    reference** (``C[p].sum()`` = voxels predicted ``p``, ``C[:, r].sum()`` = reference voxels of ``r``).
+    :func:`dice_from_confusion` reads it; training validation counts the same layout in torch
+    (:func:`unetr.training.validation.confusion_matrix_torch`).
+
     Args:
         pred: label map ``(X, Y, Z)`` of integers in ``[0, num_classes)``.
         ref: label map of the same shape.
@@ -99,6 +104,48 @@ def confusion_matrix(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.
             raise ValueError(f"{name} has labels outside 0..{num_classes - 1} (found {a.min()}..{a.max()})")
     idx = p.astype(np.int64) * num_classes + r.astype(np.int64)
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def dice_from_confusion(cm: np.ndarray) -> np.ndarray:
+    """Dice of every class from a confusion matrix: ``2 C[k, k] / (C[k].sum() + C[:, k].sum())``.
+
+    The one Dice-from-counts rule of the package (evaluation and training validation). Dice is symmetric
+    in prediction and reference, but the layout is that of :func:`confusion_matrix`: rows prediction,
+    columns reference.
+
+    Args:
+        cm: ``(K, K)`` voxel counts, rows prediction, columns reference (summed over cases if wanted).
+
+    Returns:
+        float64 ``(K,)``, background first; NaN for a class absent from both prediction and reference
+        (it cannot be scored; see :func:`mean_foreground` for how means leave it out).
+    """
+    cm = np.asarray(cm)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square (K, K), got shape {cm.shape}")
+    tp = np.diagonal(cm).astype(np.float64)
+    denom = cm.sum(1).astype(np.float64) + cm.sum(0).astype(np.float64)  # |P| + |R| per class
+    out = np.full(denom.shape, np.nan)
+    np.divide(2.0 * tp, denom, out=out, where=denom > 0)
+    return out
+
+
+def mean_foreground(values: Union[Sequence[float], Mapping[int, float]]) -> float:
+    """The mean of a per-class metric over the foreground classes: class 0 and NaN values left out.
+
+    The one mean rule of the package: validation mean Dice in training, the mean row of evaluation
+    summaries (:func:`mean_over_classes`) and the ranking of cases in reports. A NaN value is a class
+    absent from both prediction and reference; it is excluded explicitly, never counted as 0 or 1.
+
+    Args:
+        values: ``{class: value}``, or a sequence indexed by class (background first).
+
+    Returns:
+        The mean, or NaN when no foreground class has a value.
+    """
+    items = values.items() if isinstance(values, Mapping) else enumerate(values)
+    kept = [float(v) for c, v in items if int(c) != 0 and not math.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
@@ -202,6 +249,7 @@ def evaluate_case(
             raise ValueError(f"class {c} is outside 0..{num_classes - 1}")
 
     cm = confusion_matrix(pred, ref, num_classes)
+    dices = dice_from_confusion(cm)
     penalty = diagonal_mm(pred.shape, sp)
     need_boxes = surface_metrics and class_list
     # find_objects labels 1..K-1; background (0) gets the whole volume.
@@ -217,7 +265,7 @@ def evaluate_case(
         if n_p == 0 and n_r == 0:
             out[c] = ClassScore(nan, nan, nan, nan, nan, 0, 0)
             continue
-        dice = 2.0 * tp / (n_p + n_r)
+        dice = float(dices[c])
         iou = tp / (n_p + n_r - tp)
         if not surface_metrics:
             out[c] = ClassScore(dice, iou, nan, nan, nan, n_p, n_r)
@@ -265,9 +313,9 @@ def summarize(
 
 
 def mean_over_classes(summary: Mapping[int, Mapping[str, Mapping[str, float]]], metric: str = "dice") -> float:
-    """The mean over classes of the per-class means of ``metric`` (classes with no value left out)."""
-    v = [s[metric]["mean"] for s in summary.values() if not math.isnan(s[metric]["mean"])]
-    return float(np.mean(v)) if v else float("nan")
+    """The mean over foreground classes of the per-class means of ``metric`` (:func:`mean_foreground`:
+    background and classes with no value left out)."""
+    return mean_foreground({c: s[metric]["mean"] for c, s in summary.items()})
 
 
 def write_csv(path: Union[str, Path], per_case: Mapping[str, Mapping[int, ClassScore]],
@@ -338,6 +386,54 @@ def format_table(summary: Mapping[int, Mapping[str, Mapping[str, float]]],
     return "\n".join(lines)
 
 
+def _case_name(file_name: str) -> str:
+    return file_name[: -len(".nii.gz")] if file_name.endswith(".nii.gz") else file_name[: -len(".nii")]
+
+
+def _label_files(folder: Path) -> Dict[str, Path]:
+    return {p.name: p for p in sorted(folder.iterdir())
+            if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".")
+            and not p.name.endswith(("_probabilities.nii.gz", "_probabilities.nii"))}
+
+
+def _read_one(read: Callable, path: Path):
+    got = read(path)
+    return (got[0], got[1], got[2] if len(got) > 2 else None)
+
+
+def _score_pair(args) -> Tuple[str, Optional[Dict[int, ClassScore]], Optional[str], int]:
+    """Score one (prediction, reference) pair; a missing prediction scores as an empty label map.
+
+    Returns ``(file name, scores or None, problem or None, largest label seen)``. Runs in worker processes.
+    """
+    name, pred_path, ref_path, read, num_classes, tolerance_mm = args
+    from unetr.grid import grid_mismatch
+
+    try:
+        ra, spacing, raff = _read_one(read, ref_path)
+        if pred_path is None:
+            pa, paff = np.zeros_like(ra), raff
+        else:
+            pa, _, paff = _read_one(read, pred_path)
+    except MemoryError:
+        return name, None, f"{name}: out of memory reading the case", 0
+    except Exception as e:  # noqa: BLE001 - one message per unreadable case, the others go on
+        return name, None, f"{name}: cannot read ({e})", 0
+    if pa.shape != ra.shape:
+        return name, None, f"{name}: prediction shape {pa.shape} differs from reference shape {ra.shape}", 0
+    if paff is not None and raff is not None:
+        why = grid_mismatch(pa.shape, paff, ra.shape, raff)
+        if why is not None:
+            return name, None, f"{name}: the prediction is not on the reference's grid ({why})", 0
+    top = int(max(pa.max(initial=0), ra.max(initial=0)))
+    if num_classes is None:
+        return name, None, None, top
+    try:
+        return name, evaluate_case(pa, ra, spacing, num_classes, tolerance_mm=tolerance_mm), None, top
+    except ValueError as e:
+        return name, None, f"{name}: {e}", top
+
+
 def evaluate_folders(
     pred_dir: Union[str, Path],
     ref_dir: Union[str, Path],
@@ -346,63 +442,79 @@ def evaluate_folders(
     class_names: Optional[Sequence[str]] = None,
     tolerance_mm: float = 2.0,
     out_dir: Optional[Union[str, Path]] = None,
-    read_label: Callable[[Path], Tuple[np.ndarray, Sequence[float]]],
+    read_label: Callable[[Path], tuple],
+    workers: int = 1,
+    allow_missing: bool = False,
+    progress: bool = False,
 ) -> Tuple[Dict[str, Dict[int, ClassScore]], Dict[int, Dict[str, Dict[str, float]]], List[str]]:
-    """Score every prediction in ``pred_dir`` against the reference of the same file name in ``ref_dir``.
+    """Score every reference in ``ref_dir`` against the prediction of the same file name in ``pred_dir``.
 
-    The spacing comes from the reference's header. Writes ``metrics.csv`` and ``summary.json`` into
-    ``out_dir`` (default ``pred_dir``).
+    Cases are read and scored one at a time (in ``workers`` processes), so memory is bounded by a case or
+    two per worker, not by the folder. A reference without a prediction is scored as a miss for every class
+    it holds (Dice 0, HD95 the image diagonal), listed in the summary's ``missing`` and, unless
+    ``allow_missing``, a problem; a prediction without a reference, or one whose affine places it elsewhere
+    than its reference (:func:`unetr.grid.grid_mismatch`), is a problem and is not scored. The spacing
+    comes from the reference's header. Writes ``metrics.csv`` and ``summary.json`` into ``out_dir``
+    (default ``pred_dir``).
 
     Args:
         pred_dir: folder of predicted label maps (``.nii.gz``/``.nii``).
         ref_dir: folder of reference label maps with the same file names.
-        num_classes: K; default from ``class_names`` or the largest label found.
+        num_classes: K; default from ``class_names``, else a first pass over the labels finds the largest.
         class_names: names of the classes, background first.
         tolerance_mm: tolerance of the surface Dice.
         out_dir: where the CSV and JSON go.
-        read_label: ``path -> (array (X, Y, Z), spacing)`` (this module reads no files itself; the CLI
-            passes :func:`unetr.data.io.read_label`'s array and spacing).
+        read_label: ``path -> (array (X, Y, Z), spacing[, affine])`` (this module reads no files itself; the
+            CLI passes :func:`unetr.data.io.read_label`'s array, spacing and affine). With the affine, grids
+            are compared. Must be picklable when ``workers > 1``.
+        workers: processes scoring cases in parallel.
+        allow_missing: a missing prediction is scored as a miss but is not a problem.
+        progress: a progress bar over cases.
 
     Returns:
-        ``(per_case, summary, problems)``: problems are one message per case that could not be scored.
+        ``(per_case, summary, problems)``: problems are one message per case that could not be scored (or
+        was missing).
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     for d in (pred_dir, ref_dir):
         if not d.is_dir():
             raise NotADirectoryError(f"{d}: not a folder")
-    read = read_label
-    preds = sorted(p for p in pred_dir.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".")
-                   and not p.name.endswith(("_probabilities.nii.gz", "_probabilities.nii")))
+    preds, refs = _label_files(pred_dir), _label_files(ref_dir)
     if not preds:
         raise FileNotFoundError(f"{pred_dir}: no .nii/.nii.gz predictions")
+    if not refs:
+        raise FileNotFoundError(f"{ref_dir}: no .nii/.nii.gz references")
     if num_classes is None and class_names is not None:
         num_classes = len(class_names)
-    loaded = []
-    problems: List[str] = []
-    for p in preds:
-        r = ref_dir / p.name
-        if not r.exists():
-            problems.append(f"{p.name}: no reference {r}")
-            continue
-        try:
-            pa, _ = read(p)
-            ra, spacing = read(r)
-        except Exception as e:  # noqa: BLE001 - one message per unreadable case, the others go on
-            problems.append(f"{p.name}: cannot read ({e})")
-            continue
-        if pa.shape != ra.shape:
-            problems.append(f"{p.name}: prediction shape {pa.shape} differs from reference shape {ra.shape}")
-            continue
-        loaded.append((p.name, pa, ra, spacing))
-    if num_classes is None:
-        num_classes = max([int(max(pa.max(), ra.max())) for _, pa, ra, _ in loaded] + [1]) + 1
+    problems: List[str] = [f"{n}: no reference {ref_dir / n}" for n in preds if n not in refs]
+    missing = [n for n in refs if n not in preds]
+    if missing and not allow_missing:
+        problems += [f"{n}: no prediction {pred_dir / n} (scored as a miss)" for n in missing]
+    jobs = [(n, preds.get(n), refs[n], read_label, num_classes, tolerance_mm) for n in refs]
+
+    def run(jobs_):
+        if workers <= 1:
+            yield from map(_score_pair, jobs_)
+            return
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            yield from pool.map(_score_pair, jobs_)
+
+    if num_classes is None:  # a first pass finds the largest label
+        num_classes = max([top for _, _, _, top in run(jobs)] + [1]) + 1
+        jobs = [j[:4] + (num_classes,) + j[5:] for j in jobs]
     per_case: Dict[str, Dict[int, ClassScore]] = {}
-    for name, pa, ra, spacing in loaded:
-        case = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
-        try:
-            per_case[case] = evaluate_case(pa, ra, spacing, num_classes, tolerance_mm=tolerance_mm)
-        except ValueError as e:
-            problems.append(f"{name}: {e}")
+    results = run(jobs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        results = tqdm(results, total=len(jobs), desc="cases", unit="case")
+    for name, scores, problem, _ in results:
+        if problem is not None:
+            problems.append(problem)
+        elif scores is not None:
+            per_case[_case_name(name)] = scores
     for msg in problems:
         log.error(msg)
     summary = summarize(per_case)
@@ -410,7 +522,8 @@ def evaluate_folders(
     if per_case:
         write_csv(out / "metrics.csv", per_case, class_names)
         write_summary_json(out / "summary.json", summary, class_names,
-                           extra={"cases": len(per_case), "tolerance_mm": tolerance_mm, "problems": problems})
+                           extra={"cases": len(per_case), "tolerance_mm": tolerance_mm,
+                                  "missing": [_case_name(n) for n in missing], "problems": problems})
     return per_case, summary, problems
 
 
@@ -446,7 +559,7 @@ def read_class_names(path: Union[str, Path]) -> List[str]:
 
 
 __all__ = [
-    "ClassScore", "METRICS", "confusion_matrix", "surface", "surface_distances", "evaluate_case", "summarize",
+    "ClassScore", "METRICS", "confusion_matrix", "dice_from_confusion", "mean_foreground", "surface", "surface_distances", "evaluate_case", "summarize",
     "mean_over_classes", "diagonal_mm", "write_csv", "read_csv", "write_summary_json", "format_table",
     "evaluate_folders", "read_class_names",
 ]

@@ -7,7 +7,7 @@ import pytest
 from unetr.cli import main
 from unetr.config import TrainConfig
 from unetr.errors import DataError, UnetrError
-from unetr.training.trainer import train_dataset
+from unetr.training.prepare import train_dataset
 
 FAST = dict(iterations=2, val_every=2, checkpoint_every=1, log_every=1, samples_per_volume=1, num_workers=0,
             device="cpu", precision="fp32", tensorboard=False)

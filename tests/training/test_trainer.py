@@ -13,19 +13,14 @@ import pytest
 import torch
 from train_helpers import ROI, DictLoader, flip_augmenter, make_cases, simple_sampler, tiny_setup
 
+from unetr.device import resolve_precision
 from unetr.errors import UnetrError
+from unetr.metrics import dice_from_confusion, mean_foreground
 from unetr.model import build_model, load_model
 from unetr.training.loss import DiceCELoss
 from unetr.training.optim import build_optimizer
-from unetr.training.trainer import (
-    NonFiniteLossError,
-    PatchSource,
-    confusion_counts,
-    dice_from_counts,
-    fit,
-    mean_foreground,
-    resolve_precision,
-)
+from unetr.training.trainer import NonFiniteLossError, fit
+from unetr.training.validation import confusion_matrix_torch
 
 HERE = Path(__file__).parent
 CASES = make_cases()
@@ -71,30 +66,15 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch():
 def test_confusion_counts_and_dice_by_hand():
     label = torch.tensor([0, 0, 1, 1, 2, 2]).reshape(1, 2, 3)
     pred = torch.tensor([0, 1, 1, 1, 0, 0]).reshape(1, 2, 3)
-    counts = confusion_counts(pred, label, 4)  # class 3 absent everywhere
-    assert counts.tolist() == [[1, 2, 0, 0], [2, 1, 0, 0], [1, 0, 2, 0]]
-    dice = dice_from_counts(counts)
+    cm = confusion_matrix_torch(pred, label, 4)  # class 3 absent everywhere
+    assert cm.tolist() == [[1, 0, 2, 0], [1, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]  # rows prediction
+    tp = cm.diagonal()
+    assert torch.stack([tp, cm.sum(1) - tp, cm.sum(0) - tp]).tolist() == [[1, 2, 0, 0], [2, 1, 0, 0], [1, 0, 2, 0]]
+    dice = dice_from_confusion(cm.numpy()).tolist()
     assert dice[0] == pytest.approx(2 / 5) and dice[1] == pytest.approx(4 / 5) and dice[2] == 0.0
     assert math.isnan(dice[3])
     assert mean_foreground(dice) == pytest.approx(0.4)  # NaN class excluded, background excluded
     assert math.isnan(mean_foreground([0.9, float("nan")]))
-
-
-def test_patch_source_is_a_pure_function_of_the_step_and_rank():
-    kw = dict(volumes=2, samples_per_volume=2, pos_fraction=0.5, seed=3, sampler=simple_sampler)
-    a = PatchSource(DictLoader(CASES), IDS, ROI, rank=0, world_size=2, **kw)
-    b = PatchSource(DictLoader(CASES), IDS, ROI, rank=1, world_size=2, **kw)
-    x0, y0 = a[5]
-    assert x0.shape == (4, 1, *ROI) and y0.shape == (4, 1, *ROI) and y0.dtype == torch.uint8
-    torch.testing.assert_close(a[5][0], x0)
-    assert not torch.equal(b[5][0], x0)
-    # every case is drawn once per epoch of len(IDS) draws, across ranks
-    assert sorted(a.case_of_draw(d) for d in range(len(IDS))) == IDS
-
-
-def test_patch_source_needs_cases():
-    with pytest.raises(ValueError, match="at least one case"):
-        PatchSource(DictLoader(CASES), [], ROI, volumes=1, samples_per_volume=1, pos_fraction=0.5, seed=0)
 
 
 @pytest.mark.parametrize("name, expected", [("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")])
@@ -211,16 +191,3 @@ def test_kill_and_rerun(tmp_path):
     assert killed["weights"] == reference["weights"]
     assert _rows(run / "metrics.csv") == _rows(ref / "metrics.csv")
     assert not list(run.glob(".*.tmp"))  # no temporary files left behind
-
-
-def test_patch_source_passes_sampler_options():
-    seen = {}
-
-    def sampler(image, label, roi, n, pos_fraction, rng, **kwargs):
-        seen.update(kwargs)
-        return simple_sampler(image, label, roi, n, pos_fraction, rng)
-
-    src = PatchSource(DictLoader(CASES), IDS, ROI, volumes=1, samples_per_volume=1, pos_fraction=1.0, seed=0,
-                      sampler=sampler, sampler_kwargs={"class_balanced": True})
-    src[0]
-    assert seen == {"class_balanced": True}

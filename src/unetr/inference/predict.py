@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -384,7 +385,9 @@ def predict_files(
     config = config or InferConfig()
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    cases = find_inputs(inputs, plan.in_channels)[rank::world_size]
+    all_cases = find_inputs(inputs, plan.in_channels)
+    check_output_folder(all_cases, out_dir, probabilities)
+    cases = all_cases[rank::world_size]
     results: List[CaseResult] = []
     with _progress_bar(len(cases), "cases", True, 0) if progress else contextlib.nullcontext(None) as bar:
         for name, files in cases:
@@ -395,6 +398,33 @@ def predict_files(
             if bar is not None:
                 bar.update(1)
     return results
+
+
+def output_paths(name: str, out_dir: PathLike, probabilities: bool = False) -> List[Path]:
+    """The files :func:`predict_case` writes for case ``name``."""
+    out_dir = Path(out_dir)
+    return [out_dir / f"{name}.nii.gz"] + ([out_dir / f"{name}_probabilities.nii.gz"] if probabilities else [])
+
+
+def check_output_folder(cases: Sequence[Tuple[str, Sequence[Path]]], out_dir: PathLike, probabilities: bool) -> None:
+    """Refuse, before any work, outputs that would replace an input (whatever ``--overwrite`` says) and an
+    output folder that cannot be written."""
+    from unetr.fsutil import temporary_name
+
+    inputs = {Path(f).resolve() for _, files in cases for f in files}
+    for name, _ in cases:
+        for path in output_paths(name, out_dir, probabilities):
+            if path.resolve() in inputs:
+                raise UnetrError(f"{path}: the prediction would replace this input image; choose another "
+                                 "output folder (-o)")
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = temporary_name(out_dir / "write-test")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as e:
+        raise UnetrError(f"{out_dir}: cannot write predictions there ({e.strerror or e})") from None
 
 
 def iter_failed(results: Sequence[CaseResult]) -> Iterator[CaseResult]:

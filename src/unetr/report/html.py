@@ -49,6 +49,16 @@ def _clean(x: Any) -> Any:
     return x
 
 
+def package_version() -> Optional[str]:
+    """The installed unetr's version (None when it runs uninstalled, from a source tree)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("unetr")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _names(class_names: Optional[Sequence[str]], k: int) -> List[str]:
     names = list(class_names or [])
     return names[:k] + [f"class {c}" for c in range(len(names), k)]
@@ -167,8 +177,6 @@ def report_data(
         attention: :func:`unetr.report.attention.attention_for_case`'s result, or None.
         notes: lines shown under the heading (what could not be shown, and why).
     """
-    from unetr import __version__
-
     config = run_config(run_dir)
     if class_names is None and (config.get("plan") or {}).get("class_names"):
         class_names = config["plan"]["class_names"]
@@ -183,7 +191,7 @@ def report_data(
     for c in cases:
         c["has_volume"] = c["name"] in volumes
     return _clean({
-        "meta": {"title": title, "version": __version__, "run": None if run_dir is None else str(run_dir),
+        "meta": {"title": title, "version": package_version(), "run": None if run_dir is None else str(run_dir),
                  "generated": datetime.datetime.now().isoformat(timespec="seconds")},
         "classes": [{"index": i, "name": n, "color": col} for i, (n, col) in enumerate(zip(names, class_hex(k)))],
         "disagreement": dict(DISAGREEMENT),
@@ -209,7 +217,7 @@ def render_html(data: Mapping[str, Any]) -> str:
         "title": _escape(str(data.get("meta", {}).get("title", "unetr report"))),
         "css": _asset("report.css"),
         "js": _asset("report.js"),
-        "data": text.replace("</", "<\\/"),  # a JSON string may not close the script element
+        "data": text.replace("<", "\\u003c"),  # no "</script>" or "<!--" can end or bend the script element
     }
     return re.sub(r"\{\{(title|css|js|data)\}\}", lambda m: parts[m.group(1)], _asset("report.html"))
 
@@ -280,5 +288,5 @@ def write_html_report(
     return path
 
 
-__all__ = ["write_html_report", "report_data", "render_html", "model_facts", "training_payload",
+__all__ = ["write_html_report", "report_data", "package_version", "render_html", "model_facts", "training_payload",
            "validation_summary", "summary_payload", "cases_payload", "count_parameters", "run_config", "TABLE_METRICS"]

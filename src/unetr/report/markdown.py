@@ -13,7 +13,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from unetr.metrics import METRICS, ClassScore, mean_over_classes, summarize
+from unetr.metrics import METRICS, ClassScore, mean_foreground, mean_over_classes, summarize
 from unetr.report.png import overlay_figure, plot_training_curves, read_metrics_csv
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,9 @@ def _markdown_table(summary: Mapping[int, Mapping[str, Mapping[str, float]]], cl
 
 
 def rank_cases(per_case: Mapping[str, Mapping[int, ClassScore]]) -> List[Tuple[str, float]]:
-    """Cases sorted by their mean foreground Dice, best first (cases with no class scored go last)."""
-    def mean_dice(scores: Mapping[int, ClassScore]) -> float:
-        v = [s.dice for s in scores.values() if not math.isnan(s.dice)]
-        return float(np.mean(v)) if v else math.nan
-
-    ranked = [(case, mean_dice(s)) for case, s in per_case.items()]
+    """Cases sorted by their mean foreground Dice (:func:`unetr.metrics.mean_foreground`), best first; cases with
+    no class scored (NaN) go last."""
+    ranked = [(case, mean_foreground({c: s.dice for c, s in scores.items()})) for case, scores in per_case.items()]
     return sorted(ranked, key=lambda t: (math.isnan(t[1]), -t[1] if not math.isnan(t[1]) else 0.0))
 
 

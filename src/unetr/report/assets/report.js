@@ -67,7 +67,8 @@
     const m = DATA.meta;
     const parts = [`${DATA.cases.length} case(s)`];
     if (m.run) parts.push(`run ${m.run}`);
-    parts.push(`unetr ${m.version}`, `written ${m.generated}`);
+    if (m.version) parts.push(`unetr ${m.version}`);
+    parts.push(`written ${m.generated}`);
     document.getElementById("subtitle").textContent = parts.join(" · ");
     const notes = document.getElementById("notes");
     for (const n of DATA.notes) notes.append(el("li", { text: n }));

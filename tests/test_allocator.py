@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-CODE = "from unetr.heap import keep_freed_memory; print(keep_freed_memory())"
+CODE = "from unetr.allocator import keep_freed_memory; print(keep_freed_memory())"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

@@ -1,0 +1,186 @@
+"""From a dataset to a training run: dataset -> plan -> cache -> checks before step 1 -> :func:`fit`.
+
+Rerunning the same ``unetr train`` command reuses the plan and the cache it made, and :func:`fit` resumes
+from the run directory's ``last.pt``, so an interrupted run continues instead of starting over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
+
+import torch
+
+from unetr.config import ModelConfig, Plan, TrainConfig
+from unetr.device import resolve_device
+from unetr.errors import DataError, UnetrError
+from unetr.training import distributed as D
+from unetr.training.batches import CachedCases
+from unetr.training.trainer import TrainResult, fit
+
+if TYPE_CHECKING:
+    from unetr.data.cases import Case, Dataset
+
+log = logging.getLogger(__name__)
+
+RUN_PLAN_KEYS = ("roi", "preset")  # plan settings that do not change the preprocessed arrays
+
+
+def check_writable(folder: Path) -> None:
+    """Fail early, with a message, when ``folder`` cannot be created or written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UnetrError(f"{folder}: cannot write the run directory there ({e.strerror or e})") from None
+
+
+def check_cases(case_ids: Sequence[str], cache_dir: Path, plan: Plan, pad_to_roi: bool) -> None:
+    """Labels inside the declared classes, and (without padding) every image at least as large as the ROI.
+
+    Raises:
+        DataError: naming the offending cases.
+    """
+    from unetr.data.cache import load_cached
+
+    bad_labels, small = [], []
+    for cid in case_ids:
+        image, label, record = load_cached(cache_dir, cid)
+        if label is None:
+            raise DataError(f"case {cid}: no label in the cache {cache_dir}")
+        present = [int(k) for k in record.get("class_voxels", {})] or [int(label.max())]
+        extra = sorted(k for k in present if k >= plan.num_classes)
+        if extra:
+            bad_labels.append(f"{cid} (labels {extra})")
+        if not pad_to_roi and any(s < r for s, r in zip(image.shape[1:], plan.roi)):
+            small.append(f"{cid} {tuple(image.shape[1:])}")
+    if bad_labels:
+        raise DataError(f"labels outside the {plan.num_classes} declared classes {list(plan.class_names)}: "
+                        + ", ".join(bad_labels[:10]) + (" ..." if len(bad_labels) > 10 else ""))
+    if small:
+        raise DataError(f"ROI {plan.roi} is larger than {len(small)} preprocessed image(s) and padding is off "
+                        f"(pad_to_roi=false): " + ", ".join(small[:10]) + " -- use a smaller --roi or pad")
+
+
+def train_dataset(
+    dataset: os.PathLike,
+    out: os.PathLike,
+    cfg: TrainConfig,
+    *,
+    preset_name: Optional[str] = None,
+    plan_path: Optional[os.PathLike] = None,
+    plan_overrides: Optional[dict] = None,
+    model_overrides: Optional[dict] = None,
+    cache_dir: Optional[os.PathLike] = None,
+    workers: int = 2,
+    env: Optional[D.DistEnv] = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Plan and preprocess a dataset when needed (both cached), check it, then :func:`fit`.
+
+    ``out/plan.json`` and the cache (``out/cache`` unless ``cache_dir``) are reused when present, so rerunning
+    the same command resumes instead of starting over.
+
+    Args:
+        dataset: dataset folder, ``dataset.json`` or MONAI datalist.
+        out: the run directory.
+        cfg: training settings.
+        preset_name: model preset (default: the plan's).
+        plan_path: an existing ``plan.json`` (e.g. from ``unetr plan``); else one is made (and saved in ``out``).
+        plan_overrides: :class:`Plan` fields for a new plan (``roi``, ``target_spacing``, ...).
+        model_overrides: :class:`ModelConfig` fields (``dropout``, ``feature_size``, ...).
+        cache_dir: the preprocessed cache.
+        workers: processes for planning and preprocessing.
+        env: the distributed environment (one process when omitted).
+        progress: progress bars.
+    """
+    from unetr.data.cases import dataset_split, load_dataset
+
+    env = env or D.DistEnv(device=resolve_device(cfg.device))
+    out = Path(out)
+    cache = Path(cache_dir) if cache_dir else out / "cache"
+    if env.is_main:
+        check_writable(out)
+    ds = load_dataset(dataset)
+    if not ds.labelled:
+        raise DataError(f"{dataset}: no labelled training cases")
+    train_cases, val_cases = dataset_split(ds, cfg.fold, cfg.num_folds, cfg.seed)
+    if not train_cases:
+        raise DataError(f"{dataset}: no training cases after the split (fold {cfg.fold} of {cfg.num_folds})")
+
+    plan, plan_existed = _plan_and_cache(ds, list(train_cases) + list(val_cases), out, cache, env,
+                                         plan_path=plan_path, plan_overrides=plan_overrides,
+                                         preset_name=preset_name, workers=workers, progress=progress)
+    run_plan = _run_plan(plan, plan_overrides, preset_name, plan_existed=plan_existed, env=env)
+    train_ids, val_ids = [c.id for c in train_cases], [c.id for c in val_cases]
+    check_cases(train_ids + val_ids, cache, run_plan, cfg.pad_to_roi)
+    model_cfg = run_plan.model_config(**(model_overrides or {}))
+    if env.is_main:
+        log.info("training %s (%s preset, %.1fM parameters) on %d cases, validating on %d; ROI %s; run %s",
+                 dataset, run_plan.preset, _count_params(model_cfg) / 1e6, len(train_ids), len(val_ids),
+                 run_plan.roi, out)
+    return fit(run_dir=out, train_ids=train_ids, val_ids=val_ids, load=CachedCases(cache), plan=run_plan,
+               model_cfg=model_cfg, cfg=cfg, env=env, progress=progress)
+
+
+def _plan_and_cache(ds: Dataset, cases: Sequence[Case], out: Path, cache: Path, env: D.DistEnv, *,
+                    plan_path: Optional[os.PathLike], plan_overrides: Optional[dict], preset_name: Optional[str],
+                    workers: int, progress: bool) -> Tuple[Plan, bool]:
+    """The plan (``plan_path``, else ``out/plan.json``, else a new one saved there) and the cache of ``cases``,
+    both made on rank 0; the plan is sent to every rank.
+
+    Returns:
+        ``(plan, whether it existed before this call)``.
+    """
+    from unetr.data.cache import build_cache
+    from unetr.data.plan import fingerprint, load_plan, make_plan, save_plan
+
+    own_plan = out / "plan.json"
+    plan_existed = plan_path is not None or own_plan.is_file()
+    plan = None
+    if env.is_main:
+        if plan_path is not None:
+            plan = load_plan(plan_path)
+        elif own_plan.is_file():
+            plan = load_plan(own_plan)
+            log.info("reusing %s", own_plan)
+        else:
+            overrides = dict(plan_overrides or {})
+            if preset_name:
+                overrides.setdefault("preset", preset_name)
+            fp = fingerprint(ds, workers=workers, progress=progress)
+            plan = make_plan(ds, fp, **overrides)
+            save_plan(plan, own_plan, fingerprint=fp)
+        build_cache(cases, plan, cache, workers=workers, progress=progress)
+    plan = Plan.from_dict(D.broadcast_object(plan.to_dict() if plan is not None else None, env))
+    D.barrier(env)
+    return plan, plan_existed
+
+
+def _run_plan(plan: Plan, plan_overrides: Optional[dict], preset_name: Optional[str], *, plan_existed: bool,
+              env: D.DistEnv) -> Plan:
+    """The plan this run trains with: the preset and the ROI do not change the preprocessed arrays, so they
+    may differ from the cached plan; other settings of an existing plan are ignored, with a warning."""
+    run_changes = {k: v for k, v in (plan_overrides or {}).items() if k in RUN_PLAN_KEYS}
+    if preset_name:
+        run_changes["preset"] = preset_name
+    run_plan = plan.replace(**run_changes)
+    ignored = sorted(set(plan_overrides or {}) - set(RUN_PLAN_KEYS))
+    if ignored and plan_existed and env.is_main:
+        log.warning("the plan exists already; ignoring the plan settings %s (use a new --out)", ", ".join(ignored))
+    return run_plan
+
+
+def _count_params(model_cfg: ModelConfig) -> int:
+    from unetr.model import build_model
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_model(model_cfg).parameters())
+
+
+__all__ = ["check_cases", "check_writable", "train_dataset"]
