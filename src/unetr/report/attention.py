@@ -126,7 +126,7 @@ def attention_for_case(run_dir: PathLike, image_paths: Union[PathLike, Sequence[
     if not info.get("plan"):
         raise CheckpointError(f"{run_dir}: no plan, so the case cannot be preprocessed for the model")
     plan = Plan.from_dict(info["plan"])
-    image, label, record = preprocess_files(image_paths, plan, label_path)  # (C, X, Y, Z), (X, Y, Z) or None
+    image, label, record = preprocess_files(image_paths, plan, label_path)  # (C, X, Y, Z), (X, Y, Z) or None, record
     roi = tuple(int(s) for s in model.img_size)
     centre = focus_point(label) if label is not None and label.any() else tuple(n // 2 for n in image.shape[1:])
     window, start = crop_window(image, centre, roi)  # (C, *roi)
@@ -135,7 +135,7 @@ def attention_for_case(run_dir: PathLike, image_paths: Union[PathLike, Sequence[
         maps = model.attention_maps(torch.from_numpy(np.ascontiguousarray(window))[None].to(device))
     weights = head_mean_attention(maps)  # (L, N, N)
     out = attention_payload(weights, window[0], lab_win, case=case, patch_size=model.patch_size,
-                            spacing=record.get("spacing", plan.target_spacing), start=start)
+                            spacing=record.spacing, start=start)
     out["heads"] = int(maps[0].shape[1])
     log.info("attention maps of %s: %d blocks x %d heads over %d patches", case, len(maps), out["heads"],
              weights.shape[-1])

@@ -66,7 +66,7 @@ def _names(class_names: Optional[Sequence[str]], k: int) -> List[str]:
 
 def run_config(run_dir: Optional[PathLike]) -> Dict[str, Any]:
     """A run's ``config.json`` (``{}`` when there is none)."""
-    from unetr.config import load_json
+    from unetr.settings import load_json
 
     if run_dir is None or not (Path(run_dir) / "config.json").is_file():
         return {}

@@ -71,8 +71,8 @@ def make_report(
     Returns:
         The path of ``report.md``.
     """
-    from unetr.config import load_json
     from unetr.fsutil import atomic_write_text
+    from unetr.settings import load_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
