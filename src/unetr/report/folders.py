@@ -94,6 +94,10 @@ def report_from_folders(
 
     if not (run or pred or metrics):
         raise ValueError("give a run, predictions (with labels) or a metrics.csv")
+    for option, path, folder in (("--run", run, True), ("--pred", pred, True), ("--labels", labels, True),
+                                 ("--images", images, True), ("--metrics", metrics, False)):
+        if path and not (Path(path).is_dir() if folder else Path(path).is_file()):
+            raise FileNotFoundError(f"{option} {path}: no such {'folder' if folder else 'file'}")
     max_voxels = DEFAULT_MAX_VOXELS if max_voxels is None else int(max_voxels)
     if max_voxels < 1000:
         raise ValueError(f"max_voxels must be at least 1000, got {max_voxels}")
