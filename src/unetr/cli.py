@@ -487,62 +487,31 @@ def _run_evaluate(args) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="pictures and a Markdown report of a run and/or predictions")
+    p = sub.add_parser("report", help="report.html (interactive: cases, slice viewer, curves, attention) and report.md")
     p.add_argument("-o", "--output", required=True, help="report folder")
-    p.add_argument("--run", help="run directory (training curves, class names)")
+    p.add_argument("--run", help="run directory (training curves, class names, model, attention maps)")
     p.add_argument("--pred", help="folder of predictions")
     p.add_argument("--labels", help="folder of reference label maps (metrics are computed when no --metrics)")
-    p.add_argument("--images", help="folder of the images (for the pictures)")
+    p.add_argument("--images", help="folder of the images (for the viewer and the pictures)")
     p.add_argument("--metrics", help="a metrics.csv written by `unetr evaluate`")
-    p.add_argument("--show", type=int, default=2, help="best and worst cases drawn")
+    p.add_argument("--classes", help="dataset.json (or a run's config.json) naming the classes (default: the run's, "
+                   "else dataset.json beside --labels)")
+    p.add_argument("--show", type=int, default=2, help="best and worst cases drawn in report.md")
+    p.add_argument("--attention", metavar="CASE", help="case whose attention maps the page shows (default: the worst; "
+                   "'none' for none)")
+    p.add_argument("--max-voxels", type=int, default=None,
+                   help="voxels per case in the viewer; larger cases are shown coarser (default: 4,000,000)")
+    p.add_argument("--modality", choices=["CT", "MR"], help="window presets of the viewer (default: guessed per case)")
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args) -> int:
-    from pathlib import Path
+    from unetr.report import report_from_folders
 
-    from unetr.data.io import read_label
-    from unetr.metrics import evaluate_folders, read_class_names, read_csv
-    from unetr.report import load_case_from_files, make_report
-
-    if not (args.run or args.pred or args.metrics):
-        raise ValueError("give --run, --pred (with --labels) or --metrics")
-    for option, path, folder in (("--run", args.run, True), ("--pred", args.pred, True), ("--labels", args.labels, True),
-                                 ("--images", args.images, True), ("--metrics", args.metrics, False)):
-        if path and not (Path(path).is_dir() if folder else Path(path).is_file()):
-            raise FileNotFoundError(f"{option} {path}: no such {'folder' if folder else 'file'}")
-    names = None
-    if args.run and (Path(args.run) / "config.json").is_file():
-        try:
-            names = read_class_names(Path(args.run) / "config.json")
-        except ValueError:
-            names = None
-    per_case = None
-    if args.metrics:
-        per_case = read_csv(args.metrics)
-    elif args.pred and args.labels:
-        def reader(path: Path):
-            arr, geom = read_label(path)
-            return arr, geom.spacing
-
-        per_case, _, _ = evaluate_folders(args.pred, args.labels, class_names=names, out_dir=args.output,
-                                          read_label=reader)
-
-    def load_case(case: str):
-        if not args.images:
-            return None
-        images = Path(args.images)
-        cands = [images / f"{case}{end}" for end in (".nii.gz", "_0000.nii.gz", ".nii", "_0000.nii")]
-        image = next((c for c in cands if c.exists()), None)
-        if image is None:
-            raise FileNotFoundError(f"no image for {case} in {images}")
-        ref = Path(args.labels) / f"{case}.nii.gz" if args.labels else None
-        pred = Path(args.pred) / f"{case}.nii.gz" if args.pred else None
-        return load_case_from_files(image, ref, pred)
-
-    path = make_report(args.output, run_dir=args.run, per_case=per_case, class_names=names, load_case=load_case,
-                       n_show=args.show)
-    print(f"report -> {path}")
+    html, md = report_from_folders(args.output, run=args.run, pred=args.pred, labels=args.labels, images=args.images,
+                                   metrics=args.metrics, classes=args.classes, show=args.show,
+                                   attention=args.attention, max_voxels=args.max_voxels, modality=args.modality)
+    print(f"report -> {html} ({html.stat().st_size / 1e6:.1f} MB; open it in a browser), {md}")
     return 0
 
 
@@ -616,7 +585,7 @@ def _run_demo(args) -> int:
     if classes:
         print(f"{'mean':<16}{result['summary']['mean_dice']:>10.3f}{result['summary']['mean_hd95']:>12.2f}"
               f"{result['summary']['mean_surface_dice']:>15.3f}")
-    print(f"\ndemo finished in {result['seconds'] / 60:.1f} min; report: {result['report']}")
+    print(f"\ndemo finished in {result['seconds'] / 60:.1f} min; report: {result['report']} (open it in a browser)")
     return 0
 
 
