@@ -7,7 +7,8 @@ demo never imports the CLI), and each one reuses what an earlier run finished (t
 2. ``unetr train``: plan, preprocess (cached) and train the ``tiny`` preset on the CPU;
 3. ``unetr predict``: the held-out images, back in their original space;
 4. ``unetr evaluate``: Dice, IoU, HD95, ASD, surface Dice per class and case;
-5. ``unetr report``: overlays of the best and worst cases, the training curves and the metrics table.
+5. ``unetr report``: ``report.html`` (open it in a browser: the case table, a slice viewer of every held-out
+   case, the training curves, the model and its attention maps) and ``report.md`` with PNG overlays.
 
 With ``folds`` (``unetr demo --folds 3``) step 2 trains every fold (``train --folds``), ``unetr cv`` decides the
 post-processing from the folds' validation predictions, each fold and then the folds' ensemble predict and
@@ -116,8 +117,9 @@ def run_command(argv: Sequence[str]) -> int:
 def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, test_cases: int = 4, seed: int = 0,
              train_args: Optional[Sequence[str]] = None, fresh: bool = False, iterations: Optional[int] = None,
              runner: Optional[Callable[[List[str]], int]] = None, folds: int = 0) -> dict:
-    """Run the demo's commands; returns ``{"seconds", "summary", "report", "folds"}`` (``folds``: each fold's
-    held-out summary when ``folds``; ``summary`` is then the ensemble's).
+    """Run the demo's commands; returns ``{"seconds", "summary", "report", "folds"}`` (``report``: the path of
+    ``report.html``; ``folds``: each fold's held-out summary when ``folds``, and ``summary`` is then the
+    ensemble's).
 
     Args:
         out: the demo folder (``data/``, ``run/``, ``predictions/``, ``evaluation/``, ``report/``).
@@ -152,5 +154,5 @@ def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, t
     summary_path = out / "evaluation" / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "summary": summary, "report": out / "report" / "report.md",
+    return {"seconds": seconds, "summary": summary, "report": out / "report" / "report.html",
             "folds": fold_summaries(out) if folds else {}}

@@ -51,7 +51,7 @@ def test_too_few_cases_say_what_to_do(n, k, fewer):
     with pytest.raises(DataError) as e:
         kfold(_ids(n), k)
     msg = str(e.value)
-    assert f"{n} labelled case(s) cannot be split into {k} folds" in msg and "--fold all" in msg
+    assert f"{n} case(s) cannot be split into {k} folds" in msg and "--fold all" in msg
     assert ("--folds 2" in msg) == fewer  # fewer folds only where there are two cases or more
 
 

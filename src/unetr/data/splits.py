@@ -41,7 +41,7 @@ Fold = Union[int, str]  # 0, 1, ... or "all"
 def too_few_cases_message(n: int, num_folds: int) -> str:
     """What to do when ``n`` labelled cases cannot make ``num_folds`` folds (each fold needs a case)."""
     fewer = f", or use fewer folds (--folds {n} or --set num_folds={n})" if n >= 2 else ""
-    return (f"{n} labelled case(s) cannot be split into {num_folds} folds: train on every case with --fold all "
+    return (f"{n} case(s) cannot be split into {num_folds} folds: train on every case with --fold all "
             f"(no validation; the last weights are the model){fewer}")
 
 
