@@ -395,11 +395,12 @@ _BARE_ONLY = ("spacing", "roi", "intensity", "window", "in_channels", "out_chann
 def _has_plan(model: str) -> bool:
     """Whether ``model`` is a run, folder of folds or package (each carries the plan it was trained with)."""
     import json
-    import zipfile
     from pathlib import Path
 
+    from unetr.package import is_package
+
     path = Path(model)
-    if (path.is_file() and zipfile.is_zipfile(path)) or (path.is_dir() and any(path.glob("fold_*/config.json"))):
+    if is_package(path) or (path.is_dir() and any(path.glob("fold_*/config.json"))):
         return True
     cfg = path / "config.json" if path.is_dir() else path.parent / "config.json"
     try:
@@ -410,13 +411,13 @@ def _has_plan(model: str) -> bool:
 
 def _run_predict(args) -> int:
     import os
-    import zipfile
     from pathlib import Path
 
     from unetr.config import InferConfig, Plan
     from unetr.device import resolve_device
     from unetr.fsutil import remove_stale_temporaries
     from unetr.inference.predict import load_predictor, predict_files
+    from unetr.package import is_package
 
     given = [f"--{k.replace('_', '-')}" for k in _BARE_ONLY if getattr(args, k) not in (None, False)]
     with_plan = [m for m in args.model if _has_plan(m)]
@@ -424,7 +425,7 @@ def _run_predict(args) -> int:
         raise ValueError(f"{' '.join(given)}: {with_plan[0]} is a run, which predicts with the plan and window it "
                          "was trained with; these options describe a bare checkpoint's preprocessing")
     first = Path(args.model[0])
-    if len(args.model) > 1 or first.is_dir() or (first.is_file() and zipfile.is_zipfile(first)):
+    if len(args.model) > 1 or first.is_dir() or is_package(first):
         return _predict_members(args)
     if args.uncertainty:
         raise ValueError("--uncertainty needs a run, a folder of folds, a package or several models")

@@ -148,6 +148,18 @@ def _read_json(path: Path) -> Dict[str, Any]:
     return data
 
 
+def is_package(path: PathLike) -> bool:
+    """A zip holding a unetr manifest (PyTorch's ``.pt`` files are zips too, without one)."""
+    path = Path(path)
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return MANIFEST in z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def is_run_dir(path: Path) -> bool:
     """A folder with ``config.json`` and weights (``model.safetensors`` or ``model_final.safetensors``)."""
     return (path / "config.json").is_file() and ((path / BEST_WEIGHTS).is_file() or (path / FINAL_WEIGHTS).is_file())
@@ -185,7 +197,7 @@ def open_model(path: PathLike) -> ModelSource:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model (run directory, folder of folds or .zip package)")
     if path.is_file():
-        if zipfile.is_zipfile(path):
+        if zipfile.is_zipfile(path) and path.suffix not in (".pt", ".pth"):
             return read_package(path)
         raise CheckpointError(f"{path}: a checkpoint file, not a run, folder of folds or package")
     folds = fold_dirs(path)
@@ -195,8 +207,8 @@ def open_model(path: PathLike) -> ModelSource:
     if is_run_dir(path):
         return ModelSource(path, "run", (run_member(path),), _optional_json(path / PP_FILE),
                            _optional_json(path / CV_SUMMARY))
-    raise CheckpointError(f"{path}: neither a run directory (config.json + model.safetensors) nor a folder of "
-                          "folds (fold_0/, fold_1/ ...)")
+    raise CheckpointError(f"{path}: not a run directory (config.json + model.safetensors), nor a folder of folds "
+                          "(fold_0/, fold_1/ ...)")
 
 
 def plan_differences(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
@@ -321,5 +333,5 @@ def read_package(path: PathLike) -> ModelSource:
 
 
 __all__ = ["BEST_WEIGHTS", "FINAL_WEIGHTS", "MANIFEST", "PACKAGE_FORMAT", "PP_FILE", "Member", "ModelSource",
-           "fold_dirs", "is_run_dir", "open_model", "plan_differences", "read_package", "run_member", "shared_plan",
+           "fold_dirs", "is_package", "is_run_dir", "open_model", "plan_differences", "read_package", "run_member", "shared_plan",
            "versions", "write_package"]

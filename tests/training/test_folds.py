@@ -74,6 +74,9 @@ def test_a_resume_that_would_see_another_split_is_refused(five, tmp_path):
     smaller = type(smaller)(smaller.root, smaller.name, smaller.train[:4])
     with pytest.raises(DataError, match=r"1 missing \(phantom_004\)"):
         fold_cases(smaller, "ds", out, TrainConfig(fold=0))
+    # --restart moves the run and its splits.json aside: a new split of the cases there are now
+    train, val = fold_cases(smaller, "ds", out, TrainConfig(fold=0), write=False, anew=True)
+    assert len(train) + len(val) == 4
 
 
 def test_too_few_cases_say_what_to_do_and_fold_all_trains_on_every_case(tmp_path, capsys):

@@ -63,17 +63,18 @@ def load_member(member: Member, device: Union[str, torch.device] = "cpu") -> nn.
 
     from unetr.model import build_model, load_weights
 
+    where = str(member.weights) if member.weights is not None else f"{member.package}: member {member.name}"
     try:
         cfg = ModelConfig.from_dict(member.model)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"member {member.name}: bad model config ({e})") from None
+        raise CheckpointError(f"{where}: bad model config ({e})") from None
     try:
         state = load_file(str(member.weights)) if member.weights is not None else load(member.read_bytes())
     except (SafetensorError, OSError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"member {member.name}: not a readable safetensors file ({e})") from None
-    model = load_weights(build_model(cfg), state, source=member.name)
+        raise CheckpointError(f"{where}: not a readable safetensors file ({e})") from None
+    model = load_weights(build_model(cfg), state, source=where)
     return model.to(device).eval()
 
 
@@ -413,12 +414,10 @@ def describe_model(path: PathLike) -> str:
     Args:
         path: a run directory, a folder of folds, a package, or a checkpoint file.
     """
-    import zipfile
-
-    from unetr.package import open_model, shared_plan
+    from unetr.package import is_package, open_model, shared_plan
 
     p = Path(path)
-    if p.is_file() and not zipfile.is_zipfile(p):
+    if p.is_file() and not is_package(p):
         from unetr.model import load_model
 
         _, info = load_model(p)

@@ -105,7 +105,7 @@ def train_folds(
         DataError: a datalist with its own validation list, folds outside the split, or too few cases.
     """
     from unetr.data.cases import load_dataset
-    from unetr.data.splits import load_splits, resolve_splits
+    from unetr.data.splits import load_splits, resolve_splits, save_splits
 
     env = env or D.DistEnv(device=resolve_device(cfg.device))
     out = Path(out)
@@ -123,11 +123,15 @@ def train_folds(
         raise ValueError(f"--folds: fold(s) {outside} outside 0..{num_folds - 1} ({num_folds} folds)")
     if env.is_main:
         check_writable(out)
-    splits = resolve_splits(ds, spath, num_folds, write=env.is_main, label=str(dataset))
+    splits = resolve_splits(ds, spath, num_folds, write=False, label=str(dataset))  # checked before anything is written
     plan_file = Path(plan_path) if plan_path is not None else out / "plan.json"
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
     if env.is_main:
         _shared_plan_and_cache(ds, plan_file, cache, plan_overrides, preset_name, workers, progress)
+        if not spath.is_file():
+            save_splits(spath, splits)
+            log.info("wrote %s: %d folds of %d cases (seed %d, independent of the training seed)", spath,
+                     splits.num_folds, len(splits.cases), splits.seed)
         _record_folds(out, dataset, spath, num_folds, folds)
     D.barrier(env)
 

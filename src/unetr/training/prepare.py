@@ -127,8 +127,11 @@ def train_dataset(
     ds = load_dataset(dataset)
     if not ds.labelled:
         raise DataError(f"{dataset}: no labelled training cases")
-    cfg = folds_of_splits(cfg, splits_path(out, plan_path))
-    train_cases, val_cases = fold_cases(ds, str(dataset), out, cfg, plan_path=plan_path, write=env.is_main)
+    spath = splits_path(out, plan_path)
+    anew = restart and spath.parent.resolve() == out.resolve()  # the run's own splits.json goes aside with it
+    if not anew:
+        cfg = folds_of_splits(cfg, spath)
+    train_cases, val_cases = fold_cases(ds, str(dataset), out, cfg, plan_path=plan_path, write=False, anew=anew)
     if not train_cases:
         raise DataError(f"{dataset}: no training cases after the split (fold {cfg.fold} of {cfg.num_folds})")
     cfg = resolve_epochs(cfg, len(train_cases), env.world_size)  # counts in epochs (--recipe btcv) -> iterations
@@ -148,6 +151,7 @@ def train_dataset(
             if earlier is not None:
                 config = run_config(effective_model_config(model_cfg, run_plan, cfg), run_plan, cfg, train_ids, val_ids)
                 check_same_settings(earlier[0], config, earlier[1])
+            write_splits(ds, str(dataset), cfg, spath)
         _cache(list(train_cases) + list(val_cases), plan, cache, env, workers=workers, progress=progress)
         check_cases(train_ids + val_ids, cache, run_plan, cfg.pad_to_roi)
         if env.is_main:
@@ -180,10 +184,21 @@ def folds_of_splits(cfg: TrainConfig, path: Path) -> TrainConfig:
     return cfg
 
 
+def write_splits(ds: Dataset, label: str, cfg: TrainConfig, path: Path) -> None:
+    """Write the dataset's ``splits.json`` at ``path`` unless it is there (once the run's inputs are checked,
+    next to its plan); ``fold="all"`` needs none."""
+    from unetr.data.splits import resolve_splits
+
+    if cfg.fold != "all" and not path.is_file():
+        resolve_splits(ds, path, cfg.num_folds, write=True, label=label)
+
+
 def fold_cases(ds: Dataset, label: str, out: Path, cfg: TrainConfig, *, plan_path: Optional[os.PathLike] = None,
-               write: bool = True) -> Tuple[List[Case], List[Case]]:
+               write: bool = True, anew: bool = False) -> Tuple[List[Case], List[Case]]:
     """The training and validation cases of ``cfg.fold`` from the dataset's one ``splits.json`` (next to the
     plan; written on first use, then only read). ``fold="all"``: every labelled case trains, none validates.
+    ``write``: write a new ``splits.json`` now (:func:`train_dataset` writes it later, with the plan);
+    ``anew``: a ``--restart`` moves the run and its ``splits.json`` aside, so a new split is made.
 
     Raises:
         DataError: the splits file does not match the dataset or the folds asked for; too few cases for the
@@ -191,17 +206,26 @@ def fold_cases(ds: Dataset, label: str, out: Path, cfg: TrainConfig, *, plan_pat
             its splits were written down (a resume could see another split). A resume of another fold is
             refused by the run's settings check (:func:`unetr.training.run_dir.check_same_settings`).
     """
-    from unetr.data.splits import resolve_splits
+    from unetr.data.splits import dataset_splits, resolve_splits, save_splits
 
     path = splits_path(out, plan_path)
-    if cfg.fold == "all" and not path.is_file():
+    exists = path.is_file() and not anew
+    if cfg.fold == "all" and not exists:
         ids: Sequence[str] = [c.id for c in ds.labelled]
         train_ids, val_ids = sorted(ids), ()
     else:
-        if not path.is_file() and (out / "last.pt").is_file():
+        if not exists and (out / "last.pt").is_file() and not anew:
             raise DataError(f"{out} holds a run begun without {path}: its validation cases were drawn with its "
-                            "--seed, and a resume could see other ones; start anew in another --out")
-        splits = resolve_splits(ds, path, cfg.num_folds, write=write, label=label)
+                            "--seed, and a resume could see other ones; start anew in another --out (or --restart)")
+        if exists:
+            splits = resolve_splits(ds, path, cfg.num_folds, write=False, label=label)
+        else:
+            try:
+                splits = dataset_splits(ds, cfg.num_folds)
+            except DataError as e:
+                raise DataError(f"{label}: {e}") from None
+            if write:
+                save_splits(path, splits)
         if cfg.fold != "all" and cfg.fold >= splits.num_folds:
             raise DataError(f"fold {cfg.fold}: {path} has {splits.num_folds} fold(s) (0..{splits.num_folds - 1})"
                             + (" from the datalist's own validation list" if splits.source == "datalist" else ""))
@@ -272,4 +296,5 @@ def _count_params(model_cfg: ModelConfig) -> int:
         return sum(p.numel() for p in build_model(model_cfg).parameters())
 
 
-__all__ = ["check_cases", "check_writable", "fold_cases", "folds_of_splits", "splits_path", "train_dataset"]
+__all__ = ["check_cases", "check_writable", "fold_cases", "folds_of_splits", "splits_path", "train_dataset",
+           "write_splits"]
