@@ -75,7 +75,7 @@ def test_a_resume_that_would_see_another_split_is_refused(five, tmp_path):
     with pytest.raises(DataError, match=r"1 missing \(phantom_004\)"):
         fold_cases(smaller, "ds", out, TrainConfig(fold=0))
     # --restart moves the run and its splits.json aside: a new split of the cases there are now
-    train, val = fold_cases(smaller, "ds", out, TrainConfig(fold=0), write=False, anew=True)
+    train, val = fold_cases(smaller, "ds", out, TrainConfig(fold=0, num_folds=4), write=False, anew=True)
     assert len(train) + len(val) == 4
 
 
