@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from unetr.cli import main
 from unetr.config import TrainConfig
@@ -18,6 +19,16 @@ FAST = dict(iterations=2, val_every=2, checkpoint_every=2, log_every=1, samples_
 TRAIN = ["--preset", "tiny", "--roi", "32", "--iterations", "2", "--val-every", "2", "--no-progress",
          "--num-workers", "0", "--precision", "fp32", "--workers", "0", "--set", "samples_per_volume=1",
          "--set", "tensorboard=false"]
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: many small forward passes, which a busy 2-core machine slows 10x with two threads
+    waiting on each other (what is checked does not depend on it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 
 def _phantoms(folder, cases):
