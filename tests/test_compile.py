@@ -52,7 +52,7 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 def test_cpu_defaults_are_the_cpu_behaviour_of_before(cores):
     assert device_defaults("cpu", cores) == DeviceDefaults(
         channels_last=True, sw_batch_size=1, accum_on_device=True, volume_on_device=False, pin_memory=False,
-        non_blocking=False, num_workers=2)
+        num_workers=2)
 
 
 @pytest.mark.parametrize("cores, processes, workers", [
@@ -66,7 +66,7 @@ def test_cpu_defaults_are_the_cpu_behaviour_of_before(cores):
 def test_gpu_defaults(cores, processes, workers):
     d = device_defaults("cuda", cores, processes)
     assert d == DeviceDefaults(channels_last=True, sw_batch_size=4, accum_on_device=True, volume_on_device=True,
-                               pin_memory=True, non_blocking=True, num_workers=workers)
+                               pin_memory=True, num_workers=workers)
 
 
 @pytest.mark.parametrize("cores, processes", [(0, 1), (4, 0)])

@@ -9,14 +9,13 @@ reason next to it, and ``benchmarks/gpu_check.py`` (section 5) measures each on 
 :func:`compile_model` wraps a model in ``torch.compile`` (inductor). Before the first compilation it compiles
 a one-line function on the device, so a missing compiler (a C++ compiler on CPUs, Triton on CUDA GPUs) is one
 :class:`CompilerUnavailableError` before any work, not a traceback minutes later. Under compilation the model
-takes its plain PyTorch operators (:func:`unetr.model.ops.exporting`): inductor fuses those itself, and its
-tracer cannot follow the CPU kernels' private operators.
+takes its plain PyTorch operators (:func:`unetr.model.ops.exporting`): inductor fuses those itself, and the
+dispatch-mode query of the CPU paths would break the graph at every layer.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -24,8 +23,6 @@ import torch
 from torch import nn
 
 from unetr.errors import UnetrError
-
-log = logging.getLogger(__name__)
 
 GPU_TYPES = ("cuda",)  # device types that get the GPU defaults (one process per GPU, data copied over a bus)
 MAX_GPU_WORKERS = 4
@@ -42,8 +39,9 @@ class DeviceDefaults:
             (``InferConfig.accum_device='auto'``).
         volume_on_device: prediction copies the preprocessed volume to the device once, and the windows are
             cut there (instead of stacking each batch of windows on the host and copying it).
-        pin_memory: the training loader returns page-locked batches.
-        non_blocking: host-to-device copies of training batches return at once (ordered on the stream).
+        pin_memory: the training loader returns page-locked batches. The training step copies batches with
+            ``non_blocking=True`` on every device: from page-locked memory to a GPU the copy then returns at
+            once (ordered on the stream); from pageable memory, or to the CPU, the flag changes nothing.
         num_workers: data-loader processes per training process (``TrainConfig.num_workers=-1``).
     """
 
@@ -52,7 +50,6 @@ class DeviceDefaults:
     accum_on_device: bool
     volume_on_device: bool
     pin_memory: bool
-    non_blocking: bool
     num_workers: int
 
 
@@ -73,27 +70,27 @@ def device_defaults(device_type: str, cpu_count: int, processes: int = 1) -> Dev
         # natively; channels-first input is transposed around each call. gpu_check section 2 (training
         # rows) and section 5 (forward) time both layouts.
         channels_last=True,
-        # CPUs: 1. One 96³ window already keeps every core busy, so batching gains nothing and multiplies the
-        # activations' memory. GPUs: 4. One window of the paper network is 216 tokens and a few 96³ feature
-        # maps, too little work to fill a large GPU; four fill it at a few GiB, and more add memory for little
-        # speed (gpu_check section 5 times 1, 2, 4 and 8).
+        # CPUs: 1, unchanged. One 96³ window of the paper network gives every core work, and a batch multiplies
+        # the activations' memory (on the 2 shared cores here 1 and 2 were within noise; the tiny preset at
+        # 32³ does gain: 1.1 s at 4 against 1.7 s at 1 in gpu_check --quick). GPUs: 4. One window is 216
+        # tokens and a few 96³ feature maps, too little work to fill a large GPU, and memory is plentiful;
+        # gpu_check section 5 times 1, 2, 4 and 8 with their peak memory.
         sw_batch_size=4 if gpu else 1,
         # Sums on the model's device. On a GPU they take (K+1)·96·Y·Z floats (1.5 GB for 14 classes at
-        # 512x512), while host sums would copy every window's K·96³ logits over the bus and add them on the
-        # CPU, slower than the network itself (gpu_check section 5). `--accum-device cpu` remains for GPUs too
-        # small for the sums.
+        # 512x512), while host sums would copy every window's K·96³ logits (48 MB in fp32) over the bus and add
+        # them with the CPU's bandwidth (gpu_check section 5 times both). `--accum-device cpu` remains for GPUs
+        # too small for the sums.
         accum_on_device=True,
         # GPUs: one copy of the volume (C·X·Y·Z floats, ~100 MB for a CT) instead of a host-side stack and a
         # copy per batch of windows. On a CPU the device is the host: nothing to copy.
         volume_on_device=gpu,
         # GPUs: page-locked batches are copied by DMA while the CPU goes on (non_blocking), instead of through
-        # a staging buffer with the host waiting; CPUs: there is no copy, so neither applies.
+        # a staging buffer with the host waiting; CPUs: there is no copy.
         pin_memory=gpu,
-        non_blocking=gpu,
         # CPUs: 2, unchanged; the workers share the cores with the step. GPUs: up to 4 per process, one core
-        # per process left for its own loop. One worker samples the 4 crops of a 96³ step in ~6 ms on a CPU
-        # core (benchmarks/RESULTS.md, augmentation included), well under a GPU's training step; the others
-        # hide cold reads of the memory-mapped cache. gpu_check section 4 measures the workers a step needs.
+        # per process left for its own loop. One worker samples and augments the 4 crops of a 96³ step in
+        # ~6 ms (benchmarks/RESULTS.md, this project's 2-core CPU), well under a GPU's training step; the
+        # others hide cold reads of the memory-mapped cache. gpu_check section 4 measures the workers needed.
         num_workers=min(MAX_GPU_WORKERS, max(1, cpu_count // processes - 1)) if gpu else 2,
     )
 
@@ -116,7 +113,8 @@ def _check_compiler(device: torch.device) -> None:
     except Exception as e:  # noqa: BLE001 - whatever the compiler raises, the user gets one line
         inner = getattr(e, "inner_exception", None) or e  # dynamo wraps the backend's error
         first = (str(inner).strip().splitlines() or [""])[0][:200]
-        need = "a C++ compiler (g++)" if device.type == "cpu" else "Triton (pip install triton)"
+        need = {"cpu": "a C++ compiler (g++)", "cuda": "Triton (pip install triton) and compute capability 7.0+"
+                }.get(device.type, f"inductor support for {device.type}")
         raise CompilerUnavailableError(
             f"--compile: torch.compile cannot compile for {device} ({type(inner).__name__}: {first}); it needs "
             f"{need}. Run without --compile.") from None
@@ -137,7 +135,8 @@ def compile_model(model: nn.Module, device: Union[str, torch.device]) -> nn.Modu
     Static shapes: training sees one batch shape, prediction one window shape (short batches are padded,
     :func:`full_batches`), so one graph each, with the kernels specialised for it. The compiled code is kept
     per process and shared by every model of the same architecture, so compiling the same model again (per
-    case in prediction) costs nothing. The first call compiles (minutes on a CPU, about a minute on a GPU).
+    case in prediction) costs nothing. The first call compiles: minutes on a small CPU (tests/test_compile.py),
+    on a GPU as gpu_check's compiled rows measure.
     """
     check_compiler(device)
     return torch.compile(model, dynamic=False)
