@@ -148,9 +148,12 @@ def train_batches(load: CaseLoader, case_ids: Sequence[str], roi: Sequence[int],
         ``images (N, C, *roi)`` float32 and ``labels (N, 1, *roi)`` uint8 on the CPU (pinned for GPUs),
         ``N = cfg.batch_size * cfg.samples_per_volume``.
     """
+    options = {"class_balanced": True} if cfg.class_balanced else {}
+    if cfg.image_threshold is not None:
+        options["image_threshold"] = cfg.image_threshold
     source = PatchSource(load, case_ids, roi, volumes=cfg.batch_size, samples_per_volume=cfg.samples_per_volume,
                          pos_fraction=cfg.pos_fraction, seed=cfg.seed, rank=rank, world_size=world_size,
-                         sampler=sampler, sampler_kwargs={"class_balanced": True} if cfg.class_balanced else None)
+                         sampler=sampler, sampler_kwargs=options or None)
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, rank, 1))
     local = min(world_size, max(torch.cuda.device_count(), 1)) if device.type == "cuda" else world_size
     auto = device_defaults(device.type, os.cpu_count() or 1, local)  # processes on this node: one per GPU
