@@ -415,7 +415,8 @@ def main() -> None:
     if not (run / "config.json").exists():
         make_run(run)
     from unetr.config import Plan
-    from unetr.data.preprocess import monai_shape, preprocess_image_file
+    from unetr.data.preprocess import preprocess_image_file
+    from unetr.data.resample import monai_shape
     from unetr.inference.sliding_window import count_windows
     from unetr.model import load_model
 
