@@ -191,3 +191,15 @@ def test_kill_and_rerun(tmp_path):
     assert killed["weights"] == reference["weights"]
     assert _rows(run / "metrics.csv") == _rows(ref / "metrics.csv")
     assert not list(run.glob(".*.tmp"))  # no temporary files left behind
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_the_log_says_which_precision_and_why(tmp_path, caplog, precision):
+    import logging
+
+    from unetr.device import explain_precision
+
+    with caplog.at_level(logging.INFO, logger="unetr.training.trainer"):
+        _fit(tmp_path, iterations=1, val_every=1, precision=precision)
+    chosen, why = explain_precision(precision, torch.device("cpu"))
+    assert f"precision {chosen} on cpu: {why}" in caplog.text

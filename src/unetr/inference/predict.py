@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from unetr.config import InferConfig, Plan
-from unetr.device import autocast, resolve_device
+from unetr.device import autocast, explain_precision, resolve_device
 from unetr.errors import CheckpointError, UnetrError
 from unetr.inference.sliding_window import count_windows, sliding_window
 
@@ -389,6 +389,10 @@ def predict_files(
     all_cases = find_inputs(inputs, plan.in_channels)
     check_output_folder(all_cases, out_dir, probabilities)
     cases = all_cases[rank::world_size]
+    if rank == 0:
+        device = resolve_device(config.device)
+        precision, why = explain_precision(config.precision, device, allow_fp16=False)  # as autocast() resolves it
+        log.info("precision %s on %s: %s", precision, device, why)
     results: List[CaseResult] = []
     with _progress_bar(len(cases), "cases", True, 0) if progress else contextlib.nullcontext(None) as bar:
         for name, files in cases:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN_PLAN_KEYS = ("roi", "preset")  # plan settings that do not change the preprocessed arrays
+PREPARE_MARKER = ".prepare.json"  # in the run directory: rank 0's preparation, watched by the other ranks
 
 
 def check_writable(folder: Path) -> None:
@@ -132,18 +133,20 @@ def _plan_and_cache(ds: Dataset, cases: Sequence[Case], out: Path, cache: Path, 
                     plan_path: Optional[os.PathLike], plan_overrides: Optional[dict], preset_name: Optional[str],
                     workers: int, progress: bool) -> Tuple[Plan, bool]:
     """The plan (``plan_path``, else ``out/plan.json``, else a new one saved there) and the cache of ``cases``,
-    both made on rank 0; the plan is sent to every rank.
+    both made on rank 0 while the other ranks wait on the marker ``out/.prepare.json``, outside every
+    collective (:func:`unetr.training.distributed.main_first`): preparing a large dataset may take longer than
+    the process group's timeout. Every rank gets the plan.
 
     Returns:
         ``(plan, whether it existed before this call)``.
     """
-    from unetr.data.cache import build_cache
+    from unetr.data.cache import build_cache, cached_ids
     from unetr.data.plan import fingerprint, load_plan, make_plan, save_plan
 
     own_plan = out / "plan.json"
     plan_existed = plan_path is not None or own_plan.is_file()
-    plan = None
-    if env.is_main:
+
+    def prepare() -> dict:
         if plan_path is not None:
             plan = load_plan(plan_path)
         elif own_plan.is_file():
@@ -157,8 +160,13 @@ def _plan_and_cache(ds: Dataset, cases: Sequence[Case], out: Path, cache: Path, 
             plan = make_plan(ds, fp, **overrides)
             save_plan(plan, own_plan, fingerprint=fp)
         build_cache(cases, plan, cache, workers=workers, progress=progress)
-    plan = Plan.from_dict(D.broadcast_object(plan.to_dict() if plan is not None else None, env))
-    D.barrier(env)
+        return plan.to_dict()
+
+    def waiting_for() -> str:
+        have = len(set(cached_ids(cache)) & {c.id for c in cases}) if cache.is_dir() else 0
+        return f"{have} of {len(cases)} cases in the cache {cache}"
+
+    plan = Plan.from_dict(D.main_first(prepare, env, out / PREPARE_MARKER, describe_wait=waiting_for))
     return plan, plan_existed
 
 

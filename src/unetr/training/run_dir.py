@@ -23,7 +23,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from torch import nn
 from unetr.config import ModelConfig, Plan, TrainConfig
 from unetr.errors import UnetrError
 from unetr.fsutil import atomic_write, atomic_write_text
+from unetr.training.batches import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,13 @@ class RngState:
         return cls(tuple(data["python"]), dict(data["numpy"]), data["torch"], data.get("cuda"))
 
 
+def seed_generators(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (CUDA's included) from one 63-bit seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 @dataclass
 class Progress:
     """The counters a run carries from step to step and through a resume."""
@@ -144,6 +152,8 @@ class ResumeState:
         model / optimizer / scaler: the ``state_dict`` of each (the model unwrapped from DDP).
         rng: the global generators of rank 0.
         config: the run's ``config.json`` (:func:`run_config`).
+        rank_rngs: the global generators of every rank, in rank order, for a run of several processes
+            (each rank draws its own dropout masks, so each resumes its own generators); empty for one.
     """
 
     progress: Progress
@@ -154,12 +164,15 @@ class ResumeState:
     scaler: Dict[str, Any]
     rng: RngState
     config: Dict[str, Any] = field(default_factory=dict)
+    rank_rngs: Tuple[RngState, ...] = ()
 
     def to_dict(self) -> dict:
         """The on-disk dict (``format`` ``unetr-last`` version 1). ``scheduler`` and ``sampler`` are written
-        for readers of the file; a resume recomputes both from the iteration and the config."""
+        for readers of the file; a resume recomputes both from the iteration and the config. ``rng_ranks``
+        (every rank's generators) is added after the keys of earlier versions, only by runs of several
+        processes, so a one-process ``last.pt`` is what it always was."""
         p, train = self.progress, self.config["train"]
-        return {
+        out = {
             "format": LAST_FORMAT, "version": LAST_VERSION, "iteration": p.iteration, "world_size": self.world_size,
             "model": self.model, "optimizer": self.optimizer,
             "scheduler": {"kind": "warmup_cosine", "step": p.iteration, "total": train["iterations"],
@@ -169,13 +182,24 @@ class ResumeState:
             "sampler": {"seed": train["seed"], "micro_step": p.iteration * train["accumulate"]},
             "config": self.config,
         }
+        if len(self.rank_rngs) > 1:
+            out["rng_ranks"] = [r.to_dict() for r in self.rank_rngs]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> ResumeState:
         progress = Progress(int(data["iteration"]), float(data["best_dice"]), int(data["best_iteration"]),
                             float(data["loss_sum"]), int(data["loss_count"]))
         return cls(progress, float(data["seconds"]), int(data["world_size"]), data["model"], data["optimizer"],
-                   data["scaler"], RngState.from_dict(data["rng"]), data["config"])
+                   data["scaler"], RngState.from_dict(data["rng"]), data["config"],
+                   tuple(RngState.from_dict(r) for r in data.get("rng_ranks", ())))
+
+    def rng_of(self, rank: int) -> Optional[RngState]:
+        """The generators ``rank`` saved, or None when the run that wrote the file had no such rank (or saved
+        rank 0's only, as versions before per-rank states did)."""
+        if rank < len(self.rank_rngs):
+            return self.rank_rngs[rank]
+        return self.rng if rank == 0 else None
 
 
 def save_resume(path: Path, state: ResumeState) -> None:
@@ -197,7 +221,7 @@ def load_resume(path: Path) -> ResumeState:
 
 
 def restore_resume(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   config: dict, world_size: int, device: torch.device) -> ResumeState:
+                   config: dict, world_size: int, device: torch.device, rank: int = 0) -> ResumeState:
     """Continue a run from its ``last.pt``: load the weights, optimizer and scaler states and the generators.
 
     Args:
@@ -207,6 +231,9 @@ def restore_resume(path: Path, *, model: nn.Module, optimizer: torch.optim.Optim
         config: this run's :func:`run_config`; the model and the ROI must be those of the checkpoint.
         world_size: processes of this run (a different number is allowed, with a warning).
         device: where the generators' CUDA state goes.
+        rank: this process's rank: it takes back the generators it saved. A rank the file has none for (more
+            processes than the run that wrote it) seeds them from ``(seed, rank, iteration)``, so that no two
+            ranks draw the same dropout masks.
 
     Returns:
         The state read (its ``progress`` and ``seconds`` are where the run goes on from).
@@ -223,7 +250,11 @@ def restore_resume(path: Path, *, model: nn.Module, optimizer: torch.optim.Optim
     model.load_state_dict(state.model)
     optimizer.load_state_dict(state.optimizer)
     scaler.load_state_dict(state.scaler)
-    state.rng.restore(device)
+    own = state.rng_of(rank)
+    if own is not None:
+        own.restore(device)
+    else:
+        seed_generators(derive_seed(int(config["train"]["seed"]), rank, state.progress.iteration, 3))
     return state
 
 
@@ -303,4 +334,4 @@ def log_scalars(tb: Any, row: Dict[str, Any], iteration: int) -> None:
 
 __all__ = ["LAST_FORMAT", "RUN_FORMAT", "MetricsLog", "Progress", "ResumeState", "RngState", "describe_last",
            "load_resume", "log_scalars", "open_tensorboard", "plot_curves", "restore_resume", "run_config", "save_best",
-           "save_resume"]
+           "save_resume", "seed_generators"]

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from unetr.config import ModelConfig, Plan, TrainConfig
-from unetr.device import autocast, resolve_device, resolve_precision
+from unetr.device import autocast, explain_precision, resolve_device
 from unetr.errors import UnetrError
 from unetr.metrics import mean_foreground
 from unetr.training import distributed as D
@@ -203,7 +203,9 @@ def _setup(run_dir: Path, train_ids: Sequence[str], val_ids: Sequence[str], load
         raise ValueError("no training cases")
     if augmenter is None:
         from unetr.data.sampling import augment as augmenter
-    precision = resolve_precision(cfg.precision, device)
+    precision, why = explain_precision(cfg.precision, device)
+    if env.is_main:
+        log.info("precision %s on %s: %s", precision, device, why)
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision fp16 (with a gradient scaler) needs a CUDA device; use bf16 or fp32")
     if cfg.checkpointing and not model_cfg.checkpointing:
@@ -241,7 +243,8 @@ def _resume(run: _Run) -> Tuple[Progress, float]:
     if not run.last_path.exists():
         return Progress(), 0.0
     state = restore_resume(run.last_path, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
-                           config=run.config, world_size=run.env.world_size, device=run.env.device)
+                           config=run.config, world_size=run.env.world_size, device=run.env.device,
+                           rank=run.env.rank)
     run.metrics.load(up_to=state.progress.iteration)
     if run.env.is_main:
         log.info("resuming %s from iteration %d", run.run_dir, state.progress.iteration)
@@ -334,13 +337,14 @@ def _validate(run: _Run, counters: Progress, row: Dict[str, Any]) -> List[float]
 
 
 def _checkpoint(run: _Run, counters: Progress, seconds: float) -> None:
-    """Rank 0 writes ``last.pt``: the resume state after this iteration."""
+    """Rank 0 writes ``last.pt``: the resume state after this iteration, with every rank's generators."""
+    rngs = D.gather_object(RngState.capture(run.env.device), run.env)  # every rank takes part
     if not run.env.is_main:
         return
     save_resume(run.last_path, ResumeState(
         progress=counters, seconds=seconds, world_size=run.env.world_size, model=run.model.state_dict(),
-        optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(), rng=RngState.capture(run.env.device),
-        config=run.config))
+        optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(), rng=rngs[0], config=run.config,
+        rank_rngs=tuple(rngs) if run.env.distributed else ()))
 
 
 __all__ = ["NonFiniteLossError", "StepHook", "TrainResult", "fit"]
