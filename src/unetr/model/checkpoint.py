@@ -263,7 +263,7 @@ def _bare_config(state: Dict[str, torch.Tensor], overrides: Dict[str, Any], sour
         patch = int(given.get("patch_size", kw["patch_size"]))
         if math.prod(s // patch for s in run_at) == n:  # the weights fit this ROI as they are
             kw["img_size"] = run_at
-            assumed["img_size"] = f"given ROI {run_at}, whose patch grid has the position embedding's {n} tokens"
+            assumed["img_size"] = f"taken as the ROI given, whose patch grid holds the position embedding's {n} tokens"
     if "img_size" not in kw:
         raise CheckpointError(f"{source}: the position embedding holds {n} tokens, which is no cube and not the "
                               "patch grid of the ROI given: give the ROI the weights were trained at (img_size, "
