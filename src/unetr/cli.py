@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import traceback
 from typing import Callable, Optional, Sequence, Tuple
@@ -37,6 +38,17 @@ def _run_summary(args) -> int:
     cfg = preset(args.preset, in_channels=args.in_channels, out_channels=args.out_channels, img_size=tuple(size))
     print(summarize(cfg, depth=args.depth, flops=not args.no_flops))
     return 0
+
+
+def _roi(values: Sequence[int]) -> Tuple[int, int, int]:
+    """``--roi`` as three sizes: one value (a cube) or three, each a positive multiple of the patch size 16."""
+    given = " ".join(str(v) for v in values)
+    if len(values) not in (1, 3):
+        raise ValueError(f"--roi {given}: give one size (a cube) or three, e.g. --roi 96 or --roi 128 128 64")
+    if any(v < 16 or v % 16 for v in values):
+        raise ValueError(f"--roi {given}: crop sizes must be positive multiples of 16 (the patch size), "
+                         "e.g. --roi 96 or --roi 128 128 64")
+    return tuple(values * 3 if len(values) == 1 else values)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -138,7 +150,7 @@ def _run_plan(args) -> int:
     if args.preset:
         overrides["preset"] = args.preset
     if args.roi:
-        overrides["roi"] = tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
+        overrides["roi"] = _roi(args.roi)
     overrides.update(parse_set(args.set))
     plan = make_plan(ds, fp, **_plan_overrides(overrides, "--set "))
     save_plan(plan, args.out, fingerprint=fp)
@@ -193,6 +205,9 @@ def _add_train(sub) -> None:
     p.add_argument("--cache", help="preprocessed cache folder (default: OUT/cache)")
     p.add_argument("--workers", type=int, default=2, help="processes for planning and preprocessing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--restart", action="store_true",
+                   help="move an earlier run in --out aside (to OUT.old-N, nothing is deleted) and start a new one; "
+                        "needed when the settings change what that run trains")
     p.set_defaults(func=_run_train)
 
 
@@ -214,7 +229,7 @@ def _run_train(args) -> int:
              "seed": args.seed, "fold": args.fold, "num_workers": args.num_workers}
     settings.update({k: v for k, v in flags.items() if v is not None})
     if args.roi:
-        plan_over["roi"] = tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
+        plan_over["roi"] = _roi(args.roi)
     plan_over = _plan_overrides(plan_over, "plan.")
     model_over = coerce_fields(ModelConfig, model_over, "model.")
     cfg = TrainConfig.from_dict(settings)
@@ -226,7 +241,8 @@ def _run_train(args) -> int:
     try:
         result = train_dataset(args.dataset, args.out, cfg, preset_name=args.preset, plan_path=args.plan,
                                plan_overrides=plan_over, model_overrides=model_over, cache_dir=args.cache,
-                               workers=args.workers, env=env, progress=not args.no_progress)
+                               workers=args.workers, env=env, progress=not args.no_progress,
+                               restart=args.restart)
     finally:
         distributed.teardown(env)
     if env.is_main:
@@ -307,6 +323,7 @@ def _run_predict(args) -> int:
 
     from unetr.config import InferConfig, Plan
     from unetr.device import resolve_device
+    from unetr.fsutil import remove_stale_temporaries
     from unetr.inference.predict import load_predictor, predict_files
 
     given = [f for f in (_flag(args, k) for k in _BARE_ONLY) if f]
@@ -323,7 +340,7 @@ def _run_predict(args) -> int:
         device = __import__("torch").device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         cfg = cfg.replace(device=str(device))
     plan, overrides = None, {}
-    roi = None if args.roi is None else tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
+    roi = None if args.roi is None else _roi(args.roi)
     if roi is not None:
         overrides["img_size"] = roi
     if args.num_heads:
@@ -347,6 +364,8 @@ def _run_predict(args) -> int:
     if args.geometry and args.geometry != plan.geometry:
         log.info("geometry %s in place of the plan's %s", args.geometry, plan.geometry)
         plan = plan.replace(geometry=args.geometry)
+    for path in remove_stale_temporaries(args.output, legacy=True):
+        log.info("removed %s, left by an interrupted run", path)
     results = predict_files(model, plan, args.input, args.output, cfg, probabilities=args.probabilities,
                             overwrite=args.overwrite, rank=rank, world_size=world, progress=not args.no_progress)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
@@ -418,6 +437,10 @@ def _run_report(args) -> int:
 
     if not (args.run or args.pred or args.metrics):
         raise ValueError("give --run, --pred (with --labels) or --metrics")
+    for option, path, folder in (("--run", args.run, True), ("--pred", args.pred, True), ("--labels", args.labels, True),
+                                 ("--images", args.images, True), ("--metrics", args.metrics, False)):
+        if path and not (Path(path).is_dir() if folder else Path(path).is_file()):
+            raise FileNotFoundError(f"{option} {path}: no such {'folder' if folder else 'file'}")
     names = None
     if args.run and (Path(args.run) / "config.json").is_file():
         try:
@@ -557,37 +580,80 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from unetr.allocator import keep_freed_memory
 
         keep_freed_memory()
+    previous = _stop_on_sigterm()
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
         print(f"unetr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"unetr {args.command}: terminated (SIGTERM); rerun the command to continue", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BaseException as e:  # noqa: BLE001 - every failure becomes one line (or a bug report)
-        message, code = describe_failure(e, verbose=args.verbose)
+        message, code = describe_failure(e, verbose=args.verbose, command=args.command)
         if code == EXIT_BUG and args.verbose:
             traceback.print_exc()
         print(f"unetr {args.command}: {message}", file=sys.stderr)
         return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so that every ``finally`` runs (temporary files are removed,
+    locks released, worker processes stopped) before the command exits with 143."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the cleanup ends the process
+    raise Terminated()
+
+
+def _stop_on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` (main thread only); returns the handler it replaced."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 EXIT_USER = 2  # the user's input or environment: a message says what to change
 EXIT_BUG = 3  # an unexpected exception: a bug in unetr
 
 
-def describe_failure(e: BaseException, verbose: bool = False) -> Tuple[str, int]:
+# what lowers the memory a command needs
+MEMORY_ADVICE = {
+    "train": "use a smaller --roi or --batch-size, --precision bf16 or --set checkpointing=true",
+    "predict": "lower --batch, add --accum-fp16 or --accum-device cpu, or use --inverse labels",
+    "preprocess": "use fewer --workers (each preprocesses one case at a time)",
+    "plan": "use fewer --workers",
+    "evaluate": "use fewer --workers",
+}
+
+
+def describe_failure(e: BaseException, verbose: bool = False, command: Optional[str] = None) -> Tuple[str, int]:
     """One line for a failure and the exit code: user-caused conditions (bad files, options, a full disk, too
-    little memory) get :data:`EXIT_USER`; anything else is a bug in unetr and says so (:data:`EXIT_BUG`)."""
+    little memory) get :data:`EXIT_USER`; anything else is a bug in unetr and says so (:data:`EXIT_BUG`).
+
+    Args:
+        command: the subcommand, whose options a memory message suggests.
+    """
     import errno
 
-    from unetr.errors import UnetrError
+    from unetr.errors import UnetrError, out_of_memory
 
     if isinstance(e, SystemExit):
         raise e
+    needed = out_of_memory(e)
+    if needed is not None:
+        advice = MEMORY_ADVICE.get(command or "", "free memory or use a machine with more")
+        text = str(e).splitlines()[0][:160] if str(e) else ""
+        what = text if isinstance(e, MemoryError) or not needed else f"an allocation of {needed} failed"
+        return f"error: out of memory{f' ({what})' if what else ''}; {advice}", EXIT_USER
     if isinstance(e, (UnetrError, ValueError)):
         return f"error: {e}", EXIT_USER
-    if isinstance(e, MemoryError):
-        return ("error: out of memory" + (f" ({e})" if str(e) else "")
-                + "; lower --batch / --threads, use --precision bf16, or free memory"), EXIT_USER
     if isinstance(e, OSError):
         where = e.filename or ""
         if e.errno == errno.ENOSPC:

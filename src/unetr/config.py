@@ -279,6 +279,7 @@ class TrainConfig(_DictMixin):
     iterations: int = 25000
     val_every: int = 500
     checkpoint_every: int = 500
+    checkpoint_minutes: float = 10.0  # also write last.pt when this long has passed since the last one (0: off)
     batch_size: int = 1  # volumes per step; each gives `samples_per_volume` crops
     samples_per_volume: int = 4
     pos_fraction: float = 0.5  # pos=1, neg=1
@@ -322,6 +323,8 @@ class TrainConfig(_DictMixin):
         for name in ("val_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.checkpoint_minutes >= 0:
+            raise ValueError(f"checkpoint_minutes must be 0 (off) or positive, got {self.checkpoint_minutes}")
         if self.num_workers < 0 or self.warmup_iterations < 0 or self.seed < 0:
             raise ValueError("num_workers, warmup_iterations and seed must be non-negative")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -498,9 +498,12 @@ def evaluate_folders(
         if workers <= 1:
             yield from map(_score_pair, jobs_)
             return
+        import os
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        from unetr.workers import die_with_parent
+
+        with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             yield from pool.map(_score_pair, jobs_)
 
     if num_classes is None:  # a first pass finds the largest label

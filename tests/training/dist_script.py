@@ -2,9 +2,9 @@
 
 Usage: python dist_script.py MODE OUT [options]
 
-- ``prepare OUT --dataset DIR --sleep S --timeout T``: rank 0 plans and caches DIR, ``S`` seconds slower than it
-  would, in a process group whose collectives time out after ``T`` seconds; then one collective, and every rank
-  writes ``OUT/rank<R>.json`` with the plan it got.
+- ``prepare OUT --dataset DIR --sleep S --timeout T``: rank 0 plans DIR and caches it, each step ``S`` seconds
+  slower than it would be, in a process group whose collectives time out after ``T`` seconds; then one
+  collective, and every rank writes ``OUT/rank<R>.json`` with the plan it got.
 - ``errors OUT``: first rank 0's preparation raises, then each rank looks for the marker in a folder of its own
   (as nodes without a shared file system would); every rank writes ``OUT/rank<R>.json`` with the errors it got.
 - ``train OUT --iterations N [--stop-after K]``: the tiny run with dropout, a checkpoint every iteration; with
@@ -33,20 +33,24 @@ class Stop(Exception):
 
 def prepare(args, env):
     import unetr.data.cache as cache_module
+    import unetr.data.plan as plan_module
     from unetr.data.cases import load_dataset
-    from unetr.training.prepare import _plan_and_cache
+    from unetr.training.prepare import PREPARE_MARKER, _cache, _plan
 
-    real_build = cache_module.build_cache
+    def slow(real):
+        def run(*a, **kw):
+            time.sleep(args.sleep)  # longer than the collectives' timeout
+            return real(*a, **kw)
 
-    def slow_build(*a, **kw):
-        time.sleep(args.sleep)  # longer than the collectives' timeout
-        return real_build(*a, **kw)
+        return run
 
-    cache_module.build_cache = slow_build
+    plan_module.fingerprint = slow(plan_module.fingerprint)
+    cache_module.build_cache = slow(cache_module.build_cache)
     ds = load_dataset(args.dataset)
     out = Path(args.out)
-    plan, _ = _plan_and_cache(ds, list(ds.train), out, out / "cache", env, plan_path=None,
-                              plan_overrides={"roi": (32, 32, 32)}, preset_name="tiny", workers=1, progress=False)
+    plan, _ = _plan(ds, out, env, plan_path=None, plan_overrides={"roi": (32, 32, 32)}, preset_name="tiny",
+                    workers=1, progress=False)
+    _cache(list(ds.train), plan, out / "cache", env, marker=out / PREPARE_MARKER, workers=1, progress=False)
     D.barrier(env)  # a collective after the preparation still works
     (out / f"rank{env.rank}.json").write_text(json.dumps({"plan": plan.to_dict()}))
 

@@ -144,8 +144,31 @@ def _msd_images(root: Path, rel: str) -> Tuple[str, ...]:
     return tuple(str(p) for p in split) or (str(path),)
 
 
+_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", type(None): "null", int: "a number",
+               float: "a number", bool: "true/false"}
+
+
+def _expect(value, kinds: tuple, what: str, source: Path, example: str):
+    """``value`` when it is one of ``kinds``, else a :class:`DataError` naming the file, the key, the expected form
+    and what was found (``dataset.json: 'labels' must be an object like {...}, got a string``)."""
+    if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+        return value
+    got = _TYPE_NAMES.get(type(value), type(value).__name__)
+    raise DataError(f"{source}: {what} must be {_TYPE_NAMES.get(kinds[0], kinds[0].__name__)} like {example}, "
+                    f"got {got} ({_preview(value)})")
+
+
+def _preview(value) -> str:
+    import json
+
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _names_from_index_map(mapping: dict, what: str, source: Path) -> Tuple[str, ...]:
     """``{"0": "background", "1": "liver"}`` -> ("background", "liver")."""
+    _expect(mapping, (dict,), f"'{what}'", source, '{"0": "background", "1": "liver"}'
+            if what == "labels" else '{"0": "CT"}')
     try:
         items = sorted((int(k), str(v)) for k, v in mapping.items())
     except (TypeError, ValueError):
@@ -157,9 +180,10 @@ def _names_from_index_map(mapping: dict, what: str, source: Path) -> Tuple[str, 
 
 def _labels_v2(mapping: dict, source: Path) -> Tuple[str, ...]:
     """nnU-Net v2 ``{"background": 0, "liver": 1}`` (region lists are not supported)."""
+    _expect(mapping, (dict,), "'labels'", source, '{"background": 0, "liver": 1}')
     inv: Dict[int, str] = {}
     for name, value in mapping.items():
-        if not isinstance(value, int):
+        if not isinstance(value, int) or isinstance(value, bool):
             raise DataError(f"{source}: label {name!r} maps to {value!r}; only integer labels are supported")
         inv[value] = str(name)
     if sorted(inv) != list(range(len(inv))):
@@ -167,10 +191,17 @@ def _labels_v2(mapping: dict, source: Path) -> Tuple[str, ...]:
     return tuple(inv[i] for i in range(len(inv)))
 
 
-def _entry_images(root: Path, image) -> Tuple[str, ...]:
-    if isinstance(image, (list, tuple)):
+def _entry_images(root: Path, image, source: Path, where: str) -> Tuple[str, ...]:
+    if isinstance(image, list) and image and all(isinstance(p, str) for p in image):
         return tuple(str(_resolve(root, p)) for p in image)
+    _expect(image, (str,), f"{where} 'image'", source, '"imagesTr/case_001.nii.gz" (or a list of them)')
     return (str(_resolve(root, image)),)
+
+
+def _entry_label(root: Path, label, source: Path, where: str) -> Optional[str]:
+    if label is None or label == "":
+        return None
+    return str(_resolve(root, _expect(label, (str,), f"{where} 'label'", source, '"labelsTr/case_001.nii.gz"')))
 
 
 def _entry_id(images: Tuple[str, ...]) -> str:
@@ -189,15 +220,14 @@ def _datalist_cases(root: Path, entries, source: Path, key: str) -> Tuple[Case, 
             e = {"image": e}
         if not isinstance(e, dict) or "image" not in e:
             raise DataError(f"{source}: '{key}' entry {i} has no 'image': {e!r}")
-        images = _entry_images(root, e["image"])
+        images = _entry_images(root, e["image"], source, f"'{key}' entry {i}")
         cid = _entry_id(images)
         if cid in seen:  # datalists may reuse file names in other folders: keep ids unique
             seen[cid] += 1
             cid = f"{cid}-{seen[cid]}"
         else:
             seen[cid] = 0
-        label = e.get("label")
-        cases.append(Case(cid, images, str(_resolve(root, label)) if label else None))
+        cases.append(Case(cid, images, _entry_label(root, e.get("label"), source, f"'{key}' entry {i}")))
     return tuple(cases)
 
 
@@ -209,12 +239,17 @@ def _load_dataset_json(root: Path, source: Path) -> Dataset:
     if "channel_names" in meta or "file_ending" in meta:  # nnU-Net v2
         channels = _names_from_index_map(meta.get("channel_names", {"0": "CT"}), "channel_names", source)
         classes = _labels_v2(meta.get("labels", {}), source) if "labels" in meta else ()
-        ending = str(meta.get("file_ending", ".nii.gz"))
+        ending = _expect(meta.get("file_ending", ".nii.gz"), (str,), "'file_ending'", source, '".nii.gz"')
         if "dataset" in meta:  # explicit file lists
             train = []
-            for cid, e in sorted(meta["dataset"].items()):
-                train.append(Case(cid, _entry_images(root, e["images"]),
-                                  str(_resolve(root, e["label"])) if e.get("label") else None))
+            listed = _expect(meta["dataset"], (dict,), "'dataset'", source, '{"case_001": {"images": [...]}}')
+            for cid, e in sorted(listed.items()):
+                where = f"'dataset' entry {cid!r}"
+                e = _expect(e, (dict,), where, source, '{"images": ["imagesTr/case_001_0000.nii.gz"]}')
+                if "images" not in e:
+                    raise DataError(f"{source}: {where} has no 'images'")
+                train.append(Case(cid, _entry_images(root, e["images"], source, where),
+                                  _entry_label(root, e.get("label"), source, where)))
             train_t: Tuple[Case, ...] = tuple(train)
         else:
             train_t = tuple(c for c in _pair(root / "imagesTr", root / "labelsTr"))
@@ -227,14 +262,17 @@ def _load_dataset_json(root: Path, source: Path) -> Dataset:
         channels = _names_from_index_map(meta.get("modality", {"0": "CT"}), "modality", source)
         classes = _names_from_index_map(meta["labels"], "labels", source) if "labels" in meta else ()
         train = []
-        for i, e in enumerate(meta["training"]):
+        example = '[{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}]'
+        for i, e in enumerate(_expect(meta["training"], (list,), "'training'", source, example)):
             if not isinstance(e, dict) or "image" not in e:
                 raise DataError(f"{source}: 'training' entry {i} has no 'image'")
-            images = _msd_images(root, e["image"])
-            train.append(Case(_entry_id(images), images, str(_resolve(root, e["label"])) if e.get("label") else None))
+            where = f"'training' entry {i}"
+            images = _msd_images(root, _expect(e["image"], (str,), f"{where} 'image'", source, '"./imagesTr/a.nii.gz"'))
+            train.append(Case(_entry_id(images), images, _entry_label(root, e.get("label"), source, where)))
         test = []
-        for e in meta.get("test", []):
-            images = _msd_images(root, e if isinstance(e, str) else e["image"])
+        for i, e in enumerate(_expect(meta.get("test", []), (list,), "'test'", source, '["./imagesTs/b.nii.gz"]')):
+            image = e.get("image") if isinstance(e, dict) else e
+            images = _msd_images(root, _expect(image, (str,), f"'test' entry {i}", source, '"./imagesTs/b.nii.gz"'))
             test.append(Case(_entry_id(images), images, None))
         return Dataset(str(root), name, tuple(train), tuple(test), (), classes, channels, ".nii.gz", "msd")
     if "training" in meta:  # a MONAI datalist named dataset.json
@@ -303,7 +341,8 @@ def _check_case(case: Case, num_channels: Optional[int], num_classes: Optional[i
     except DataError as e:
         return [f"{case.id}: {e}"], None
     if num_channels is not None and image.shape[0] != num_channels:
-        problems.append(f"{case.id}: {image.shape[0]} channel(s), the dataset declares {num_channels}")
+        problems.append(f"{case.id}: {case.images[0]}: {image.shape[0]} channel(s), the dataset declares "
+                        f"{num_channels}")
     if case.label is None:
         return problems, image.shape[0]
     try:
@@ -312,7 +351,7 @@ def _check_case(case: Case, num_channels: Optional[int], num_classes: Optional[i
         return problems + [f"{case.id}: {e}"], image.shape[0]
     for problem in (grid_problem(lgeom, geom), label_problem(label, num_classes)):
         if problem:
-            problems.append(f"{case.id}: {problem}")
+            problems.append(f"{case.id}: {case.label}: {problem}")
     return problems, image.shape[0]
 
 

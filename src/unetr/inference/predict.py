@@ -27,7 +27,7 @@ import torch
 
 from unetr.config import InferConfig, Plan
 from unetr.device import autocast, explain_precision, resolve_device
-from unetr.errors import CheckpointError, UnetrError
+from unetr.errors import CheckpointError, UnetrError, out_of_memory
 from unetr.inference.sliding_window import count_windows, sliding_window
 
 log = logging.getLogger(__name__)
@@ -348,10 +348,24 @@ def predict_case(
             write_image(prob_out, p, geom, dtype="float32")  # NIfTI-1 (nibabel) has no float16 code
             del p
         write_label(out, labels_np, geom)  # last: its existence marks the case as finished
-    except (UnetrError, ValueError, OSError, RuntimeError) as e:
-        return CaseResult(name, "failed", message=str(e) or type(e).__name__, seconds=time.perf_counter() - t0)
+    except (UnetrError, ValueError, OSError, RuntimeError, MemoryError) as e:  # the other cases go on
+        return CaseResult(name, "failed", message=_failure_text(e), seconds=time.perf_counter() - t0)
     classes = [int(c) for c in np.unique(labels_np) if c != 0]
     return CaseResult(name, "done", out, time.perf_counter() - t0, tuple(labels_np.shape), classes)
+
+
+def _failure_text(e: BaseException) -> str:
+    """One line for a case that failed: how much memory it asked for and what lowers it, a full disk and its
+    file, or the error's own message."""
+    import errno
+
+    needed = out_of_memory(e)
+    if needed is not None:
+        return (f"out of memory ({f'an allocation of {needed} failed' if needed else e}); lower --batch, add "
+                "--accum-fp16 or --accum-device cpu, or use --inverse labels")
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return f"disk full writing {e.filename or 'the prediction'}"
+    return str(e) or type(e).__name__
 
 
 def predict_files(

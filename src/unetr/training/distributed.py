@@ -160,7 +160,9 @@ def main_first(work: Callable[[], T], env: DistEnv, marker: Path, *, describe_wa
     file ``marker`` instead, which rank 0 writes as it starts, and again with ``work``'s result (or its
     error) when it ends; they log what they are waiting for every ``report_s`` seconds. The only collective
     is one quick broadcast of a token naming this launch, so a marker left by an earlier launch is never
-    taken for this one's. ``marker`` must be on a file system every node sees (as the run directory must).
+    taken for this one's, and one barrier once every rank has the result, after which rank 0 removes the
+    marker (a failed ``work`` leaves it, with the error). ``marker`` must be on a file system every node sees
+    (as the run directory must).
 
     Args:
         work: what rank 0 does; its result must be JSON-serialisable (every rank gets it).
@@ -193,8 +195,12 @@ def main_first(work: Callable[[], T], env: DistEnv, marker: Path, *, describe_wa
             _write_marker(marker, {"token": token, "state": "failed", "error": f"{type(e).__name__}: {e}"})
             raise
         _write_marker(marker, {"token": token, "state": "done", "result": result})
-        return result
-    return _wait_for_marker(marker, token, env.rank, describe_wait, poll_s, report_s, visible_s)
+    else:
+        result = _wait_for_marker(marker, token, env.rank, describe_wait, poll_s, report_s, visible_s)
+    barrier(env)  # quick: every rank has seen "done" within poll_s
+    if env.is_main:
+        marker.unlink(missing_ok=True)
+    return result
 
 
 def _write_marker(path: Path, doc: dict) -> None:
