@@ -68,6 +68,8 @@ def errors(args, env):
         D.main_first(lambda: 1, env, out / f"node{env.rank}" / "marker.json", poll_s=0.1, visible_s=3)
     except UnetrError as e:
         got["hidden"] = str(e)
+    except RuntimeError:  # rank 0, in the final barrier, when rank 1 has stopped
+        got["hidden"] = "peer stopped"
     (out / f"rank{env.rank}.json").write_text(json.dumps(got))
 
 

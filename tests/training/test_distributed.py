@@ -95,7 +95,7 @@ def test_rank_0_failing_or_unseen_stops_the_waiting_ranks(tmp_path):
     res = _torchrun("errors", tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     r0, r1 = _ranks(tmp_path)
-    assert r0 == {"failed": "ValueError: the dataset is broken"}
+    assert r0["failed"] == "ValueError: the dataset is broken"
     assert r1["failed"].startswith("UnetrError: rank 0 failed to prepare the data (ValueError: the dataset is broken)")
     assert "cannot see" in r1["hidden"] and "file system every node shares" in r1["hidden"]
 
