@@ -3,9 +3,10 @@
 Nothing here executes code from a file: safetensors holds only tensors, and ``.pt``/``.pth`` files are read
 with ``torch.load(weights_only=True)``, which refuses pickles that would construct arbitrary objects.
 
-Our safetensors files describe themselves: their metadata holds the :class:`ModelConfig` (``model``, JSON)
-beside ``format: unetr-run``, so a ``model.safetensors`` copied out of its run directory loads as the same
-network, and its ``img_size`` is the ROI it was trained at. Only weights without a stored config (MONAI's,
+Our safetensors files describe themselves: their metadata holds one key, ``unetr``, whose JSON value is
+``{"format": "unetr-run", "model": <ModelConfig>}`` (one key, because safetensors writes several in no fixed
+order and a file would then differ from run to run), so a ``model.safetensors`` copied out of its run
+directory loads as the same network, and its ``img_size`` is the ROI it was trained at. Only weights without a stored config (MONAI's,
 the tutorial's) have their architecture read from the tensors, and then every setting is logged, the
 assumed ones marked as such (:func:`unetr.model.convert.infer_model_config`).
 """
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RUN_FORMAT = "unetr-run"
 RUN_VERSION = 1
+METADATA_KEY = "unetr"
 PathLike = Union[str, Path]
 _RUN_SETTINGS = ("img_size", "dropout", "checkpointing")  # how a model runs, not which weights it has
 
@@ -50,8 +52,8 @@ def save_safetensors(path: PathLike, model_or_state: Union[nn.Module, Dict[str, 
         path: the file.
         model_or_state: a module (DDP-wrapped or not) or a state dict.
         metadata: string pairs stored in the file's header.
-        config: the model's config, stored in the header (``format`` and ``model``) so that
-            :func:`load_model` builds the network from it instead of reading it from the tensors.
+        config: the model's config, stored in the header (key ``unetr``) so that :func:`load_model` builds the
+            network from it instead of reading it from the tensors.
     """
     from safetensors.torch import save_file
 
@@ -60,7 +62,7 @@ def save_safetensors(path: PathLike, model_or_state: Union[nn.Module, Dict[str, 
     sd = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     metadata = dict(metadata or {})
     if config is not None:
-        metadata.update({"format": RUN_FORMAT, "model": json.dumps(config.to_dict())})
+        metadata[METADATA_KEY] = json.dumps({"format": RUN_FORMAT, "model": config.to_dict()})
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -129,15 +131,15 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
 def stored_model_config(path: PathLike) -> Optional[Dict[str, Any]]:
     """The model config stored in a safetensors file written by this package, or None for bare weights."""
     meta = read_metadata(path)
-    if meta.get("format") != RUN_FORMAT or "model" not in meta:
+    if METADATA_KEY not in meta:
         return None
     try:
-        doc = json.loads(meta["model"])
+        doc = json.loads(meta[METADATA_KEY])
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: the model config in the file's metadata is not JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise CheckpointError(f"{path}: the model config in the file's metadata is not a JSON object")
-    return doc
+    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT or not isinstance(doc.get("model"), dict):
+        raise CheckpointError(f"{path}: the file's metadata holds no {RUN_FORMAT} model config")
+    return doc["model"]
 
 
 def load_weights(model: UNETR, state: Dict[str, torch.Tensor], source: str = "checkpoint", *,
