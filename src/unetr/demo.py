@@ -7,7 +7,8 @@ demo never imports the CLI), and each one reuses what an earlier run finished (t
 2. ``unetr train``: plan, preprocess (cached) and train the ``tiny`` preset on the CPU;
 3. ``unetr predict``: the held-out images, back in their original space;
 4. ``unetr evaluate``: Dice, IoU, HD95, ASD, surface Dice per class and case;
-5. ``unetr report``: overlays of the best and worst cases, the training curves and the metrics table.
+5. ``unetr report``: ``report.html`` (open it in a browser: the case table, a slice viewer of every held-out
+   case, the training curves, the model and its attention maps) and ``report.md`` with PNG overlays.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def run_command(argv: Sequence[str]) -> int:
 def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, test_cases: int = 4, seed: int = 0,
              train_args: Optional[Sequence[str]] = None, fresh: bool = False, iterations: Optional[int] = None,
              runner: Optional[Callable[[List[str]], int]] = None) -> dict:
-    """Run the demo's commands; returns ``{"seconds", "summary", "report"}``.
+    """Run the demo's commands; returns ``{"seconds", "summary", "report"}`` (``report``: the path of ``report.html``).
 
     Args:
         out: the demo folder (``data/``, ``run/``, ``predictions/``, ``evaluation/``, ``report/``).
@@ -104,4 +105,4 @@ def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, t
     summary_path = out / "evaluation" / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "summary": summary, "report": out / "report" / "report.md"}
+    return {"seconds": seconds, "summary": summary, "report": out / "report" / "report.html"}

@@ -48,7 +48,7 @@ def test_msd_v1_layout_with_4d_images(tmp_path):
         "test": ["./imagesTs/BRATS_100.nii.gz"],
     }))
     ds = load_dataset(tmp_path)
-    assert ds.layout == "msd" and ds.channel_names == ("FLAIR", "T1w") and ds.modality == "MRI"
+    assert ds.layout == "msd" and ds.channel_names == ("FLAIR", "T1w") and ds.modality == "MR"
     assert ds.class_names == ("background", "edema", "tumour")
     assert [c.id for c in ds.train] == ["BRATS_000", "BRATS_001"] and ds.test[0].id == "BRATS_100"
     assert check_dataset(tmp_path) == []

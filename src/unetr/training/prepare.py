@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 import torch
 
 from unetr.config import ModelConfig, Plan, TrainConfig
+from unetr.data.sampling import rot90_note
 from unetr.device import resolve_device
 from unetr.errors import DataError, UnetrError
+from unetr.recipes import resolve_epochs
 from unetr.training import distributed as D
 from unetr.training.batches import CachedCases
 from unetr.training.run_dir import check_same_settings, move_run_aside, run_config, stored_config
@@ -132,6 +134,7 @@ def train_dataset(
         raise DataError(f"{dataset}: {e}") from None
     if not train_cases:
         raise DataError(f"{dataset}: no training cases after the split (fold {cfg.fold} of {cfg.num_folds})")
+    cfg = resolve_epochs(cfg, len(train_cases), env.world_size)  # counts in epochs (--recipe btcv) -> iterations
     train_ids, val_ids = [c.id for c in train_cases], [c.id for c in val_cases]
     if restart and env.is_main:
         moved = move_run_aside(out)
@@ -155,6 +158,8 @@ def train_dataset(
             log.info("training %s (%s preset, %.1fM parameters) on %d cases, validating on %d; ROI %s; run %s",
                      dataset, run_plan.preset, _count_params(model_cfg) / 1e6, len(train_ids), len(val_ids),
                      run_plan.roi, out)
+            if rot90_note(run_plan.roi, cfg.rot90_prob):
+                log.info("%s", rot90_note(run_plan.roi, cfg.rot90_prob))
         return fit(run_dir=out, train_ids=train_ids, val_ids=val_ids, load=CachedCases(cache), plan=run_plan,
                    model_cfg=model_cfg, cfg=cfg, env=env, progress=progress, hold_lock=False)
 
@@ -170,7 +175,7 @@ def _plan(ds: Dataset, out: Path, env: D.DistEnv, *, plan_path: Optional[os.Path
     Returns:
         ``(plan, whether it existed before this call)``.
     """
-    from unetr.data.plan import fingerprint, load_plan, make_plan, save_plan
+    from unetr.data.plan import load_plan, plan_dataset, save_plan
 
     own_plan = out / "plan.json"
     plan_existed = plan_path is not None or own_plan.is_file()
@@ -184,8 +189,7 @@ def _plan(ds: Dataset, out: Path, env: D.DistEnv, *, plan_path: Optional[os.Path
         overrides = dict(plan_overrides or {})
         if preset_name:
             overrides.setdefault("preset", preset_name)
-        fp = fingerprint(ds, workers=workers, progress=progress)
-        plan = make_plan(ds, fp, **overrides)
+        plan, fp = plan_dataset(ds, workers=workers, progress=progress, **overrides)
         save_plan(plan, own_plan, fingerprint=fp)
         return plan.to_dict()
 
@@ -218,7 +222,8 @@ def _run_plan(plan: Plan, plan_overrides: Optional[dict], preset_name: Optional[
     if preset_name:
         run_changes["preset"] = preset_name
     run_plan = plan.replace(**run_changes)
-    ignored = sorted(set(plan_overrides or {}) - set(RUN_PLAN_KEYS))
+    ignored = sorted(k for k, v in (plan_overrides or {}).items()  # those the plan holds already are no news
+                     if k not in RUN_PLAN_KEYS and getattr(plan, k, None) != v)
     if ignored and plan_existed and env.is_main:
         log.warning("the plan exists already; ignoring the plan settings %s (use a new --out, or --restart)",
                     ", ".join(ignored))

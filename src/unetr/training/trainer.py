@@ -257,13 +257,16 @@ def _setup(run_dir: Path, train_ids: Sequence[str], val_ids: Sequence[str], load
     model = build_model(model_cfg, channels_last=cfg.channels_last)
     model.to(device)
     torch.manual_seed(derive_seed(cfg.seed, env.rank, 3))  # dropout and other in-model randomness: per rank
-    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device,
+                                decay_all=cfg.decay_all)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     loss_fn = DiceCELoss(include_background=cfg.include_background, dice_weight=cfg.dice_weight,
                          ce_weight=cfg.ce_weight, smooth_nr=cfg.smooth_nr, smooth_dr=cfg.smooth_dr,
-                         batch_dice=cfg.batch_dice, label_smoothing=cfg.label_smoothing)
+                         batch_dice=cfg.batch_dice, label_smoothing=cfg.label_smoothing,
+                         squared_pred=cfg.squared_pred)
     return _Run(run_dir=run_dir, env=env, cfg=cfg, plan=plan,
-                config=run_config(model_cfg, plan, cfg, train_ids, val_ids), precision=precision, model=model, optimizer=optimizer, scaler=scaler, loss_fn=loss_fn,
+                config=run_config(model_cfg, plan, cfg, train_ids, val_ids), precision=precision, model=model,
+                optimizer=optimizer, scaler=scaler, loss_fn=loss_fn,
                 metrics=MetricsLog(run_dir / "metrics.csv", plan.class_names), augmenter=augmenter,
                 aug_kwargs=augment_kwargs(cfg), aug_gen=torch.Generator(device=device), train_ids=train_ids,
                 val_ids=val_ids, load=load, progress=progress)
@@ -378,7 +381,7 @@ def _validate(run: _Run, counters: Progress, row: Dict[str, Any]) -> List[float]
     cfg, env = run.cfg, run.env
     dice = validate(run.model, run.val_ids, run.load, roi=tuple(run.plan.roi), num_classes=run.plan.num_classes,
                     env=env, precision=run.precision, overlap=cfg.val_overlap, sw_batch=cfg.val_sw_batch,
-                    progress=run.progress and env.is_main)
+                    mode=cfg.val_mode, progress=run.progress and env.is_main)
     mean = mean_foreground(dice)
     row.update({f"val_dice_{c}": d for c, d in zip(run.plan.class_names, dice)})
     row["val_mean_dice"] = mean
