@@ -236,7 +236,10 @@ def _add_train(sub) -> None:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int)
     p.add_argument("--fold", type=int, help="cross-validation fold used for validation")
-    p.add_argument("--num-workers", type=int, help="data-loader worker processes")
+    p.add_argument("--num-workers", type=int, help="data-loader worker processes (default -1: 2 on CPUs, up to 4 per GPU)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (inductor; needs g++ on CPUs, Triton on GPUs): the first step "
+                        "compiles for minutes")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a CPU shared with other jobs)")
     p.add_argument("--plan", help="use this plan.json (from `unetr plan`) instead of making one")
     p.add_argument("--modality", choices=["CT", "MR", "OTHER"],
@@ -266,7 +269,7 @@ def _run_train(args) -> int:
         target[name] = value
     flags = {"iterations": args.iterations, "val_every": args.val_every, "checkpoint_every": args.checkpoint_every,
              "lr": args.lr, "batch_size": args.batch_size, "precision": args.precision, "device": args.device,
-             "seed": args.seed, "fold": args.fold, "num_workers": args.num_workers}
+             "seed": args.seed, "fold": args.fold, "num_workers": args.num_workers, "compile": args.compile}
     settings.update({k: v for k, v in flags.items() if v is not None})
     if args.roi:
         plan_over["roi"] = _roi(args.roi)
@@ -287,6 +290,10 @@ def _run_train(args) -> int:
         torch.set_num_threads(args.threads)
     env = distributed.setup(cfg.device)
     try:
+        if cfg.compile:  # before planning and preprocessing: a missing compiler is one line, at once
+            from unetr.accel import check_compiler
+
+            check_compiler(env.device)
         result = train_dataset(args.dataset, args.out, cfg, preset_name=args.preset, plan_path=args.plan,
                                plan_overrides=plan_over, model_overrides=model_over, cache_dir=args.cache,
                                workers=args.workers, env=env, progress=not args.no_progress,
@@ -314,6 +321,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--accum-device", default="auto", help="where the window sums live (auto: --device)")
     p.add_argument("--accum-fp16", action="store_true", help="half-precision window sums (half the memory)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (inductor; needs g++ on CPUs, Triton on GPUs): compiles for a "
+                        "minute or more first")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     p.add_argument("--largest-component", action="store_true", help="keep each class's largest component")
     p.add_argument("--inverse", default="soft", choices=["soft", "labels"],
@@ -381,12 +391,17 @@ def _run_predict(args) -> int:
 
     cfg = InferConfig(overlap=args.overlap, mode=args.mode, sw_batch_size=args.batch, tta=args.tta,
                       precision=args.precision, device=args.device, largest_component=args.largest_component,
-                      accum_device=args.accum_device, accum_fp16=args.accum_fp16, inverse=args.inverse)
+                      accum_device=args.accum_device, accum_fp16=args.accum_fp16, inverse=args.inverse,
+                      compile=args.compile)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is None and world > 1:
         device = __import__("torch").device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         cfg = cfg.replace(device=str(device))
+    if cfg.compile:  # before the model is loaded: a missing compiler is one line, at once
+        from unetr.accel import check_compiler
+
+        check_compiler(device)
     plan, overrides = None, {}
     roi = None if args.roi is None else _roi(args.roi)
     if roi is not None:

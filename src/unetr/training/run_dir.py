@@ -61,7 +61,7 @@ def run_config(model_cfg: ModelConfig, plan: Plan, cfg: TrainConfig, train_ids: 
 # computes. Any other change (model, plan, data, loss, optimizer, augmentation, seed) trains something else.
 RESUMABLE_TRAIN_KEYS = frozenset({
     "iterations", "val_every", "checkpoint_every", "checkpoint_minutes", "log_every", "tensorboard", "num_workers",
-    "device", "precision", "val_overlap", "val_sw_batch", "checkpointing", "channels_last"})
+    "device", "precision", "val_overlap", "val_sw_batch", "checkpointing", "channels_last", "compile"})
 RESUMABLE_MODEL_KEYS = frozenset({"checkpointing"})  # recomputation in the backward pass: memory, not the model
 
 

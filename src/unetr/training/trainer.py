@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 
+from unetr.accel import compile_model
 from unetr.config import ModelConfig, Plan, TrainConfig
 from unetr.device import autocast, explain_precision, resolve_device, resolve_precision
 from unetr.errors import UnetrError
@@ -107,7 +108,7 @@ class _Run:
     val_ids: Sequence[str]
     load: CaseLoader
     progress: bool  # progress bars
-    ddp: Optional[nn.Module] = None  # the model as the steps call it (DDP-wrapped with several processes)
+    ddp: Optional[nn.Module] = None  # the model as the steps call it (DDP-wrapped with several processes, compiled)
     saved_at: float = field(default_factory=time.monotonic)  # when last.pt was last written (or the run began)
 
     @property
@@ -209,6 +210,10 @@ def _train(run: _Run, sampler: Optional[CropSampler], on_step: Optional[StepHook
         return TrainResult(run.run_dir, start, counters.best_dice, counters.best_iteration, seconds=seconds0,
                            resumed_from=start, model=run.model)
     run.ddp = _distributed(run.model, env)
+    if cfg.compile:  # the training step's forward; validation and the saved weights use the plain model
+        run.ddp = compile_model(run.ddp, env.device)
+        if env.is_main:
+            log.info("torch.compile: the first training step compiles the model (minutes on a CPU)")
     batches = train_batches(run.load, run.train_ids, plan.roi, cfg, start=start, rank=env.rank,
                             world_size=env.world_size, device=env.device, sampler=sampler)
     tb = open_tensorboard(run.run_dir) if (cfg.tensorboard and env.is_main) else None
