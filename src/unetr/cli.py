@@ -345,11 +345,22 @@ def _add_predict(sub) -> None:
     g.add_argument("--class-names", nargs="+", help="one per class, background first")
     g.add_argument("--no-crop", action="store_true", help="do not crop to the body (MONAI: no CropForegroundd)")
     g.add_argument("--num-heads", type=int, help="attention heads (not stored in MONAI checkpoints)")
+    g.add_argument("--res-block", action=argparse.BooleanOptionalAction, default=None,
+                   help="residual decoder blocks (default: as the weights' keys say)")
     p.set_defaults(func=_run_predict)
 
 
 _BARE_ONLY = ("spacing", "roi", "intensity", "window", "in_channels", "out_channels", "class_names", "no_crop",
-              "num_heads")
+              "num_heads", "res_block")
+_ARCHITECTURE = ("--num-heads", "--res-block", "--no-res-block")  # need no preprocessing options beside them
+
+
+def _flag(args, key: str) -> Optional[str]:
+    """The option that set ``key`` (``--no-res-block`` for a false switch), or None when it was not given."""
+    value = getattr(args, key)
+    if value is None or (value is False and key != "res_block"):
+        return None
+    return f"--{'no-' if value is False else ''}{key.replace('_', '-')}"
 
 
 def _has_plan(model: str) -> bool:
@@ -373,7 +384,7 @@ def _run_predict(args) -> int:
     from unetr.fsutil import remove_stale_temporaries
     from unetr.inference.predict import load_predictor, predict_files
 
-    given = [f"--{k.replace('_', '-')}" for k in _BARE_ONLY if getattr(args, k) not in (None, False)]
+    given = [f for f in (_flag(args, k) for k in _BARE_ONLY) if f]
     if given and _has_plan(args.model):
         raise ValueError(f"{' '.join(given)}: {args.model} is a run, which predicts with the plan and window it "
                          "was trained with; these options describe a bare checkpoint's preprocessing")
@@ -397,6 +408,8 @@ def _run_predict(args) -> int:
         overrides["img_size"] = roi
     if args.num_heads:
         overrides["num_heads"] = args.num_heads
+    if args.res_block is not None:
+        overrides["res_block"] = args.res_block
     if args.spacing is not None:
         if args.out_channels is None:
             raise ValueError("a bare checkpoint needs --out-channels (classes including background)")
@@ -407,8 +420,9 @@ def _run_predict(args) -> int:
                     channel_names=tuple(f"ch{i}" for i in range(in_channels)),
                     intensity=args.intensity or "ct_window", window=tuple(args.window or (-175.0, 250.0, 0.0, 1.0)),
                     crop_foreground=not args.no_crop, geometry=args.geometry or "monai")
-    elif given and given != ["--num-heads"]:
-        raise ValueError(f"{' '.join(given)} describe a bare checkpoint's preprocessing and need --spacing too")
+    elif [f for f in given if f not in _ARCHITECTURE]:
+        raise ValueError(f"{' '.join(f for f in given if f not in _ARCHITECTURE)} describe a bare checkpoint's "
+                         "preprocessing and need --spacing too")
     model, plan = load_predictor(args.model, plan=plan, device=device, **overrides)
     if args.geometry and args.geometry != plan.geometry:
         log.info("geometry %s in place of the plan's %s", args.geometry, plan.geometry)

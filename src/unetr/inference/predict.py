@@ -26,7 +26,7 @@ import torch
 
 from unetr.accel import check_compiler, compile_model, device_defaults, full_batches
 from unetr.config import InferConfig, Plan
-from unetr.device import autocast, resolve_device
+from unetr.device import autocast, explain_precision, resolve_device
 from unetr.errors import CheckpointError, UnetrError, out_of_memory
 from unetr.inference.sliding_window import count_windows, sliding_window
 
@@ -415,6 +415,10 @@ def predict_files(
     if config.compile:  # a missing compiler is one error now, not a failure per case
         check_compiler(resolve_device(config.device))
     cases = all_cases[rank::world_size]
+    if rank == 0:
+        device = resolve_device(config.device)
+        precision, why = explain_precision(config.precision, device, allow_fp16=False)  # as autocast() resolves it
+        log.info("precision %s on %s: %s", precision, device, why)
     results: List[CaseResult] = []
     with _progress_bar(len(cases), "cases", True, 0) if progress else contextlib.nullcontext(None) as bar:
         for name, files in cases:
