@@ -235,7 +235,15 @@ def _add_train(sub) -> None:
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int)
-    p.add_argument("--fold", type=int, help="cross-validation fold used for validation")
+    p.add_argument("--fold", help="the validation fold of the dataset's splits.json (0, 1, ...), or all: every case "
+                                  "trains, no validation, the last weights are the model")
+    p.add_argument("--folds", type=int, nargs="+", metavar="K",
+                   help="cross-validation: N (all N folds) or the folds to train (0 1 2 ...), one after another, "
+                        "each into OUT/fold_K; then `unetr cv OUT`")
+    p.add_argument("--fold-parallel", action="store_true",
+                   help="with --folds under torchrun: each process trains its share of the folds alone (one per GPU)")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="with --folds: also write each validation case's probabilities (<case>.npz, float16)")
     p.add_argument("--num-workers", type=int, help="data-loader worker processes (default -1: 2 on CPUs, up to 4 per GPU)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the model (inductor; needs g++ on CPUs, Triton on GPUs): the first step "
@@ -288,6 +296,10 @@ def _run_train(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.folds is not None:
+        return _train_folds(args, cfg, plan_over, model_over)
+    if args.fold_parallel or args.save_probabilities:
+        raise ValueError("--fold-parallel and --save-probabilities go with --folds")
     env = distributed.setup(cfg.device)
     try:
         if cfg.compile:  # before planning and preprocessing: a missing compiler is one line, at once
@@ -300,19 +312,57 @@ def _run_train(args) -> int:
                                restart=args.restart)
     finally:
         distributed.teardown(env)
-    if env.is_main:
+    if env.is_main and cfg.fold == "all":
+        log.info("%s: %d iterations on every case, no validation; the final weights are the model (%.0f s)",
+                 args.out, result.iteration, result.seconds)
+    elif env.is_main:
         log.info("%s: %d iterations, best validation mean Dice %.4f at iteration %d (%.0f s)", args.out,
                  result.iteration, result.best_dice, result.best_iteration, result.seconds)
+    return 0
+
+
+def _train_folds(args, cfg, plan_over: dict, model_over: dict) -> int:
+    from unetr.training import distributed
+    from unetr.training.folds import parse_folds, train_folds
+
+    if args.fold is not None:
+        raise ValueError("give --fold K (one run in OUT) or --folds (every fold in OUT/fold_K), not both")
+    if args.restart:
+        raise ValueError("--restart moves one run aside; to start cross-validation anew, use another --out")
+    folds, count = parse_folds(args.folds)
+    env = distributed.setup(cfg.device)
+    try:
+        results = train_folds(args.dataset, args.out, cfg, folds, num_folds=count, fold_parallel=args.fold_parallel,
+                              save_probabilities=args.save_probabilities, preset_name=args.preset,
+                              plan_path=args.plan, plan_overrides=plan_over, model_overrides=model_over,
+                              cache_dir=args.cache, workers=args.workers, env=env, progress=not args.no_progress)
+    finally:
+        distributed.teardown(env)
+    for k, r in results.items():
+        if env.is_main or args.fold_parallel:
+            log.info("fold %d: %d iterations, best validation mean Dice %.4f at iteration %d (%.0f s)", k, r.iteration,
+                     r.best_dice, r.best_iteration, r.seconds)
+    if env.is_main:
+        log.info("next: unetr cv %s (cross-validation figures and post-processing), then unetr predict -m %s",
+                 args.out, args.out)
     return 0
 
 
 # ------------------------------------------------------------------------------------------ inference
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="segment images with a trained model (run dir or checkpoint)")
-    p.add_argument("-m", "--model", required=True, help="run directory, or a checkpoint (ours, MONAI's)")
+    p.add_argument("-m", "--model", required=True, nargs="+",
+                   help="run directory, folder of folds (their ensemble), .zip package, or a checkpoint (ours, "
+                        "MONAI's); several: their ensemble (members must share the plan)")
     p.add_argument("-i", "--input", required=True, nargs="+", help="image file(s), folder(s) or glob(s)")
     p.add_argument("-o", "--output", required=True, help="output folder (one <case>.nii.gz per case)")
-    p.add_argument("--probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write <case>_probabilities.nii.gz (an ensemble: <case>.npz, float16)")
+    p.add_argument("--uncertainty", nargs="?", const="entropy", choices=["entropy", "disagreement"],
+                   help="also write <case>_uncertainty.nii.gz: the entropy of the mean probabilities (default) or "
+                        "the members' disagreement")
+    p.add_argument("--no-postprocessing", action="store_true",
+                   help="skip the post-processing `unetr cv` decided for the model (postprocessing.json)")
     p.add_argument("--tta", action="store_true", help="average over the 8 mirrorings (8x slower)")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1)")
     p.add_argument("--mode", default="gaussian", choices=["gaussian", "constant"], help="window blending")
@@ -364,11 +414,15 @@ def _flag(args, key: str) -> Optional[str]:
 
 
 def _has_plan(model: str) -> bool:
-    """Whether ``model`` is a run (its config.json carries the plan it was trained with)."""
+    """Whether ``model`` is a run, folder of folds or package (each carries the plan it was trained with)."""
     import json
     from pathlib import Path
 
+    from unetr.package import is_package
+
     path = Path(model)
+    if is_package(path) or (path.is_dir() and any(path.glob("fold_*/config.json"))):
+        return True
     cfg = path / "config.json" if path.is_dir() else path.parent / "config.json"
     try:
         return "plan" in json.loads(cfg.read_text())
@@ -378,16 +432,25 @@ def _has_plan(model: str) -> bool:
 
 def _run_predict(args) -> int:
     import os
+    from pathlib import Path
 
     from unetr.config import InferConfig, Plan
     from unetr.device import resolve_device
     from unetr.fsutil import remove_stale_temporaries
     from unetr.inference.predict import load_predictor, predict_files
+    from unetr.package import is_package
 
     given = [f for f in (_flag(args, k) for k in _BARE_ONLY) if f]
-    if given and _has_plan(args.model):
-        raise ValueError(f"{' '.join(given)}: {args.model} is a run, which predicts with the plan and window it "
+    with_plan = [m for m in args.model if _has_plan(m)]
+    if given and with_plan:
+        raise ValueError(f"{' '.join(given)}: {with_plan[0]} is a run, which predicts with the plan and window it "
                          "was trained with; these options describe a bare checkpoint's preprocessing")
+    first = Path(args.model[0])
+    if len(args.model) > 1 or first.is_dir() or is_package(first):
+        return _predict_members(args)
+    if args.uncertainty:
+        raise ValueError("--uncertainty needs a run, a folder of folds, a package or several models")
+    args.model = args.model[0]
 
     cfg = InferConfig(overlap=args.overlap, mode=args.mode, sw_batch_size=args.batch, tta=args.tta,
                       precision=args.precision, device=args.device, largest_component=args.largest_component,
@@ -431,6 +494,69 @@ def _run_predict(args) -> int:
         log.info("removed %s, left by an interrupted run", path)
     results = predict_files(model, plan, args.input, args.output, cfg, probabilities=args.probabilities,
                             overwrite=args.overwrite, rank=rank, world_size=world, progress=not args.no_progress)
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    log.info("%d done, %d skipped, %d failed -> %s", counts["done"], counts["skipped"], counts["failed"], args.output)
+    return 1 if counts["failed"] else 0
+
+
+def _infer_config(args):
+    from unetr.config import InferConfig
+
+    return InferConfig(overlap=args.overlap, mode=args.mode, sw_batch_size=args.batch, tta=args.tta,
+                       precision=args.precision, device=args.device, largest_component=args.largest_component,
+                       accum_device=args.accum_device, accum_fp16=args.accum_fp16, inverse=args.inverse)
+
+
+def _predict_members(args) -> int:
+    """``predict`` with runs, folders of folds or packages: one member predicts as usual, several ensemble."""
+    import os
+
+    from unetr.config import Plan
+    from unetr.device import resolve_device
+    from unetr.inference.ensemble import load_member, member_loaders, predict_ensemble_files
+    from unetr.inference.postprocess import PostProcessing
+    from unetr.inference.predict import predict_files
+    from unetr.package import open_model, shared_plan
+
+    cfg = _infer_config(args)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is None and world > 1:
+        device = __import__("torch").device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    cfg = cfg.replace(device=str(device))
+    sources = [open_model(m) for m in args.model]
+    members = [m for s in sources for m in s.members]
+    plan = Plan.from_dict(shared_plan(members))
+    for m in members:  # a tampered package is refused before any case
+        m.verify()
+    if args.geometry and args.geometry != plan.geometry:
+        log.info("geometry %s in place of the plan's %s", args.geometry, plan.geometry)
+        plan = plan.replace(geometry=args.geometry)
+    pp = None
+    decided = [s for s in sources if s.postprocessing]
+    if args.no_postprocessing:
+        log.info("post-processing skipped (--no-postprocessing)")
+    elif len(sources) == 1 and decided:
+        pp = PostProcessing.from_dict(decided[0].postprocessing, str(sources[0].path))
+        log.info("post-processing from %s: %s", sources[0].path, pp.describe(plan.class_names))
+    elif decided:
+        log.info("post-processing not applied: it was decided for %s alone, not for this ensemble",
+                 ", ".join(str(s.path) for s in decided))
+    post = pp.apply if pp is not None and pp.steps else None
+    if len(members) == 1 and not args.uncertainty:
+        model = load_member(members[0], device)
+        results = predict_files(model, plan, args.input, args.output, cfg, probabilities=args.probabilities,
+                                overwrite=args.overwrite, rank=rank, world_size=world, progress=not args.no_progress,
+                                postprocess=post)
+    else:
+        if args.inverse != "soft":
+            raise ValueError("an ensemble averages probabilities and takes the argmax in the input's space "
+                             "(--inverse soft)")
+        log.info("ensemble of %d member(s): %s", len(members), ", ".join(m.name for m in members))
+        results = predict_ensemble_files(member_loaders(members, device), plan, args.input, args.output, cfg,
+                                         uncertainty=args.uncertainty, probabilities=args.probabilities,
+                                         postprocess=post, overwrite=args.overwrite, rank=rank, world_size=world,
+                                         progress=not args.no_progress)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     log.info("%d done, %d skipped, %d failed -> %s", counts["done"], counts["skipped"], counts["failed"], args.output)
     return 1 if counts["failed"] else 0
@@ -545,9 +671,10 @@ def _run_report(args) -> int:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a run's model to ONNX or TorchScript (checked against PyTorch)")
-    p.add_argument("model", help="run directory or checkpoint")
-    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p = sub.add_parser("export", help="export a run's model to ONNX or TorchScript (checked against PyTorch), or "
+                                      "write a one-file model package (zip) that `unetr predict -m` reads anywhere")
+    p.add_argument("model", help="run directory or checkpoint (zip: a run or a folder of folds)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "zip"])
     p.add_argument("-o", "--output", help="file to write (default: in the run directory)")
     p.add_argument("--no-check", action="store_true", help="skip running the export against PyTorch")
     p.add_argument("--atol", type=float, default=1e-3, help="largest accepted difference of the logits")
@@ -561,7 +688,51 @@ def _run_export(args) -> int:
     res = export_model(args.model, args.output, format=args.format, check=not args.no_check, atol=args.atol,
                        overwrite=args.overwrite)
     check = "not checked" if args.no_check else f"max |diff| {res.max_abs_diff:.2g} vs PyTorch"
+    if res.format == "zip":
+        check = "not checked" if args.no_check else "every member read back through its checksum, weights identical"
     print(f"{res.format} -> {res.path} ({check})")
+    return 0
+
+
+def _add_cv(sub) -> None:
+    p = sub.add_parser("cv", help="cross-validation: pooled out-of-fold evaluation of `train --folds`, and the "
+                                  "post-processing it supports (postprocessing.json)")
+    p.add_argument("run", help="folder of folds (unetr train --folds)")
+    p.add_argument("--dataset", help="the dataset (default: the one the folds were trained on, folds.json)")
+    p.add_argument("--tolerance", type=float, default=2.0, help="surface Dice tolerance in mm")
+    p.add_argument("--max-class-drop", type=float, default=0.005,
+                   help="post-processing: the largest drop of any class's mean Dice a kept step may cause")
+    p.add_argument("--min-size", type=float, default=0.0, metavar="MM3",
+                   help="post-processing: also try removing components under this size (mm^3)")
+    p.add_argument("-o", "--output", help="folder for metrics.csv, folds.csv and summary.json (default RUN/crossval)")
+    p.add_argument("--workers", type=int, default=1, help="processes scoring cases in parallel")
+    p.set_defaults(func=_run_cv)
+
+
+def _run_cv(args) -> int:
+    from unetr.cv import cross_validate, format_cv
+
+    result = cross_validate(args.run, dataset=args.dataset, tolerance_mm=args.tolerance,
+                            max_class_drop=args.max_class_drop, min_size_mm3=args.min_size, out=args.output,
+                            workers=args.workers, progress=True)
+    print(format_cv(result))
+    print(f"{len(result.per_case)} case(s) -> {result.out}; post-processing -> {args.run}/postprocessing.json")
+    if result.problems:
+        print(f"{len(result.problems)} problem(s): " + "; ".join(result.problems[:5])
+              + (" ..." if len(result.problems) > 5 else ""), file=sys.stderr)
+    return 1 if result.problems else 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="what a model is: architecture, classes, spacing, members, CV figures")
+    p.add_argument("model", help="run directory, folder of folds, .zip package or checkpoint")
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args) -> int:
+    from unetr.inference.ensemble import describe_model
+
+    print(describe_model(args.model))
     return 0
 
 
@@ -597,6 +768,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iterations", type=int, default=None, help="training iterations (default: the demo's 500)")
     p.add_argument("--fresh", action="store_true", help="start again instead of reusing finished steps")
+    p.add_argument("--folds", type=int, default=0,
+                   help="cross-validation: train N folds (2-3 take N times as long), then their ensemble's held-out "
+                        "Dice beside each fold's")
     p.set_defaults(func=_run_demo)
 
 
@@ -606,7 +780,7 @@ def _run_demo(args) -> int:
     cases = args.cases if args.cases is not None else (20 if args.data == "phantom" else 8)
     test_cases = args.test_cases if args.test_cases is not None else (4 if args.data == "phantom" else 2)
     result = run_demo(args.out, data=args.data, cases=cases, test_cases=test_cases, seed=args.seed,
-                      fresh=args.fresh, iterations=args.iterations)
+                      fresh=args.fresh, iterations=args.iterations, folds=args.folds)
     classes = result["summary"].get("classes", {})
     print(f"\n{'class':<16}{'Dice':>10}{'HD95 (mm)':>12}{'surface Dice':>15}")
     for name, m in classes.items():
@@ -614,13 +788,17 @@ def _run_demo(args) -> int:
     if classes:
         print(f"{'mean':<16}{result['summary']['mean_dice']:>10.3f}{result['summary']['mean_hd95']:>12.2f}"
               f"{result['summary']['mean_surface_dice']:>15.3f}")
+    if result.get("folds"):
+        print("\nheld-out mean Dice: " + ", ".join(f"fold {k} {s['mean_dice']:.3f}" for k, s in result["folds"].items())
+              + f"; ensemble of the {len(result['folds'])} folds {result['summary'].get('mean_dice', float('nan')):.3f}")
     print(f"\ndemo finished in {result['seconds'] / 60:.1f} min; report: {result['report']} (open it in a browser)")
     return 0
 
 
 # ------------------------------------------------------------------------------------------ main
 _ADDERS: list = [_add_summary, _add_synth, _add_check, _add_convert, _add_plan, _add_preprocess,
-                 _add_predict, _add_evaluate, _add_report, _add_export, _add_train, _add_mni, _add_demo]
+                 _add_predict, _add_evaluate, _add_report, _add_export, _add_train, _add_cv, _add_info, _add_mni,
+                 _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
