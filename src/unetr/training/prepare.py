@@ -19,6 +19,7 @@ from unetr.device import resolve_device
 from unetr.errors import DataError, UnetrError
 from unetr.training import distributed as D
 from unetr.training.batches import CachedCases
+from unetr.training.budget import TimeBudget
 from unetr.training.trainer import TrainResult, fit
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def train_dataset(
     workers: int = 2,
     env: Optional[D.DistEnv] = None,
     progress: bool = True,
+    time_budget: Optional[TimeBudget] = None,
 ) -> TrainResult:
     """Plan and preprocess a dataset when needed (both cached), check it, then :func:`fit`.
 
@@ -98,6 +100,8 @@ def train_dataset(
         workers: processes for planning and preprocessing.
         env: the distributed environment (one process when omitted).
         progress: progress bars.
+        time_budget: the wall time of the whole command (planning and preprocessing included); the
+            iteration count is lowered to what fits (:mod:`unetr.training.budget`).
     """
     from unetr.data.cases import dataset_split, load_dataset
 
@@ -125,7 +129,7 @@ def train_dataset(
                  dataset, run_plan.preset, _count_params(model_cfg) / 1e6, len(train_ids), len(val_ids),
                  run_plan.roi, out)
     return fit(run_dir=out, train_ids=train_ids, val_ids=val_ids, load=CachedCases(cache), plan=run_plan,
-               model_cfg=model_cfg, cfg=cfg, env=env, progress=progress)
+               model_cfg=model_cfg, cfg=cfg, env=env, progress=progress, time_budget=time_budget)
 
 
 def _plan_and_cache(ds: Dataset, cases: Sequence[Case], out: Path, cache: Path, env: D.DistEnv, *,
