@@ -187,8 +187,13 @@ def _add_train(sub) -> None:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int)
     p.add_argument("--fold", type=int, help="cross-validation fold used for validation")
-    p.add_argument("--num-workers", type=int, help="data-loader worker processes")
-    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a CPU shared with other jobs)")
+    p.add_argument("--num-workers", type=int,
+                   help="data-loader worker processes (default: 0 when training on the CPU, which the threads "
+                        "keep busy; else the config's)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's, one per core)")
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="wall time for the whole command (e.g. 6m, 90s, 1h30m): the first iterations are timed and "
+                        "--iterations is lowered to what fits; the log says when training will end")
     p.add_argument("--plan", help="use this plan.json (from `unetr plan`) instead of making one")
     p.add_argument("--cache", help="preprocessed cache folder (default: OUT/cache)")
     p.add_argument("--workers", type=int, default=2, help="processes for planning and preprocessing")
@@ -199,7 +204,10 @@ def _add_train(sub) -> None:
 def _run_train(args) -> int:
     from unetr.config import ModelConfig, TrainConfig, coerce_fields, load_yaml, parse_set
     from unetr.training import distributed
+    from unetr.training.budget import TimeBudget, parse_duration
     from unetr.training.prepare import train_dataset
+
+    budget = TimeBudget(parse_duration(args.time_budget)) if args.time_budget else None  # from the start
 
     settings: dict = load_yaml(args.config) if args.config else {}
     plan_over, model_over = dict(settings.pop("plan", None) or {}), dict(settings.pop("model", None) or {})
@@ -213,6 +221,11 @@ def _run_train(args) -> int:
              "lr": args.lr, "batch_size": args.batch_size, "precision": args.precision, "device": args.device,
              "seed": args.seed, "fold": args.fold, "num_workers": args.num_workers}
     settings.update({k: v for k, v in flags.items() if v is not None})
+    if "num_workers" not in settings:
+        from unetr.device import loader_workers, resolve_device
+
+        auto = loader_workers(resolve_device(settings.get("device", "auto")))
+        settings.update({} if auto is None else {"num_workers": auto})
     if args.roi:
         plan_over["roi"] = tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
     plan_over = _plan_overrides(plan_over, "plan.")
@@ -226,7 +239,7 @@ def _run_train(args) -> int:
     try:
         result = train_dataset(args.dataset, args.out, cfg, preset_name=args.preset, plan_path=args.plan,
                                plan_overrides=plan_over, model_overrides=model_over, cache_dir=args.cache,
-                               workers=args.workers, env=env, progress=not args.no_progress)
+                               workers=args.workers, env=env, progress=not args.no_progress, time_budget=budget)
     finally:
         distributed.teardown(env)
     if env.is_main:
@@ -490,18 +503,23 @@ def _add_demo(sub) -> None:
     p.add_argument("--cases", type=int, default=None, help="training cases (default: 20 phantoms, 8 brains)")
     p.add_argument("--test-cases", type=int, default=None, help="held-out cases (default: 4 phantoms, 2 brains)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--iterations", type=int, default=None, help="training iterations (default: the demo's 500)")
+    p.add_argument("--iterations", type=int, default=None, help="training iterations (default: the demo's 600)")
+    p.add_argument("--time-budget", default="8m", metavar="DURATION",
+                   help="wall time for the whole demo (default 8m; 'none' for no limit): training gets what the other "
+                        "steps leave, and its iterations are lowered only where they would not fit")
     p.add_argument("--fresh", action="store_true", help="start again instead of reusing finished steps")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args) -> int:
     from unetr.demo import run_demo
+    from unetr.training.budget import parse_duration
 
     cases = args.cases if args.cases is not None else (20 if args.data == "phantom" else 8)
     test_cases = args.test_cases if args.test_cases is not None else (4 if args.data == "phantom" else 2)
+    budget = None if args.time_budget.strip().lower() in ("none", "off") else parse_duration(args.time_budget)
     result = run_demo(args.out, data=args.data, cases=cases, test_cases=test_cases, seed=args.seed,
-                      fresh=args.fresh, iterations=args.iterations)
+                      fresh=args.fresh, iterations=args.iterations, budget_s=budget)
     classes = result["summary"].get("classes", {})
     print(f"\n{'class':<16}{'Dice':>10}{'HD95 (mm)':>12}{'surface Dice':>15}")
     for name, m in classes.items():
@@ -509,7 +527,8 @@ def _run_demo(args) -> int:
     if classes:
         print(f"{'mean':<16}{result['summary']['mean_dice']:>10.3f}{result['summary']['mean_hd95']:>12.2f}"
               f"{result['summary']['mean_surface_dice']:>15.3f}")
-    print(f"\ndemo finished in {result['seconds'] / 60:.1f} min; report: {result['report']}")
+    print("\n" + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result["steps"]))
+    print(f"demo finished in {result['seconds'] / 60:.1f} min; report: {result['report']}")
     return 0
 
 

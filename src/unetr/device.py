@@ -85,9 +85,26 @@ def isa_restriction(environ: Mapping[str, str], aten_capability: str) -> Optiona
             break  # oneDNN reads the first one set
     cap = aten_capability.strip().upper()
     if cap and not cap.startswith("AVX512"):
-        reasons.append(f"PyTorch's kernels run at {aten_capability} (ATEN_CPU_CAPABILITY="
-                       f"{environ.get('ATEN_CPU_CAPABILITY', 'unset')})")
+        reasons.append(f"PyTorch's kernels run at {aten_capability}, ATEN_CPU_CAPABILITY="
+                       f"{environ.get('ATEN_CPU_CAPABILITY', 'unset')}")
     return "; ".join(reasons) or None
+
+
+def cpu_summary() -> str:
+    """The CPU for a benchmark table: its model name, its vector and bf16 flags, PyTorch's kernel level and
+    any oneDNN restriction of this process (e.g. ``AMD EPYC 9B14; flags avx2 avx512_bf16 avx512f fma;
+    PyTorch kernels AVX512``)."""
+    name = "unknown CPU"
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+        except OSError:
+            pass
+    flags = sorted(f for f in cpu_flags() if f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"))
+    parts = [name, f"flags {' '.join(flags) or 'unknown'}", f"PyTorch kernels {torch.backends.cpu.get_cpu_capability()}"]
+    parts += [f"{v}={os.environ[v]}" for v in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA") if os.environ.get(v)]
+    return "; ".join(parts)
 
 
 def native_bf16(device: torch.device) -> Tuple[bool, str]:
@@ -114,6 +131,13 @@ def native_bf16(device: torch.device) -> Tuple[bool, str]:
             return False, "the CPU has AVX-512 but no AVX-512 BF16 or AMX (bf16 would be emulated)"
         return False, "the CPU has no native bf16 (no AVX-512 BF16 or AMX)"
     return False, f"no native bf16 test for {device.type}"
+
+
+def loader_workers(device: torch.device) -> Optional[int]:
+    """Data-loader worker processes for training on ``device``: 0 on a CPU, whose cores PyTorch's threads
+    already keep busy (a worker would take a core from them for crops that cost a few milliseconds in the
+    training process; benchmarks/RESULTS.md); None elsewhere (the configuration's default)."""
+    return 0 if device.type == "cpu" else None
 
 
 def resolve_precision(name: str, device: torch.device, *, allow_fp16: bool = True) -> str:
@@ -147,5 +171,5 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-__all__ = ["ONEDNN_ISAS", "PRECISIONS", "autocast", "cpu_flags", "explain_precision", "isa_restriction",
-           "native_bf16", "resolve_device", "resolve_precision"]
+__all__ = ["ONEDNN_ISAS", "PRECISIONS", "autocast", "cpu_flags", "cpu_summary", "explain_precision", "isa_restriction",
+           "loader_workers", "native_bf16", "resolve_device", "resolve_precision"]
