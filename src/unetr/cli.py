@@ -486,7 +486,7 @@ def _add_mni(sub) -> None:
 
 
 def _run_mni(args) -> int:
-    from unetr.data.brain import make_brain_dataset
+    from unetr.data.mni152 import make_brain_dataset
 
     _refuse_non_empty(args.out, args.overwrite)
     out = make_brain_dataset(args.out, cases=args.cases, test_cases=args.test_cases, seed=args.seed,

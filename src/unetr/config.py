@@ -1,6 +1,7 @@
-"""Configuration: frozen dataclasses, model presets, and their JSON/YAML round trip.
+"""Configuration: frozen dataclasses, model presets, and the one check of model arguments.
 
-This module imports nothing else from the package, so every other module may import it.
+It imports only :mod:`unetr.settings` (typed values, JSON/YAML files; re-exported here), so every other
+module may import it.
 
 - :class:`ModelConfig` describes a network (see :func:`unetr.model.build_model`).
 - :class:`Plan` describes how a dataset is preprocessed (spacing, ROI, intensities, classes).
@@ -13,20 +14,18 @@ Every dataclass has ``to_dict()`` / ``from_dict()``; ``from_dict`` rejects unkno
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import typing
-from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence, Tuple, TypeVar
 
-from unetr.fsutil import atomic_write_text
+from unetr.settings import coerce_fields, load_json, load_yaml, parse_set, save_json  # noqa: F401 (re-exported)
 
 T = TypeVar("T")
 
 VARIANTS = ("paper", "tutorial")
 NORMS = ("instance", "batch")
 PROJ_TYPES = ("conv", "perceptron")
+MLP_ACTS = ("gelu", "relu")
 INTENSITY_SCHEMES = ("ct_window", "ct_zscore", "zscore")
 GEOMETRIES = ("extent", "monai")
 
@@ -38,95 +37,6 @@ def _as_tuple(value: Any, n: int, name: str) -> Tuple[int, ...]:
     if len(value) != n:
         raise ValueError(f"{name} must have {n} values, got {value!r}")
     return value
-
-
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """``value`` as the annotated type ``tp`` (bool, int, float, str, tuples, Optional); ``ValueError`` naming
-    ``key``, the expected type and the value when it is not one."""
-    def fail() -> ValueError:
-        return ValueError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin is Union:
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key) if len(inner) == 1 else value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise fail()
-    if tp is int:
-        if isinstance(value, bool):
-            raise fail()
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise fail() from None
-        raise fail()
-    if tp is float:
-        if isinstance(value, bool):
-            raise fail()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())  # YAML reads 1e-4 as a string
-            except ValueError:
-                raise fail() from None
-        raise fail()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise fail()
-    if origin in (tuple, list):
-        if isinstance(value, (list, tuple)):
-            if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_coerce(v, args[0], key) for v in value)
-            if args and len(value) != len(args):
-                raise ValueError(f"{key}: expected {len(args)} values, got {value!r}")
-            return tuple(_coerce(v, a, key) for v, a in zip(value, args)) if args else tuple(value)
-        if args and args[-1] is not Ellipsis and len(set(args)) == 1 and not isinstance(value, (str, dict)):
-            return _coerce(value, args[0], key)  # one number for every axis: the class expands it
-        raise fail()
-    return value
-
-
-def coerce_fields(cls: type, data: Mapping[str, Any], source: str = "") -> dict:
-    """Check ``data``'s keys against ``cls``'s fields (an unknown key gets the closest valid names) and convert
-    every value to its field's type: ``--set lr=1e-4``, ``lr: 1e-4`` in YAML and ``--set flag=true`` all
-    arrive as the right type. ``source`` prefixes the key in messages (``--set plan.``)."""
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{cls.__name__} expects a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
-    out = {}
-    for key, value in data.items():
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(known))}"
-            raise ValueError(f"unknown {cls.__name__} field {source}{key}{hint}")
-        out[key] = _coerce(value, hints[key], f"{source}{key}")
-    return out
 
 
 class _DictMixin:
@@ -145,7 +55,7 @@ class _DictMixin:
 
 @dataclass(frozen=True)
 class ModelConfig(_DictMixin):
-    """The network. ``variant='paper'`` is MONAI's UNETR; ``'tutorial'`` is the seed text's network.
+    """The network. ``variant='paper'`` is MONAI's UNETR; ``'tutorial'`` is tamasino52/UNETR's network (the single-file code of the popular Chinese walk-through).
 
     Attributes:
         in_channels: image channels (modalities).
@@ -195,42 +105,66 @@ class ModelConfig(_DictMixin):
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", _as_tuple(self.img_size, 3, "img_size"))
         object.__setattr__(self, "skip_layers", tuple(int(s) for s in self.skip_layers))
-        for name in ("in_channels", "out_channels", "patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if self.proj_type not in PROJ_TYPES:
-            raise ValueError(f"proj_type must be one of {PROJ_TYPES}, got {self.proj_type!r}")
-        if self.mlp_act not in ("gelu", "relu"):
-            raise ValueError(f"mlp_act must be 'gelu' or 'relu', got {self.mlp_act!r}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if not 0.0 <= self.dropout <= 1.0:
-            raise ValueError(f"dropout must be in [0, 1], got {self.dropout}")
-        for s in self.img_size:
-            if s % self.patch_size:
-                raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
-        n_skips = 3 if self.variant == "paper" else 4
-        if len(self.skip_layers) != n_skips:
-            raise ValueError(f"variant {self.variant!r} needs {n_skips} skip_layers, got {self.skip_layers}")
-        if list(self.skip_layers) != sorted(set(self.skip_layers)) or not all(
-            1 <= s <= self.num_layers for s in self.skip_layers
-        ):
-            raise ValueError(
-                f"skip_layers must be increasing block numbers in 1..{self.num_layers}, got {self.skip_layers}"
-            )
-        if self.variant == "paper" and (self.patch_size & (self.patch_size - 1) or self.patch_size < 16):
-            raise ValueError(f"the paper decoder up-samples 4 times by 2: patch_size must be 16, got {self.patch_size}")
+        check_model_args(
+            in_channels=self.in_channels, out_channels=self.out_channels, img_size=self.img_size,
+            variant=self.variant, patch_size=self.patch_size, hidden_size=self.hidden_size, mlp_dim=self.mlp_dim,
+            num_layers=self.num_layers, num_heads=self.num_heads, skip_layers=self.skip_layers,
+            feature_size=self.feature_size, norm=self.norm, proj_type=self.proj_type, dropout=self.dropout,
+            mlp_act=self.mlp_act,
+        )
+
+
+def check_model_args(*, in_channels: int, out_channels: int, img_size: Sequence[int], variant: str,
+                     patch_size: int, hidden_size: int, mlp_dim: int, num_layers: int, num_heads: int,
+                     skip_layers: Sequence[int], feature_size: int, norm: str, proj_type: str, dropout: float,
+                     mlp_act: str) -> None:
+    """Raise ``ValueError`` for arguments no UNETR can be built with.
+
+    The one check of model arguments: :class:`ModelConfig` runs it on construction and
+    :class:`unetr.model.UNETR` on its keyword arguments, so both accept exactly the same networks. The
+    arguments are those of :class:`ModelConfig` (see there); the rest (biases, epsilons, switches) take any
+    value.
+    """
+    positive = dict(in_channels=in_channels, out_channels=out_channels, patch_size=patch_size,
+                    hidden_size=hidden_size, mlp_dim=mlp_dim, num_layers=num_layers, num_heads=num_heads,
+                    feature_size=feature_size)
+    for name, value in positive.items():
+        if int(value) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if len(img_size) != 3:
+        raise ValueError(f"img_size must have 3 values, got {tuple(img_size)!r}")
+    for name, value, allowed in (("variant", variant, VARIANTS), ("norm", norm, NORMS),
+                                 ("proj_type", proj_type, PROJ_TYPES), ("mlp_act", mlp_act, MLP_ACTS)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+    if any(s % patch_size for s in img_size):
+        raise ValueError(f"img_size {tuple(img_size)} is not a multiple of patch_size {patch_size}")
+    _check_skip_layers(variant, tuple(skip_layers), num_layers)
+    if variant == "paper" and patch_size != 16:
+        # encoder2 up-samples the token grid 3 times by 2 and decoder2 once more: 16 = 2**4 in all.
+        raise ValueError(f"the paper decoder up-samples 4 times by 2: patch_size must be 16, got {patch_size}")
+
+
+def _check_skip_layers(variant: str, skip_layers: Tuple[int, ...], num_layers: int) -> None:
+    n_skips = 3 if variant == "paper" else 4
+    if len(skip_layers) != n_skips:
+        raise ValueError(f"variant {variant!r} needs {n_skips} skip_layers, got {skip_layers}")
+    if list(skip_layers) != sorted(set(skip_layers)) or not all(1 <= s <= num_layers for s in skip_layers):
+        raise ValueError(f"skip_layers must be increasing block numbers in 1..{num_layers}, got {skip_layers}")
+    if variant == "tutorial" and skip_layers[-1] != num_layers:
+        raise ValueError(f"the tutorial decoder takes the last block as its deepest skip: skip_layers must end "
+                         f"with num_layers {num_layers}, got {skip_layers}")
 
 
 # Presets: the architecture; channels, classes and ROI are filled in per dataset.
 PRESETS: dict = {
     # The paper's network as MONAI implements it: ViT-B/16, feature size 16, residual decoder, instance norm.
     "paper": dict(variant="paper"),
-    # The seed tutorial's network (tamasino52): Conv+BN+ReLU decoder, ReLU FFN of 2048, skips 3/6/9/12.
+    # tamasino52/UNETR's network (the tutorial): Conv+BN+ReLU decoder, ReLU FFN of 2048, skips 3/6/9/12.
     "tutorial": dict(
         variant="tutorial", mlp_dim=2048, mlp_act="relu", skip_layers=(3, 6, 9, 12), qkv_bias=True,
         dropout=0.1, norm_eps=1e-6, norm="batch",
@@ -434,59 +368,6 @@ class InferConfig(_DictMixin):
             raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         if self.inverse not in ("soft", "labels"):
             raise ValueError(f"inverse must be 'soft' or 'labels', got {self.inverse!r}")
-
-
-# ---------------------------------------------------------------------------------------------- files
-
-
-def save_json(path: Union[str, Path], data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def load_json(path: Union[str, Path]) -> dict:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 JSON") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: a folder, not a JSON file") from None
-
-
-def load_yaml(path: Union[str, Path]) -> dict:
-    import yaml
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
-def parse_set(items: Optional[Sequence[str]]) -> dict:
-    """Parse ``key=value`` strings (``--set lr=3e-4 --set roi=[64,64,64]``); values are read as YAML."""
-    import yaml
-
-    out: dict = {}
-    for item in items or ():
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 __all__ = [

@@ -45,6 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from unetr.fsutil import atomic_write_text
+from unetr.labels import label_problem
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,9 @@ def confusion_matrix(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.
     p = np.asarray(pred).ravel()
     r = np.asarray(ref).ravel()
     for name, a in (("prediction", p), ("reference", r)):
-        if a.size and (a.min() < 0 or a.max() >= num_classes):
-            raise ValueError(f"{name} has labels outside 0..{num_classes - 1} (found {a.min()}..{a.max()})")
+        problem = label_problem(a, num_classes)
+        if problem:
+            raise ValueError(f"{name}: {problem}")
     idx = p.astype(np.int64) * num_classes + r.astype(np.int64)
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 

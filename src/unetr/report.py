@@ -325,7 +325,7 @@ def load_case_from_files(
         ``(image (X, Y, Z), reference or None, prediction or None, spacing)`` in RAS order.
     """
     from unetr.data.io import read_image, read_label
-    from unetr.data.preprocess import apply_ornt, ras_ornt
+    from unetr.data.orientation import apply_ornt, ras_ornt
 
     image, geom = read_image(image_path)
     ornt = ras_ornt(geom.affine)

@@ -165,3 +165,26 @@ def test_split_bad_arguments(fold, num_folds, n):
 def test_dataset_split_without_validation_list(phantom_dir):
     train, val = dataset_split(load_dataset(phantom_dir), fold=1, num_folds=3, seed=0)
     assert len(val) == 2 and len(train) == 4
+
+
+@pytest.mark.parametrize("shift_mm,ok", [(0.05, True), (0.2, False)])
+def test_check_and_preprocessing_apply_one_grid_rule(tmp_path, shift_mm, ok):
+    """A real CT's mm-scale origin: 0.05 mm of header rounding passes `unetr check` and preprocessing alike
+    (the old check's 1e-3 mm refused it), a 0.2 mm shift (more than a tenth of a 0.78 mm voxel) fails both."""
+    from unetr.config import Plan
+    from unetr.data.preprocess import preprocess_files
+
+    ct = np.array([[-0.78, 0, 0, 199.6], [0, -0.78, 0, 180.2], [0, 0, 2.5, -400.0], [0, 0, 0, 1]])
+    moved = ct.copy()
+    moved[2, 3] += shift_mm
+    save_nifti(tmp_path / "imagesTr" / "ct_0000.nii.gz", _volume(), ct)
+    save_nifti(tmp_path / "labelsTr" / "ct.nii.gz", _label(), moved)
+    problems = check_dataset(tmp_path)
+    plan = Plan(roi=(16, 16, 16), num_classes=3, class_names=("bg", "a", "b"), crop_foreground=False)
+    if ok:
+        assert problems == []
+        preprocess_files(tmp_path / "imagesTr" / "ct_0000.nii.gz", plan, tmp_path / "labelsTr" / "ct.nii.gz")
+    else:
+        assert len(problems) == 1 and problems[0].startswith("ct: label affine differs from the image's")
+        with pytest.raises(DataError, match="ct.nii.gz: label affine differs"):
+            preprocess_files(tmp_path / "imagesTr" / "ct_0000.nii.gz", plan, tmp_path / "labelsTr" / "ct.nii.gz")

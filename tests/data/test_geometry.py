@@ -1,4 +1,4 @@
-"""The ``monai`` geometry against MONAI's own transforms, and the streamed soft inverse of both geometries."""
+"""The ``monai`` geometry against MONAI's own transforms (its inverse is ``Invertd``)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from data_helpers import save_nifti
 
 from unetr.config import Plan
 from unetr.data.io import read_image
-from unetr.data.preprocess import SoftInverse, invert_to_original, preprocess_case, preprocess_files
+from unetr.data.preprocess import invert_to_original, preprocess_case, preprocess_files
 
 SHAPE = (47, 38, 23)
 WINDOW = (-175.0, 250.0, 0.0, 1.0)
@@ -48,8 +48,8 @@ def test_monai_geometry_is_spacingd_then_crop(tmp_path, crop, monai_ct_chain):
     ref = monai_ct_chain(plan.target_spacing, WINDOW, crop)({"image": str(path)})["image"]
     assert ours.shape == tuple(ref.shape)
     np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(rec["affine"]), np.asarray(ref.affine), atol=1e-4)
-    np.testing.assert_allclose(rec["spacing"], plan.target_spacing)  # the target exactly, unlike `extent`
+    np.testing.assert_allclose(rec.affine, np.asarray(ref.affine), atol=1e-4)
+    np.testing.assert_allclose(rec.spacing, plan.target_spacing)  # the target exactly, unlike `extent`
 
 
 def test_monai_geometry_inverse_is_invertd(tmp_path, monai_ct_chain):
@@ -83,67 +83,9 @@ def test_monai_geometry_labels_round_trip(tmp_path):
             assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9, (mode, c)
 
 
-@pytest.mark.parametrize("geometry", ["extent", "monai"])
-def test_soft_inverse_streamed_equals_the_whole_volume(tmp_path, geometry):
-    path, _ = _ct(tmp_path)
-    _, _, rec = preprocess_files(path, _plan(geometry=geometry))
-    n = rec["shape"]
-    g = torch.Generator().manual_seed(1)
-    logits = torch.nn.functional.avg_pool3d(torch.randn((1, 3, *n), generator=g) * 6, 5, 1, 2)[0]  # smooth
-    inv = SoftInverse(rec, 3)
-    start = 0
-    for size in (1, 5, 2, 9, 3, 100):  # uneven slabs, as the sliding window hands them out
-        if start < n[0]:
-            inv.push(logits[:, start:start + size])
-            start += size
-    streamed = inv.result()
-    if geometry == "extent":  # probabilities on the crop, background outside
-        whole = invert_to_original(torch.softmax(logits, 0).numpy(), rec, is_label=False).argmax(0)
-    else:  # logits, zero-padded, as MONAI's Invertd
-        whole = invert_to_original(logits.numpy(), rec, is_label=False, background=False).argmax(0)
-    assert streamed.shape == SHAPE and streamed.dtype == np.uint8
-    assert (streamed == whole).mean() > 0.9999
-    assert len(np.unique(streamed)) == 3
-
-
-def test_soft_inverse_errors(tmp_path):
-    path, _ = _ct(tmp_path)
-    _, _, rec = preprocess_files(path, _plan())
-    n = rec["shape"]
-    inv = SoftInverse(rec, 3)
-    with pytest.raises(ValueError, match="slab must be"):
-        inv.push(torch.zeros((2, 1, n[1], n[2])))
-    with pytest.raises(RuntimeError, match="planes pushed"):
-        inv.result()
-    inv.push(torch.zeros((3, n[0], n[1], n[2])))
-    with pytest.raises(ValueError, match="more than"):
-        inv.push(torch.zeros((3, 1, n[1], n[2])))
-
-
 def test_plan_geometry_validation():
     with pytest.raises(ValueError, match="geometry must be"):
         _plan(geometry="nnunet")
     with pytest.raises(ValueError, match="image_order 1"):
         _plan(image_order=3)
     assert Plan.from_dict({k: v for k, v in _plan().to_dict().items() if k != "geometry"}).geometry == "extent"
-
-
-@pytest.mark.parametrize("geometry", ["extent", "monai"])
-def test_soft_inverse_boundary_only_path_equals_the_dense_one(tmp_path, geometry, monkeypatch):
-    """Voxels whose eight neighbours share an argmax keep it without interpolation: the same labels."""
-    import unetr.data.preprocess as P
-
-    path, _ = _ct(tmp_path)
-    _, _, rec = preprocess_files(path, _plan(geometry=geometry))
-    n = rec["shape"]
-    g = torch.Generator().manual_seed(2)
-    logits = torch.nn.functional.avg_pool3d(torch.randn((1, 4, *n), generator=g), 7, 1, 3)[0] * 40
-    results = []
-    for fraction in (0.0, 1.01):  # every chunk dense / every chunk boundary-only
-        monkeypatch.setattr(P, "_DENSE_FRACTION", fraction)
-        inv = SoftInverse(rec, 4)
-        for start in range(0, n[0], 7):
-            inv.push(logits[:, start:start + 7])
-        results.append(inv.result())
-    assert (results[0] == results[1]).mean() > 0.9999
-    assert len(np.unique(results[0])) == 4

@@ -85,7 +85,10 @@ def test_labels_outside_declared_classes(tmp_path):
     ds = _two_orientations(tmp_path)
     fp = fingerprint(ds)
     fp["class_voxels"]["5"] = 10
-    with pytest.raises(DataError, match="labels \\[5\\] outside"):
+    with pytest.raises(DataError, match="label values \\[5\\] outside the 3 declared classes"):
+        make_plan(ds, fp)
+    fp["cases"][1]["class_voxels"][5] = 10  # the message names the case that has it
+    with pytest.raises(DataError, match="\\[5\\] outside .*\\(cases b\\)$"):
         make_plan(ds, fp)
 
 

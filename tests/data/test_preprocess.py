@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 
 from unetr.config import Plan
+from unetr.data.intensity import bounding_box
 from unetr.data.io import Geometry
+from unetr.data.orientation import apply_ornt, invert_ornt, ras_ornt
 from unetr.data.preprocess import (
-    apply_ornt,
-    bounding_box,
-    invert_ornt,
+    RECORD_VERSION,
+    PreprocessRecord,
     invert_to_original,
     preprocess_case,
     preprocess_files,
-    ras_ornt,
 )
 from unetr.errors import DataError
 
@@ -60,15 +60,12 @@ def test_shapes_and_record():
     out, lab, rec = preprocess_case(image, geom, _plan(), label)
     assert out.dtype == np.float32 and lab.dtype == np.uint8 and out.shape[1:] == lab.shape
     # RAS grid: file axes (y, x, z) -> (x, y, z); spacing 1.2/1.4/3.0 -> 1.5/1.5/2.0 on the crop
-    assert rec["ras_shape"] == [64, 52, 40]
-    np.testing.assert_allclose(rec["ras_spacing"], (1.2, 1.4, 3.0))
-    expected = [round(n * s / t) for n, s, t in zip(rec["crop_shape"], rec["ras_spacing"], (1.5, 1.5, 2.0))]
-    assert list(lab.shape) == expected == rec["shape"]
-    np.testing.assert_allclose(rec["spacing"], (1.5, 1.5, 2.0), rtol=0.05)
-    assert rec["crop_shape"][0] < 64 and rec["crop_shape"][1] < 52  # the body was cropped in-plane
-    import json
-
-    json.dumps(rec)  # JSON-able
+    assert rec.ras_shape == (64, 52, 40)
+    np.testing.assert_allclose(rec.ras_spacing, (1.2, 1.4, 3.0))
+    expected = tuple(round(n * s / t) for n, s, t in zip(rec.crop_shape, rec.ras_spacing, (1.5, 1.5, 2.0)))
+    assert lab.shape == expected == rec.shape
+    np.testing.assert_allclose(rec.spacing, (1.5, 1.5, 2.0), rtol=0.05)
+    assert rec.crop_shape[0] < 64 and rec.crop_shape[1] < 52  # the body was cropped in-plane
     assert set(np.unique(lab)) == {0, 1, 2}
 
 
@@ -82,7 +79,7 @@ def test_record_affine_maps_voxels_to_world():
     plan = _plan(window=(-1e4, 1e4, -1e4, 1e4), crop_foreground=False)
     out, _, rec = preprocess_case(ramp, Geometry.from_affine(affine, shape), plan)
     vox = np.stack(np.meshgrid(*[np.arange(s) for s in out.shape[1:]], indexing="ij"), -1)
-    expect = (vox @ np.asarray(rec["affine"])[:3, :3].T + np.asarray(rec["affine"])[:3, 3])[..., 0]
+    expect = (vox @ rec.affine[:3, :3].T + rec.affine[:3, 3])[..., 0]
     inner = (slice(2, -2),) * 3  # linear interpolation is exact away from the clamped border
     np.testing.assert_allclose(out[0][inner], expect[inner], atol=1e-3)
 
@@ -101,7 +98,7 @@ def test_inverse_is_exact_when_spacing_is_kept():
     image, label, geom = _phantom()
     ras_spacing = (1.2, 1.4, 3.0)
     _, lab, rec = preprocess_case(image, geom, _plan(target_spacing=ras_spacing), label)
-    assert rec["shape"] == rec["crop_shape"]
+    assert rec.shape == rec.crop_shape
     np.testing.assert_array_equal(invert_to_original(lab, rec, is_label=True), label)
     onehot = np.stack([lab == k for k in range(3)]).astype(np.float32)
     probs = invert_to_original(onehot, rec, is_label=False)
@@ -115,9 +112,9 @@ def test_probabilities_inverse():
     probs = invert_to_original(onehot, rec, is_label=False)
     assert probs.shape == (3, *SHAPE) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
-    outside = np.ones(rec["ras_shape"], bool)
-    outside[tuple(slice(a, b) for a, b in rec["bbox"])] = False
-    outside = apply_ornt(outside, invert_ornt(np.asarray(rec["ornt"])))
+    outside = np.ones(rec.ras_shape, bool)
+    outside[tuple(slice(a, b) for a, b in rec.bbox)] = False
+    outside = apply_ornt(outside, invert_ornt(rec.ornt))
     assert outside.any() and np.all(probs[0][outside] == 1.0)
     for k in (1, 2):
         assert _dice(probs.argmax(0) == k, label == k) >= 0.98
@@ -147,7 +144,7 @@ def test_orientation_matches_monai():
     ref = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(MetaTensor(image, affine=geom.affine))
     np.testing.assert_array_equal(ours, ref.numpy())
     _, _, rec = preprocess_case(image, geom, _plan(target_spacing=(1.2, 3.0, 1.4), crop_foreground=False))
-    np.testing.assert_allclose(rec["affine"], ref.affine.numpy(), atol=1e-5)
+    np.testing.assert_allclose(rec.affine, ref.affine.numpy(), atol=1e-5)
     assert monai.__version__
 
 
@@ -176,7 +173,7 @@ def test_crop_switch_and_bounding_box():
     assert bounding_box(np.zeros((4, 5, 6), bool)) == ((0, 4), (0, 5), (0, 6))
     image, label, geom = _phantom()
     _, _, rec = preprocess_case(image, geom, _plan(crop_foreground=False), label)
-    assert rec["crop_shape"] == rec["ras_shape"]
+    assert rec.crop_shape == rec.ras_shape
 
 
 @pytest.mark.parametrize("order", [0, 3])
@@ -231,59 +228,53 @@ def test_nearest_label_resampling_branch():
         _plan(label_resample="cubic")
 
 
-@pytest.mark.parametrize("shape", [(40, 33, 55), (61, 50, 40), (90, 20, 41)])
-def test_onehot_resampling_equals_dense_onehot_interpolation(shape):
-    """The boundary-only vote equals resampling every class mask with torch's trilinear and taking argmax."""
-    import torch
-    import torch.nn.functional as F
-    from scipy import ndimage
-
-    from unetr.data.preprocess import resample_label_onehot
-
-    noise = ndimage.gaussian_filter(np.random.default_rng(0).normal(size=(60, 50, 40)), 4)
-    label = (np.clip(np.round(noise * 40), -2, 3) + 2).astype(np.uint8)  # 6 classes, smooth blobs
-    src = torch.from_numpy(label)
-    masks = torch.stack([(src == k).float() for k in range(6)])[None]  # (1, K, X, Y, Z)
-    dense = F.interpolate(masks, size=shape, mode="trilinear", align_corners=False)[0].argmax(0).numpy()
-    np.testing.assert_array_equal(resample_label_onehot(label, shape), dense)
-
-
-def test_onehot_resampling_of_a_fragmented_map_is_the_same_in_slabs(monkeypatch):
-    """Every voxel on a boundary (an untrained network's output): the vote runs in slabs of output planes to
-    bound memory, and the slabs change nothing."""
-    import unetr.data.preprocess as P
-
-    label = np.random.default_rng(1).integers(0, 5, size=(30, 70, 60)).astype(np.uint8)
-    shape = (50, 130, 110)
-    monkeypatch.setattr(P, "_DENSE_FRACTION", 2.0)  # the boundary vote, whatever the fraction
-    monkeypatch.setattr(P, "_VOTE_VOXELS", 10**9)
-    whole = P.resample_label_onehot(label, shape)
-    monkeypatch.setattr(P, "_VOTE_VOXELS", 3 * 130 * 110 + 7)  # slabs of 3 planes, the last one shorter
-    np.testing.assert_array_equal(P.resample_label_onehot(label, shape), whole)
-    assert len(np.unique(whole)) == 5
-    # the dense per-class path, taken when most voxels are on a boundary: the same vote, up to exact ties
-    # (random labels tie often; float32 sums in another order may break them the other way)
-    import torch
-    import torch.nn.functional as F
-
-    monkeypatch.setattr(P, "_DENSE_FRACTION", 0.3)
-    dense = P.resample_label_onehot(label, shape)
-    np.testing.assert_array_equal(dense, P._dense_vote(label, shape))
-    masks = torch.stack([torch.from_numpy(label == k).double() for k in range(5)])[None]
-    scores = F.interpolate(masks, size=shape, mode="trilinear", align_corners=False)[0]  # float64 reference
-    for result in (dense, whole):
-        chosen = scores.gather(0, torch.from_numpy(result.astype(np.int64))[None])[0]
-        assert (scores.max(0).values - chosen).max().item() < 1e-6  # every pick is a (tied) maximum
-    assert (dense == whole).mean() > 0.99
-
-
 def test_preprocess_image_file_for_inference(tmp_path):
     from unetr.data.io import write_image
-    from unetr.data.preprocess import preprocess_image_file, record_geometry
+    from unetr.data.preprocess import preprocess_image_file
 
     image, label, geom = _phantom()
     write_image(tmp_path / "i.nii.gz", image[0], geom, dtype="int16")
     out, rec = preprocess_image_file(tmp_path / "i.nii.gz", _plan())
     ref, _, ref_rec = preprocess_case(image, geom, _plan())
     np.testing.assert_allclose(out, ref, atol=1e-6)
-    assert rec["shape"] == ref_rec["shape"] and record_geometry(rec).same_grid(geom)
+    assert rec.shape == ref_rec.shape and rec.geometry.same_grid(geom)
+
+
+# the keys a record of RECORD_VERSION 1 has on disk (the cache's <id>.json); records written before the
+# record became a dataclass must still load
+_V1_KEYS = ["version", "geometry", "ornt", "ras_shape", "ras_spacing", "bbox", "crop_shape", "shape", "spacing",
+            "affine", "target_spacing"]
+_V1_MONAI_KEYS = ["version", "geometry_mode", "full_shape", "ratio"] + _V1_KEYS[1:]
+
+
+@pytest.mark.parametrize("geometry", ["extent", "monai"])
+def test_record_round_trips_through_json_with_the_v1_keys(geometry):
+    import json
+
+    image, label, geom = _phantom()
+    _, lab, rec = preprocess_case(image, geom, _plan(geometry=geometry), label)
+    data = rec.to_dict()
+    assert list(data) == (_V1_KEYS if geometry == "extent" else _V1_MONAI_KEYS) and data["version"] == RECORD_VERSION
+    cached = {"id": "x", "cache_version": 1, "sources": [], "class_voxels": {"0": 1}, **json.loads(json.dumps(data))}
+    back = PreprocessRecord.from_dict(cached)  # the cache's own keys are ignored
+    assert back == rec and back.to_dict() == data and back.mode == geometry
+    np.testing.assert_array_equal(invert_to_original(lab, back, is_label=True), invert_to_original(lab, rec, True))
+    with pytest.raises(DataError, match="version 2"):
+        PreprocessRecord.from_dict({**data, "version": 2})
+    with pytest.raises(ValueError, match="mode"):
+        PreprocessRecord(**{**rec.__dict__, "mode": "nnunet"})
+
+
+def test_labels_outside_the_plans_classes_name_the_file(tmp_path):
+    from unetr.data.io import write_image, write_label
+
+    image, label, geom = _phantom()
+    write_image(tmp_path / "i.nii.gz", image[0], geom, dtype="int16")
+    label[0, 0, :3] = (5, 7, 5)
+    write_label(tmp_path / "l.nii.gz", label, geom)
+    with pytest.raises(DataError, match="l.nii.gz: label values \\[5, 7\\] outside the 3 declared classes"):
+        preprocess_files([tmp_path / "i.nii.gz"], _plan(), tmp_path / "l.nii.gz")
+    with pytest.raises(DataError, match="outside the 3 declared classes"):
+        preprocess_case(image, geom, _plan(), label)
+    label[0, 0, :3] = 0
+    assert preprocess_case(image, geom, _plan(), label)[1].max() == 2

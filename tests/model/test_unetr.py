@@ -115,6 +115,23 @@ def test_position_embedding_is_interpolated_for_other_sizes():
         assert torch.equal(pe.position_embedding_for(pe.grid), pe.position_embeddings)
 
 
+def test_one_position_embedding_resampler_for_inputs_and_checkpoints():
+    """A model run on another grid and a model loaded for that grid see the same position embedding."""
+    from unetr.model import load_weights
+    from unetr.model.vit import resample_position_embedding
+
+    small = UNETR(in_channels=1, out_channels=2, img_size=(32, 32, 32), **SMALL, feature_size=8)
+    large = UNETR(in_channels=1, out_channels=2, img_size=(48, 32, 64), **SMALL, feature_size=8)
+    load_weights(large, small.state_dict())
+    on_the_fly = small.vit.patch_embedding.position_embedding_for((3, 2, 4))
+    assert torch.equal(large.vit.patch_embedding.position_embeddings.detach(), on_the_fly.detach())
+    pe = torch.arange(8.0).reshape(1, 8, 1).expand(1, 8, 3)  # a linear ramp along Z on a 2x2x2 grid
+    up = resample_position_embedding(pe, (2, 2, 2), (2, 2, 4))
+    assert up.shape == (1, 16, 3) and torch.equal(up[0, :4, 0], torch.tensor([0.0, 0.25, 0.75, 1.0]))
+    with pytest.raises(ValueError, match="8 tokens"):
+        resample_position_embedding(pe, (2, 2, 3), (2, 2, 2))
+
+
 def test_checkpointing_gives_the_same_gradients():
     torch.manual_seed(1)
     a = UNETR(in_channels=1, out_channels=2, img_size=(32, 32, 32), **SMALL, feature_size=8)
@@ -152,17 +169,27 @@ def test_bad_inputs_raise_value_errors(shape, match):
     [
         (dict(hidden_size=100, num_heads=12), "divisible"),
         (dict(img_size=(96, 96, 90)), "multiple of patch_size"),
+        (dict(img_size=(96, 96)), "3 values"),
         (dict(variant="swin"), "variant"),
         (dict(norm="group"), "norm"),
         (dict(skip_layers=(4, 7)), "skip_layers"),
         (dict(skip_layers=(7, 4, 10)), "skip_layers"),
+        (dict(skip_layers=(4, 7, 13)), "skip_layers"),
         (dict(proj_type="linear"), "proj_type"),
+        (dict(mlp_act="swish"), "mlp_act"),
         (dict(dropout=1.5), "dropout"),
+        (dict(out_channels=0), "out_channels"),
+        (dict(feature_size=0), "feature_size"),
+        (dict(patch_size=32, img_size=(96, 96, 96)), "patch_size must be 16"),  # ModelConfig once let 32 pass
+        (dict(variant="tutorial", skip_layers=(3, 6, 9, 11)), "deepest skip"),  # UNETR alone refused this
     ],
 )
-def test_bad_config_raises(kw, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments_raise_the_same_error_in_config_and_model(kw, match):
+    with pytest.raises(ValueError, match=match) as from_config:
         ModelConfig(**kw)
+    with pytest.raises(ValueError, match=match) as from_model:
+        UNETR(**{"in_channels": 1, "out_channels": 2, **kw})
+    assert str(from_config.value) == str(from_model.value)
 
 
 def test_unknown_preset_and_config_round_trip():

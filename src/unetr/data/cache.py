@@ -5,7 +5,8 @@ Layout of a cache folder::
     cache.json               the plan the cache was built for (and the format version)
     <id>_image.npy           (C, X, Y, Z) float32, read memory-mapped
     <id>_label.npy           (X, Y, Z) uint8
-    <id>.json                the case record: preprocessing record, source-file stamps, class voxel counts
+    <id>.json                the case record: preprocessing record (PreprocessRecord.to_dict), source-file
+                             stamps, class voxel counts
 
 Each array is written under a temporary name and renamed; the case's JSON is written last, so a case is
 complete exactly when its JSON exists. An interrupted build therefore leaves no half case (leftover
@@ -120,7 +121,7 @@ def _build_one(case: Case, plan_dict: dict, cache_dir: str) -> str:
         label_p.unlink(missing_ok=True)
     meta = {
         "id": case.id, "cache_version": CACHE_VERSION, "plan_hash": plan_hash(plan), "sources": sources,
-        "class_voxels": counts, **record,
+        "class_voxels": counts, **record.to_dict(),
     }
     save_json(json_p, meta)
     return case.id
@@ -211,8 +212,9 @@ def load_cached(cache_dir: PathLike, case_id: str, mmap: bool = True
                 ) -> Tuple[np.ndarray, Optional[np.ndarray], dict]:
     """One cached case: ``(image (C, X, Y, Z) float32, label (X, Y, Z) uint8 or None, record)``.
 
-    The arrays are read-only memory maps (``mmap=False`` loads them). The record is the preprocessing record
-    (for :func:`unetr.data.preprocess.invert_to_original`) plus ``id``, ``sources`` and ``class_voxels``.
+    The arrays are read-only memory maps (``mmap=False`` loads them). The record is the case's JSON: the
+    preprocessing record (:meth:`unetr.data.preprocess.PreprocessRecord.from_dict` reads it) plus ``id``,
+    ``sources`` and ``class_voxels``.
     """
     image_p, label_p, json_p = _paths(Path(cache_dir), case_id)
     if not json_p.is_file():

@@ -289,6 +289,7 @@ def load_dataset(path: PathLike) -> Dataset:
 
 
 def _check_case(case: Case, num_channels: Optional[int], num_classes: Optional[int]) -> Tuple[List[str], Optional[int]]:
+    from unetr.data.checks import grid_problem, label_problem
     from unetr.data.io import read_image, read_label
 
     problems: List[str] = []
@@ -309,14 +310,9 @@ def _check_case(case: Case, num_channels: Optional[int], num_classes: Optional[i
         label, lgeom = read_label(case.label)
     except DataError as e:
         return problems + [f"{case.id}: {e}"], image.shape[0]
-    if lgeom.shape != geom.shape:
-        problems.append(f"{case.id}: label shape {lgeom.shape} differs from image shape {geom.shape}")
-    elif not np.allclose(lgeom.affine, geom.affine, atol=1e-3):
-        problems.append(f"{case.id}: label affine differs from the image affine "
-                        f"(max difference {np.abs(lgeom.affine - geom.affine).max():.3g})")
-    if num_classes is not None and label.size and int(label.max()) >= num_classes:
-        bad = sorted(int(v) for v in np.unique(label) if v >= num_classes)
-        problems.append(f"{case.id}: label values {bad} outside the declared classes 0..{num_classes - 1}")
+    for problem in (grid_problem(lgeom, geom), label_problem(label, num_classes)):
+        if problem:
+            problems.append(f"{case.id}: {problem}")
     return problems, image.shape[0]
 
 
@@ -324,8 +320,9 @@ def check_dataset(path: PathLike, workers: int = 2) -> List[str]:
     """Validate a dataset and return every problem found (an empty list means it is usable).
 
     Checks: the layout parses; every file exists and reads as a 3D volume with finite values; labels are
-    non-negative integers within the declared classes; image and label shapes and affines agree; every case
-    has the same number of channels (and the declared one).
+    non-negative integers within the declared classes (:func:`unetr.labels.label_problem`); image and label
+    lie on one grid (:func:`unetr.data.checks.grid_problem`, the rule preprocessing applies); every case has the
+    same number of channels (and the declared one).
     """
     try:
         ds = load_dataset(path)

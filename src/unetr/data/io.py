@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from unetr.data.checks import check_labels, check_same_grid, grid_problem
 from unetr.errors import DataError
 from unetr.fsutil import atomic_path
 
@@ -94,9 +95,9 @@ class Geometry:
         return cls(affine=affine, shape=tuple(shape), spacing=spacing, axcodes=nib.aff2axcodes(affine),
                    dtype=str(np.dtype(dtype)), qform=affine, sform=affine, qform_code=1, sform_code=1)
 
-    def same_grid(self, other: Geometry, atol: float = 1e-3) -> bool:
-        """True when both describe the same voxel grid (shape and affine within ``atol`` mm)."""
-        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
+    def same_grid(self, other: Geometry) -> bool:
+        """True when both describe the same voxel grid (the rule of :func:`unetr.data.checks.grid_problem`)."""
+        return grid_problem(self, other) is None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Geometry):
@@ -320,9 +321,10 @@ def read_image(path_or_paths: Union[PathLike, Sequence[PathLike]]) -> Tuple[np.n
         arr, geom = _read_any(p, None)
         arr = _squeeze_spatial(arr, p, allow_channels=len(paths) == 1)
         _check_finite(arr, p)
-        if geom0 is not None and not geom0.same_grid(geom):
-            raise DataError(f"{p}: channel grid {geom.shape} differs from {paths[0]} {geom0.shape} (shape or affine)")
-        geom0 = geom0 or geom
+        if geom0 is None:
+            geom0 = geom
+        else:
+            check_same_grid(p, geom, geom0, what="channel", of=f"{Path(paths[0]).name}'s")
         if arr.ndim == 4:
             channels.extend(np.moveaxis(arr, 3, 0))
         else:
@@ -341,20 +343,15 @@ def read_label(path: PathLike) -> Tuple[np.ndarray, Geometry]:
     """Read a label map ``(X, Y, Z)`` of non-negative integers (uint8 when the classes fit, else int32).
 
     Raises:
-        DataError: unreadable file, not 3D, NaN/Inf, non-integer or negative values.
+        DataError: unreadable file, not 3D, NaN/Inf, non-integer or negative values
+            (:func:`unetr.labels.label_problem`).
     """
     arr, geom = _read_any(path, None)
     arr = _squeeze_spatial(arr, path, allow_channels=False)
-    if arr.dtype.kind == "f":
-        _check_finite(arr, path)
-        if not np.array_equal(arr, np.round(arr)):
-            raise DataError(f"{path}: label map has non-integer values (e.g. {arr[arr != np.round(arr)].flat[0]:g})")
-    elif arr.dtype.kind not in "iub":
-        raise DataError(f"{path}: label map has data type {arr.dtype}, expected integers")
-    lo, hi = (arr.min(), arr.max()) if arr.size else (0, 0)
-    if lo < 0:
-        raise DataError(f"{path}: label map has negative values (min {lo})")
-    out = arr.astype(np.uint8 if hi < 256 else np.int32, copy=False)
+    _check_finite(arr, path)
+    check_labels(path, arr)
+    fits = arr.dtype.itemsize == 1 or not arr.size or arr.max() < 256  # non-negative already
+    out = arr.astype(np.uint8 if fits else np.int32, copy=False)
     if not out.flags.writeable:  # a view of the decompressed file: hand out an array the caller owns
         out = np.array(out, order="K")
     return out, geom
@@ -392,11 +389,8 @@ def write_label(path: PathLike, array: np.ndarray, geometry: Geometry) -> None:
     array = np.asarray(array)
     if array.ndim != 3:
         raise ValueError(f"{path}: a label map must be (X, Y, Z), got shape {array.shape}")
-    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
-        raise ValueError(f"{path}: label map has non-integer values")
+    check_labels(path, array)
     hi = int(array.max()) if array.size else 0
-    if array.size and int(array.min()) < 0:
-        raise ValueError(f"{path}: label map has negative values")
     _write(path, array, geometry, np.dtype(np.uint8 if hi < 256 else np.int16), "label")
 
 

@@ -208,25 +208,41 @@ def augment(
         ``(images, labels)`` of the input shapes, dtypes and device.
     """
     import torch
-    import torch.nn.functional as F
 
     if images.ndim != 5:
         raise ValueError(f"images must be (B, C, X, Y, Z), got shape {tuple(images.shape)}")
     if labels is not None and (labels.ndim != 5 or labels.shape[0] != images.shape[0]
                                or labels.shape[2:] != images.shape[2:]):
         raise ValueError(f"labels must be (B, 1, X, Y, Z) matching images, got {tuple(labels.shape)}")
-    b = images.shape[0]
     gdev = generator.device
 
     def rand(*shape):
         return torch.rand(shape, generator=generator, device=gdev).cpu()
 
-    u = rand(b, 3 + 1 + 1 + 2 + 2)  # flips x3, rot90 k, rot90 gate, scale gate/value, shift gate/value
-    k90 = torch.randint(1, 4, (b,), generator=generator, device=gdev).cpu()
     out_i = images.clone()
     out_l = labels.clone() if labels is not None else None
-    square = images.shape[2] == images.shape[3]
-    for n in range(b):
+    b = images.shape[0]
+    u = rand(b, 3 + 1 + 1 + 2 + 2)  # flips x3, rot90 k, rot90 gate, scale gate/value, shift gate/value
+    k90 = torch.randint(1, 4, (b,), generator=generator, device=gdev).cpu()
+    _flip_rotate_scale(out_i, out_l, u, k90, flip_prob, rot90_prob, scale_prob, shift_prob, factor)
+    if extra:
+        e = rand(b, 2 + 3 + 3 + 2)  # rotate gate, zoom gate, 3 angles, (unused x3), noise gate/sigma
+        _rotate_zoom(out_i, out_l, e, rotate_prob, max_angle, zoom_prob, zoom_range)
+        for n in range(b):
+            if e[n, 8] < noise_prob:
+                sigma = float(e[n, 9]) * noise_std
+                noise = torch.randn(out_i[n].shape, generator=generator, device=gdev)
+                out_i[n] += sigma * noise.to(out_i.device, out_i.dtype)
+    return out_i, out_l
+
+
+def _flip_rotate_scale(out_i, out_l, u, k90, flip_prob: float, rot90_prob: float, scale_prob: float,
+                       shift_prob: float, factor: float) -> None:
+    """The paper's recipe, in place, from the draws ``u`` ``(B, 9)`` and ``k90`` ``(B,)`` (see :func:`augment`)."""
+    import torch
+
+    square = out_i.shape[2] == out_i.shape[3]
+    for n in range(out_i.shape[0]):
         dims = [2 + a for a in range(3) if u[n, a] < flip_prob]
         if dims:
             out_i[n] = torch.flip(out_i[n], [d - 1 for d in dims])
@@ -241,39 +257,39 @@ def augment(
         if u[n, 7] < shift_prob:
             out_i[n] += (2 * float(u[n, 8]) - 1) * factor
 
-    if extra:
-        e = rand(b, 2 + 3 + 3 + 2)  # rotate gate, zoom gate, 3 angles, (unused x3), noise gate/sigma
-        thetas = []
-        for n in range(b):
-            m = torch.eye(3)
-            if e[n, 0] < rotate_prob:
-                m = _rotation_matrix((2 * e[n, 2:5] - 1) * max_angle) @ m
-            if e[n, 1] < zoom_prob:
-                z = zoom_range[0] + float(e[n, 5]) * (zoom_range[1] - zoom_range[0])
-                m = m / z  # sampling grid shrinks -> content grows
-            thetas.append(torch.cat([m, torch.zeros(3, 1)], dim=1))
-        moved = [n for n in range(b) if e[n, 0] < rotate_prob or e[n, 1] < zoom_prob]
-        if moved:
-            theta = torch.stack([thetas[n] for n in moved]).to(images.device)  # (M, 3, 4)
-            # affine_grid works in (x=W, y=H, z=D) order: our (X, Y, Z) are (D, H, W)
-            perm = torch.tensor([2, 1, 0])
-            rows = theta[:, perm]
-            theta = torch.cat([rows[:, :, perm], rows[:, :, 3:]], dim=2)
-            grid = F.affine_grid(theta, [len(moved), 1, *images.shape[2:]], align_corners=False)
-            idx = torch.tensor(moved, device=images.device)
-            warped = F.grid_sample(out_i[idx].float(), grid, mode="bilinear", padding_mode="border",
-                                   align_corners=False)
-            out_i[idx] = warped.to(out_i.dtype)
-            if out_l is not None:
-                warped_l = F.grid_sample(out_l[idx].float(), grid, mode="nearest", padding_mode="zeros",
-                                         align_corners=False)
-                out_l[idx] = warped_l.round().to(out_l.dtype)
-        for n in range(b):
-            if e[n, 8] < noise_prob:
-                sigma = float(e[n, 9]) * noise_std
-                noise = torch.randn(out_i[n].shape, generator=generator, device=gdev)
-                out_i[n] += sigma * noise.to(out_i.device, out_i.dtype)
-    return out_i, out_l
+
+def _rotate_zoom(out_i, out_l, e, rotate_prob: float, max_angle: float, zoom_prob: float,
+                 zoom_range: Tuple[float, float]) -> None:
+    """nnU-Net's rotation and scaling, in place, from the draws ``e`` ``(B, 10)`` (see :func:`augment`):
+    images linear, labels nearest, one ``grid_sample`` for the moved samples."""
+    import torch
+    import torch.nn.functional as F
+
+    b = out_i.shape[0]
+    thetas = []
+    for n in range(b):
+        m = torch.eye(3)
+        if e[n, 0] < rotate_prob:
+            m = _rotation_matrix((2 * e[n, 2:5] - 1) * max_angle) @ m
+        if e[n, 1] < zoom_prob:
+            z = zoom_range[0] + float(e[n, 5]) * (zoom_range[1] - zoom_range[0])
+            m = m / z  # sampling grid shrinks -> content grows
+        thetas.append(torch.cat([m, torch.zeros(3, 1)], dim=1))
+    moved = [n for n in range(b) if e[n, 0] < rotate_prob or e[n, 1] < zoom_prob]
+    if not moved:
+        return
+    theta = torch.stack([thetas[n] for n in moved]).to(out_i.device)  # (M, 3, 4)
+    # affine_grid works in (x=W, y=H, z=D) order: our (X, Y, Z) are (D, H, W)
+    perm = torch.tensor([2, 1, 0])
+    rows = theta[:, perm]
+    theta = torch.cat([rows[:, :, perm], rows[:, :, 3:]], dim=2)
+    grid = F.affine_grid(theta, [len(moved), 1, *out_i.shape[2:]], align_corners=False)
+    idx = torch.tensor(moved, device=out_i.device)
+    warped = F.grid_sample(out_i[idx].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out_i[idx] = warped.to(out_i.dtype)
+    if out_l is not None:
+        warped_l = F.grid_sample(out_l[idx].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        out_l[idx] = warped_l.round().to(out_l.dtype)
 
 
 __all__ = ["sample_crops", "sample_centres", "crop_at", "pad_to_roi", "augment"]

@@ -61,6 +61,8 @@ def make_phantom(
     Returns:
         ``(image (X, Y, Z) int16 HU, label (X, Y, Z) uint8, affine (4, 4))`` in the ``axcodes`` orientation.
     """
+    # One long recipe on purpose: read top to bottom, it is the order of the draws from ``rng``, which is
+    # what makes a seed give the same files; split into helpers, that order would be spread over them.
     import nibabel as nib
 
     spacing = np.asarray(spacing, dtype=np.float64)

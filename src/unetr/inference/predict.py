@@ -187,7 +187,7 @@ def predict_volume(
         probabilities: also return the softmax probabilities (the float volume is then held).
         progress: called with the number of windows done.
         sink: instead of labels, hand the blended logits to ``sink`` slab by slab (``(K, n, Y, Z)``, in
-            order along X; see :class:`unetr.data.preprocess.SoftInverse`) and return ``(None, None)``.
+            order along X; see :class:`unetr.inference.soft_inverse.SoftInverse`) and return ``(None, None)``.
 
     Returns:
         ``(labels (X, Y, Z) uint8 on the CPU, probabilities (K, X, Y, Z) float16 or None)``.
@@ -300,7 +300,8 @@ def predict_case(
         A :class:`CaseResult`; problems with the input are reported there (status ``failed``), not raised.
     """
     from unetr.data.io import write_image, write_label
-    from unetr.data.preprocess import SoftInverse, invert_to_original, preprocess_image_file, record_geometry
+    from unetr.data.preprocess import invert_to_original, preprocess_image_file
+    from unetr.inference.soft_inverse import SoftInverse
 
     config = config or InferConfig()
     files = [Path(f) for f in files]
@@ -335,12 +336,12 @@ def predict_case(
                 labels_np = inverse.result()
             else:  # argmax on the preprocessed grid, then the label map goes back
                 labels, probs = predict_volume(model, image, roi, config, probabilities=probabilities, progress=tick)
-                labels_np = invert_to_original(labels.numpy(), record, is_label=True, num_classes=plan.num_classes)
+                labels_np = invert_to_original(labels.numpy(), record, is_label=True)
                 del labels
         del image
         if config.largest_component:
             keep_largest_component(labels_np)
-        geom = record_geometry(record)
+        geom = record.geometry
         out_dir.mkdir(parents=True, exist_ok=True)
         if probs is not None:
             p = invert_to_original(probs.float().numpy(), record, is_label=False)  # (K, X, Y, Z)

@@ -159,12 +159,14 @@ def sliding_window(
             ``(K, n, Y, Z)`` float32, in order along X, to ``sink`` and returns None.
         out_dtype: dtype of the returned blended outputs (``probabilities`` only).
         progress: called with the number of windows done after each batch (e.g. ``tqdm.update``).
-        sink: receives the slabs of ``output='stream'`` (e.g. :class:`unetr.data.preprocess.SoftInverse`).
+        sink: receives the slabs of ``output='stream'`` (e.g. :class:`unetr.inference.soft_inverse.SoftInverse`).
 
     Returns:
         ``(K, X, Y, Z)`` blended outputs or ``(X, Y, Z)`` labels, on ``accum_device``, with the image's
         spatial shape (padding for volumes smaller than the ROI is removed).
     """
+    # One long function on purpose: the rolling accumulators (acc, cnt, base) are shared by the window loop
+    # and emit(); split apart they would need a class whose state is only meaningful mid-loop.
     if image.dim() == 5:
         if image.shape[0] != 1:
             raise ValueError(f"sliding_window takes one volume at a time, got a batch of {image.shape[0]}")

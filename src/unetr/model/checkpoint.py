@@ -18,13 +18,9 @@ from torch import nn
 from unetr.config import ModelConfig
 from unetr.errors import CheckpointError
 from unetr.fsutil import atomic_path, atomic_write_text
-from unetr.model.convert import (
-    convert_state_dict,
-    infer_model_kwargs,
-    resample_position_embedding,
-    unwrap_state_dict,
-)
+from unetr.model.convert import convert_state_dict, infer_model_kwargs, unwrap_state_dict
 from unetr.model.unetr import UNETR
+from unetr.model.vit import resample_position_embedding
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ Checkpoints may also be wrapped (``{"state_dict": ...}``, ``{"model": ...}``) an
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -197,15 +196,3 @@ def check_compatible(sd: Mapping[str, torch.Tensor], target: Mapping[str, torch.
                 shown = items[:12] + ([f"... and {len(items) - 12} more"] if len(items) > 12 else [])
                 parts.append(f"  {title} ({len(items)}): " + ", ".join(shown))
         raise CheckpointError("\n".join(parts))
-
-
-def resample_position_embedding(pe: torch.Tensor, grid_from: Tuple[int, ...], grid_to: Tuple[int, ...]) -> torch.Tensor:
-    """``(1, N, E)`` on ``grid_from`` → ``(1, N', E)`` on ``grid_to`` (trilinear)."""
-    if tuple(grid_from) == tuple(grid_to):
-        return pe
-    if math.prod(grid_from) != pe.shape[1]:
-        raise CheckpointError(f"position embedding of {pe.shape[1]} tokens does not match grid {grid_from}")
-    e = pe.shape[-1]
-    x = pe.reshape(1, *grid_from, e).permute(0, 4, 1, 2, 3)
-    x = torch.nn.functional.interpolate(x, size=tuple(grid_to), mode="trilinear", align_corners=False)
-    return x.flatten(2).transpose(1, 2).contiguous()

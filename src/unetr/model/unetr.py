@@ -5,7 +5,7 @@ Two decoders, one encoder:
 - ``variant="paper"``: the network of Hatamizadeh et al. as MONAI implements it (``monai.networks.nets.UNETR``):
   the outputs of blocks ``skip_layers`` (4, 7, 10 for ViT-B) and the normed output of the last block, a
   residual decoder of width ``feature_size`` with instance (or batch) norm. Parameter names are MONAI's.
-- ``variant="tutorial"``: the network of the seed tutorial (tamasino52's UNETR): skips from blocks 3/6/9/12,
+- ``variant="tutorial"``: the network of tamasino52/UNETR (the single-file PyTorch code the popular Chinese walk-through prints): skips from blocks 3/6/9/12,
   Conv+BatchNorm+ReLU decoder with fixed widths 32…512. Its bugs are fixed: the feed-forward has a forward
   (``linear2(dropout(relu(linear1(x))))``), the duplicated class is one class, and the final encoder
   LayerNorm, which the text builds but never applies, normalises the deepest skip (block 12), as in the ViT
@@ -19,7 +19,9 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
+from unetr.config import check_model_args
 from unetr.model import decoder as D
+from unetr.model.layout import to_channels_last
 from unetr.model.vit import ViT
 
 
@@ -57,20 +59,11 @@ class UNETR(nn.Module):
                  norm_eps: float = 1e-5, checkpointing: bool = False, channels_last: bool = True) -> None:
         super().__init__()
         img_size = tuple(int(s) for s in img_size)
-        if len(img_size) != 3:
-            raise ValueError(f"img_size must have 3 values, got {img_size}")
-        if variant not in ("paper", "tutorial"):
-            raise ValueError(f"variant must be 'paper' or 'tutorial', got {variant!r}")
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"in_channels and out_channels must be positive, got {in_channels}, {out_channels}")
-        n_skips = 3 if variant == "paper" else 4
         skip_layers = tuple(int(s) for s in skip_layers)
-        if len(skip_layers) != n_skips or not all(1 <= s <= num_layers for s in skip_layers):
-            raise ValueError(f"variant {variant!r} needs {n_skips} skip_layers in 1..{num_layers}, got {skip_layers}")
-        if variant == "paper" and patch_size != 16:
-            raise ValueError(f"the paper decoder up-samples 4 times by 2: patch_size must be 16, got {patch_size}")
-        if variant == "tutorial" and skip_layers[-1] != num_layers:
-            raise ValueError(f"the tutorial decoder takes the last block as its deepest skip, got {skip_layers}")
+        check_model_args(in_channels=in_channels, out_channels=out_channels, img_size=img_size, variant=variant,
+                         patch_size=patch_size, hidden_size=hidden_size, mlp_dim=mlp_dim, num_layers=num_layers,
+                         num_heads=num_heads, skip_layers=skip_layers, feature_size=feature_size, norm=norm,
+                         proj_type=proj_type, dropout=dropout, mlp_act=mlp_act)
         self.in_channels, self.out_channels, self.img_size = in_channels, out_channels, img_size
         self.variant, self.patch_size, self.hidden_size = variant, patch_size, hidden_size
         self.skip_layers = skip_layers
@@ -138,7 +131,7 @@ class UNETR(nn.Module):
         self.check_input(x)
         grid = tuple(s // self.patch_size for s in x.shape[2:])
         cl = self.channels_last
-        x = D.to_channels_last(x) if cl else x.contiguous()
+        x = to_channels_last(x) if cl else x.contiguous()
         last, hidden = self.vit(x)  # (B, N, E), [(B, N, E)] * num_layers
         if self.variant == "paper":
             return self._decode_paper(x, last, hidden, grid, cl)

@@ -31,6 +31,23 @@ class Patchify(nn.Module):
         return x.reshape(b, (X // p) * (Y // p) * (Z // p), p * p * p * c)  # (B, N, p1 p2 p3 C)
 
 
+def resample_position_embedding(pe: torch.Tensor, grid_from: Sequence[int], grid_to: Sequence[int]) -> torch.Tensor:
+    """A position embedding ``(1, N, E)`` learnt on the patch grid ``grid_from``, trilinearly resampled to
+    ``grid_to``: ``(1, N', E)``. On the same grid it is ``pe`` itself.
+
+    Used for inputs whose patch grid differs from the trained one, and for checkpoints of another ROI.
+    """
+    grid_from, grid_to = tuple(grid_from), tuple(grid_to)
+    if grid_from == grid_to:
+        return pe
+    if math.prod(grid_from) != pe.shape[1]:
+        raise ValueError(f"a position embedding of {pe.shape[1]} tokens does not fit the patch grid {grid_from}")
+    e = pe.shape[-1]
+    x = pe.reshape(1, *grid_from, e).permute(0, 4, 1, 2, 3)  # (1, E, gx, gy, gz)
+    x = F.interpolate(x, size=grid_to, mode="trilinear", align_corners=False)  # (1, E, gx', gy', gz')
+    return x.flatten(2).transpose(1, 2)  # (1, N', E)
+
+
 class PatchEmbedding(nn.Module):
     """Patches to tokens plus a learnable position embedding; MONAI's ``PatchEmbeddingBlock`` names.
 
@@ -69,12 +86,7 @@ class PatchEmbedding(nn.Module):
 
     def position_embedding_for(self, grid: Tuple[int, int, int]) -> torch.Tensor:
         """The position embedding ``(1, N, E)`` for a patch grid, interpolated if it is not the trained one."""
-        if grid == self.grid:
-            return self.position_embeddings
-        e = self.position_embeddings.shape[-1]
-        pe = self.position_embeddings.reshape(1, *self.grid, e).permute(0, 4, 1, 2, 3)  # (1, E, gx, gy, gz)
-        pe = F.interpolate(pe, size=grid, mode="trilinear", align_corners=False)  # (1, E, gx', gy', gz')
-        return pe.flatten(2).transpose(1, 2)  # (1, N', E)
+        return resample_position_embedding(self.position_embeddings, self.grid, grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = tuple(s // self.patch_size for s in x.shape[2:])

@@ -1,18 +1,21 @@
-"""The decoder's CPU fast paths give what the plain PyTorch ops give."""
+"""The decoder's operators (and on the CPU their fast kernels) give what the plain PyTorch ops give."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from unetr.model.decoder import ConvUnit, _is_channels_last, _sum_of_squares, instance_norm, to_channels_last
+from unetr.model.cpu_kernels import sum_of_squares
+from unetr.model.decoder import ConvUnit, OutBlock
+from unetr.model.layout import is_channels_last, to_channels_last
+from unetr.model.ops import instance_norm
 
 
 def test_to_channels_last_sets_the_channel_stride_also_for_one_channel():
     for c in (1, 3):
         x = torch.randn(2, c, 4, 5, 6)
         y = to_channels_last(x)
-        assert _is_channels_last(y) and torch.equal(y, x)
-    assert not _is_channels_last(torch.randn(1, 1, 4, 5, 6))  # a plain one-channel tensor is channels-first
+        assert is_channels_last(y) and torch.equal(y, x)
+    assert not is_channels_last(torch.randn(1, 1, 4, 5, 6))  # a plain one-channel tensor is channels-first
 
 
 @pytest.mark.parametrize("in_ch,size", [(1, 24), (128, 12)])  # the two shapes PyTorch sends to its slow kernel
@@ -22,7 +25,7 @@ def test_fp32_convolution_equals_conv3d_and_keeps_channels_last(in_ch, size):
     with torch.no_grad():
         got = unit(x)
         want = F.conv3d(x.contiguous(), unit.conv.weight, None, 1, 1)
-    assert _is_channels_last(got)
+    assert is_channels_last(got)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -37,10 +40,10 @@ def test_fp32_convolution_has_gradients():
     torch.testing.assert_close(gw, unit.conv.weight.grad)
 
 
-def test_sum_of_squares_is_accurate_and_handles_a_tail():
+def testsum_of_squares_is_accurate_and_handles_a_tail():
     v = torch.randn(2, 3 * 4096 + 17, 5) * 3 + 1
     want = v.double().square().sum(1)
-    rel = ((_sum_of_squares(v).double() - want) / want).abs().max().item()
+    rel = ((sum_of_squares(v).double() - want) / want).abs().max().item()
     assert rel < 5e-6  # fp32 accumulation; a squared copy summed pairwise is no better than ~1e-7
 
 
@@ -50,7 +53,7 @@ def test_instance_norm_channels_last_in_and_out_of_place(dtype, tol, offset):
     x = to_channels_last(torch.randn(2, 6, 10, 12, 14) * 3 + offset).to(dtype)
     want = F.instance_norm(x.float().contiguous(), eps=1e-5)
     got = instance_norm(x, 1e-5)
-    assert _is_channels_last(got) and got.dtype == dtype
+    assert is_channels_last(got) and got.dtype == dtype
     torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
     y = x.clone()
     out = instance_norm(y, 1e-5, inplace=True)
@@ -66,11 +69,11 @@ def test_instance_norm_channels_last_gradient_equals_pytorch(dtype, tol, grad_la
     g = to_channels_last(g) if grad_layout == "channels_last" else g.contiguous()
     x = x0.to(dtype).requires_grad_()
     y = instance_norm(x, 1e-5)
-    assert _is_channels_last(y)
+    assert is_channels_last(y)
     y.backward(g.to(dtype))
     ref = x0.detach().contiguous().requires_grad_()
     F.instance_norm(ref, eps=1e-5).backward(g.contiguous())
-    assert _is_channels_last(x.grad)
+    assert is_channels_last(x.grad)
     torch.testing.assert_close(x.grad.float(), ref.grad, rtol=tol, atol=tol)
 
 
@@ -80,7 +83,7 @@ def test_up_sampling_as_gemm_equals_conv_transpose(bias):
     x0 = torch.randn(2, 6, 3, 4, 5)
     x = to_channels_last(x0).requires_grad_()
     y = unit(x)
-    assert _is_channels_last(y) and y.shape == (2, 4, 6, 8, 10)
+    assert is_channels_last(y) and y.shape == (2, 4, 6, 8, 10)
     ref_x = x0.clone().requires_grad_()
     ref = unit.conv(ref_x)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
@@ -92,8 +95,6 @@ def test_up_sampling_as_gemm_equals_conv_transpose(bias):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 def test_output_head_is_a_1x1_convolution_with_channels_first_logits(dtype, tol):
-    from unetr.model.decoder import OutBlock
-
     head = OutBlock(6, 3)
     x0 = torch.randn(2, 6, 4, 5, 6)
     x = to_channels_last(x0).to(dtype).requires_grad_()
@@ -107,6 +108,6 @@ def test_output_head_is_a_1x1_convolution_with_channels_first_logits(dtype, tol)
     grads = (x.grad.float(), head.conv.conv.weight.grad.clone(), head.conv.conv.bias.grad.clone())
     head.zero_grad()
     ref.backward(g)
-    assert _is_channels_last(x.grad)
+    assert is_channels_last(x.grad)
     for got, want in zip(grads, (ref_x.grad, head.conv.conv.weight.grad, head.conv.conv.bias.grad)):
         torch.testing.assert_close(got, want, rtol=tol * 4, atol=tol * 4)

@@ -5,8 +5,8 @@ import pytest
 
 pytest.importorskip("nilearn")
 
-from unetr.data.brain import CLASS_NAMES, load_template, make_brain_dataset  # noqa: E402
 from unetr.data.io import read_image, read_label  # noqa: E402
+from unetr.data.mni152 import CLASS_NAMES, load_template, make_brain_dataset  # noqa: E402
 
 
 def test_template_tissue_labels_are_plausible():
