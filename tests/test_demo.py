@@ -22,9 +22,20 @@ def test_training_gets_what_the_budget_leaves(tmp_path):
     train = seen[1]
     seconds = float(train[train.index("--time-budget") + 1].rstrip("s"))
     assert 300.0 - demo.AFTER_TRAIN_S - 5 <= seconds <= 300.0 - demo.AFTER_TRAIN_S
-    assert "--threads" not in train and "--num-workers" not in train  # the CPU defaults of `unetr train`
-    assert [name for name, _ in result["steps"]] == ["synth", "train", "predict", "evaluate", "report"]
-    assert all(s >= 0 for _, s in result["steps"])
+    assert "--num-workers" not in train  # the CPU default of `unetr train`
+    threads = int(train[train.index("--threads") + 1])
+    assert 1 <= threads <= demo.usable_cores()
+    assert [name for name, _, _ in result["steps"]] == ["synth", "train", "predict", "evaluate", "report"]
+    assert all(wall >= 0 and cpu >= 0 for _, wall, cpu in result["steps"])
+
+
+@pytest.mark.parametrize("cores, busy, threads", [(2, 0, 2), (2, 1, 1), (2, 9, 1), (16, 3, 13), (1, 0, 1)])
+def test_threads_are_the_free_cores(cores, busy, threads):
+    assert demo.demo_threads(cores, busy) == threads
+
+
+def test_busy_cores_reads_a_count():
+    assert demo.busy_cores(samples=2, interval=0.0) >= 0
 
 
 def test_no_budget_no_limit_and_a_small_budget_still_trains(tmp_path):

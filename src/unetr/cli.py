@@ -503,7 +503,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--cases", type=int, default=None, help="training cases (default: 20 phantoms, 8 brains)")
     p.add_argument("--test-cases", type=int, default=None, help="held-out cases (default: 4 phantoms, 2 brains)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--iterations", type=int, default=None, help="training iterations (default: the demo's 600)")
+    p.add_argument("--iterations", type=int, default=None, help="training iterations (default: the demo's 800)")
     p.add_argument("--time-budget", default="8m", metavar="DURATION",
                    help="wall time for the whole demo (default 8m; 'none' for no limit): training gets what the other "
                         "steps leave, and its iterations are lowered only where they would not fit")
@@ -527,7 +527,7 @@ def _run_demo(args) -> int:
     if classes:
         print(f"{'mean':<16}{result['summary']['mean_dice']:>10.3f}{result['summary']['mean_hd95']:>12.2f}"
               f"{result['summary']['mean_surface_dice']:>15.3f}")
-    print("\n" + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result["steps"]))
+    print("\nsteps: " + ", ".join(f"{name} {wall:.0f} s ({cpu:.0f} s CPU)" for name, wall, cpu in result["steps"]))
     print(f"demo finished in {result['seconds'] / 60:.1f} min; report: {result['report']}")
     return 0
 
