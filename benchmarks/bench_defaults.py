@@ -119,10 +119,11 @@ def train_rows(plan, ids: List[str], repeats: int, steps: int) -> List[tuple]:
             fns[f"{threads} thread(s), {workers} worker(s), {auto}"] = with_threads(threads, runner(workers, auto, steps))
     for k, v in medians(fns, repeats).items():
         rows.append(("training iteration", k, v / steps))
-    # the other precision: one round of fewer steps (emulated bf16 is slow), all cores, no worker
+    # the other precision, for each thread count: one round of fewer steps (emulated bf16 is slow), no worker
     few = max(2, steps // 4)
-    t = medians({"o": with_threads(cores, runner(0, other, few))}, 1)["o"] / few
-    rows.append(("training iteration", f"{cores} thread(s), 0 worker(s), {other}", t))
+    for threads in sorted({1, cores}):
+        t = medians({"o": with_threads(threads, runner(0, other, few))}, 1)["o"] / few
+        rows.append(("training iteration", f"{threads} thread(s), 0 worker(s), {other}", t))
     return rows
 
 
@@ -152,7 +153,8 @@ def predict_rows(plan, ids: List[str], repeats: int) -> List[tuple]:
         for batch in (1, 2, 4):
             fns[f"{threads} thread(s), {batch} window(s) per batch, {auto}"] = with_threads(threads, runner(batch, auto))
     other = "fp32" if auto == "bf16" else "bf16"
-    fns[f"{cores} thread(s), 1 window(s) per batch, {other}"] = with_threads(cores, runner(1, other))
+    for threads in sorted({1, cores}):
+        fns[f"{threads} thread(s), 1 window(s) per batch, {other}"] = with_threads(threads, runner(1, other))
     return [("prediction of one phantom", k, v / len(images)) for k, v in medians(fns, repeats).items()]
 
 

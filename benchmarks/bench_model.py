@@ -208,7 +208,8 @@ def main() -> None:
         SECTION if has_bf16 else SECTION_NO_BF16,
         "",
         f"`python benchmarks/bench_model.py --repeats {args.repeats}`: `paper` UNETR 1→14 at {s}³, batch 1, same weights, "
-        f"alternating repeats, medians. Machine: {cpu}, {os.cpu_count()} cores ({cpu_summary()}), torch "
+        f"alternating repeats, medians. Machine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+        f"threads ({cpu_summary()}), torch "
         f"{torch.__version__}, MONAI {monai.__version__}. Forward = {gflop:.0f} GFLOP (torch.utils.flop_counter).",
         *([] if has_bf16 else [f"No native bf16 here ({why}): bf16 would be emulated, so only fp32 is timed."]),
         "",

@@ -11,7 +11,8 @@ demo never imports the CLI), and each one reuses what an earlier run finished (t
 4. ``unetr evaluate``: Dice, IoU, HD95, ASD, surface Dice per class and case;
 5. ``unetr report``: overlays of the best and worst cases, the training curves and the metrics table.
 
-The recipe is the same on every CPU: one thread per free core (:func:`demo_threads`: OpenMP threads on
+The recipe is the same on every CPU: one thread per free core for training and prediction
+(:func:`demo_threads`: OpenMP threads on
 cores that other programs keep busy wait for each other, measured 2.5-15x slower than one thread on this
 project's shared 2-core machine) and no data-loader worker (``unetr train``'s CPU default), ``auto`` precision (bf16 where the CPU computes it natively, else fp32), and
 the phantoms trained at 2.0 x 2.0 x 2.67 mm (4/3 of their median spacing) on 48 x 48 x 32 crops, which cover
@@ -121,9 +122,11 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def run_command(argv: Sequence[str]) -> int:
-    """Run ``unetr ARGV`` as a child process of this Python (its output goes to this terminal)."""
-    return subprocess.run([sys.executable, "-m", "unetr", *argv], check=False).returncode
+def run_command(argv: Sequence[str], threads: Optional[int] = None) -> int:
+    """Run ``unetr ARGV`` as a child process of this Python (its output goes to this terminal), with
+    ``threads`` as PyTorch's default thread count there (``OMP_NUM_THREADS``) when given."""
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    return subprocess.run([sys.executable, "-m", "unetr", *argv], check=False, env=env).returncode
 
 
 def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, test_cases: int = 4, seed: int = 0,
@@ -139,14 +142,14 @@ def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, t
         iterations: training iterations instead of the demo's (validation every sixth of them).
         budget_s: seconds for the whole demo; training gets what the other steps leave (``unetr train
             --time-budget``), so the iterations are lowered on a machine too slow for them. None: no budget.
-        runner: how a command runs (default: :func:`run_command`, ``python -m unetr`` in a child process).
+        runner: how a command runs (default: :func:`run_command`, ``python -m unetr`` in a child process
+            with one thread per free core).
     """
     import shutil
 
     out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)
-    runner = runner or run_command
     t0 = time.perf_counter()
     if iterations is not None:
         train_args = list(train_args if train_args is not None else (PHANTOM_TRAIN if data == "phantom" else BRAIN_TRAIN))
@@ -156,8 +159,9 @@ def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, t
     cmds = demo_commands(out, data=data, cases=cases, test_cases=test_cases, seed=seed, train_args=train_args)
     cores, busy = usable_cores(), busy_cores()
     threads = demo_threads(cores, busy)
-    log.info("[demo] %s; %d of %d cores free: training with %d thread(s)", describe_cpu(), cores - min(busy, cores),
-             cores, threads)
+    log.info("[demo] %s; %d of %d cores free: training and prediction with %d thread(s)", describe_cpu(),
+             cores - min(busy, cores), cores, threads)
+    runner = runner or (lambda cmd: run_command(cmd, threads))
     steps = []
     for i, cmd in enumerate(cmds):
         if i == 0 and (out / "data" / "dataset.json").is_file():
