@@ -12,11 +12,11 @@ demo never imports the CLI), and each one reuses what an earlier run finished (t
 5. ``unetr report``: overlays of the best and worst cases, the training curves and the metrics table.
 
 The recipe is the same on every CPU: one thread per free core for training and prediction
-(:func:`demo_threads`: OpenMP threads on
-cores that other programs keep busy wait for each other, measured 2.5-15x slower than one thread on this
-project's shared 2-core machine) and no data-loader worker (``unetr train``'s CPU default), ``auto`` precision (bf16 where the CPU computes it natively, else fp32), and
-the phantoms trained at 2.0 x 2.0 x 2.67 mm (4/3 of their median spacing) on 48 x 48 x 32 crops, which cover
-as much of each body as 64 x 64 x 48 crops at the median spacing did, for 0.375x the voxels; predictions and
+(:func:`demo_threads`: OpenMP threads on cores that other programs keep busy wait for each other, measured
+2.5-15x slower than one thread on this project's shared 2-core machine), no data-loader worker (``unetr
+train``'s CPU default), ``auto`` precision (bf16 where the CPU computes it natively, else fp32), and the
+phantoms trained at 2.0 x 2.0 x 2.67 mm (4/3 of their median spacing) on 48 x 48 x 32 crops, which cover as
+much of each body as 64 x 64 x 48 crops at the median spacing did, for 0.375x the voxels; predictions and
 the evaluation are on the phantoms' own grids. Where the budget does not bind, a demo run is the same on a
 given machine every time (see the README for the figures of both CPU kinds).
 """
