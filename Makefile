@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup demo test lint bench clean
+.PHONY: all setup demo test lint bench browser clean
 
 all: test
 
@@ -22,6 +22,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Chromium for the browser tests of report.html: Debian's package (run as root; .ci/run does). Without it
+# `make test` skips those tests and lists each one with the reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	@chromium --version 2>/dev/null || chromium-browser --version
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

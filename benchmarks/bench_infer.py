@@ -54,14 +54,15 @@ NOISE_HU = 3.0
 
 
 # ----------------------------------------------------------------------------------------------- data
-def make_ct(path: Path, seed: int = 0) -> None:
-    """A CT-like volume: air, a table, an elliptic body of fat/muscle, 13 ellipsoidal organs, noise."""
+def make_ct(path: Path, seed: int = 0, shape: tuple = SHAPE) -> None:
+    """A CT-like volume of ``shape`` voxels: air, a table, an elliptic body of fat/muscle, 13 ellipsoidal organs,
+    noise."""
     from unetr.data.io import Geometry, write_image
 
     rng = np.random.default_rng(seed)
-    x, y, z = (np.arange(n, dtype=np.float32) * s for n, s in zip(SHAPE, SPACING))
-    cx, cy, cz = (n * s / 2 for n, s in zip(SHAPE, SPACING))
-    img = np.full(SHAPE, -1000.0, np.float32)
+    x, y, z = (np.arange(n, dtype=np.float32) * s for n, s in zip(shape, SPACING))
+    cx, cy, cz = (n * s / 2 for n, s in zip(shape, SPACING))
+    img = np.full(shape, -1000.0, np.float32)
     body = ((x[:, None] - cx) / 170.0) ** 2 + ((y[None, :] - cy) / 125.0) ** 2 <= 1  # (X, Y)
     img[body] = -100.0  # fat
     muscle = ((x[:, None] - cx) / 150.0) ** 2 + ((y[None, :] - cy) / 105.0) ** 2 <= 1
@@ -73,28 +74,28 @@ def make_ct(path: Path, seed: int = 0) -> None:
         centre = np.array([cx, cy, cz]) + base.uniform([-90, -60, -90], [90, 60, 90])
         radii = base.uniform([15, 15, 20], [55, 40, 70])
         lo = np.maximum(((centre - radii) / SPACING).astype(int) - 1, 0)
-        hi = np.minimum(((centre + radii) / SPACING).astype(int) + 2, SHAPE)
+        hi = np.minimum(((centre + radii) / SPACING).astype(int) + 2, shape)
         sl = tuple(slice(a, b) for a, b in zip(lo, hi))
         d = (((x[sl[0], None, None] - centre[0]) / radii[0]) ** 2 + ((y[None, sl[1], None] - centre[1]) / radii[1]) ** 2
              + ((z[None, None, sl[2]] - centre[2]) / radii[2]) ** 2)
         img[sl][d <= 1] = HU[c - 1]
-    img += rng.normal(0, NOISE_HU, SHAPE).astype(np.float32)
+    img += rng.normal(0, NOISE_HU, shape).astype(np.float32)
     affine = np.diag([-SPACING[0], -SPACING[1], SPACING[2], 1.0])  # LPS-like storage, as DICOM converters write
     affine[:3, 3] = [cx, cy, -cz]
-    write_image(path, np.clip(np.rint(img), -1024, 3000).astype(np.int16), Geometry.from_affine(affine, SHAPE))
+    write_image(path, np.clip(np.rint(img), -1024, 3000).astype(np.int16), Geometry.from_affine(affine, shape))
 
 
-def make_run(run_dir: Path) -> None:
+def make_run(run_dir: Path, roi: tuple = ROI, preset_name: str = "tiny") -> None:
     import torch
 
     from unetr.config import Plan, preset
     from unetr.model import build_model, save_run
 
     torch.manual_seed(0)
-    plan = Plan(target_spacing=TARGET, roi=ROI, in_channels=1, num_classes=K,
+    plan = Plan(target_spacing=TARGET, roi=roi, in_channels=1, num_classes=K,
                 class_names=("background",) + tuple(f"organ{c}" for c in range(1, K)), intensity="ct_window",
-                window=WINDOW, preset="tiny")
-    cfg = preset("tiny", in_channels=1, out_channels=K, img_size=ROI)
+                window=WINDOW, preset=preset_name)
+    cfg = preset(preset_name, in_channels=1, out_channels=K, img_size=roi)
     save_run(run_dir, build_model(cfg).eval(), cfg, plan=plan.to_dict())
 
 
@@ -130,7 +131,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
 
 
-def child_ours(image: Path, out: Path, run: Path, model_kind: str, geometry: str | None, precision: str) -> dict:
+def child_ours(image: Path, out: Path, run: Path, model_kind: str, geometry: str | None, precision: str,
+               device: str = "cpu") -> dict:
     import torch
 
     from unetr.allocator import keep_freed_memory
@@ -138,20 +140,20 @@ def child_ours(image: Path, out: Path, run: Path, model_kind: str, geometry: str
     from unetr.inference.predict import load_predictor, predict_case
 
     keep_freed_memory()  # as `unetr predict` does at start
-    model, plan = load_predictor(run, device="cpu")
+    model, plan = load_predictor(run, device=device)
     if geometry:
         plan = plan.replace(geometry=geometry)
     if model_kind == "bands":
         model = IntensityBands()
         model.img_size = ROI
     t0 = time.perf_counter()
-    res = predict_case(model, plan, [image], out, InferConfig(device="cpu", precision=precision), overwrite=True)
+    res = predict_case(model, plan, [image], out, InferConfig(device=device, precision=precision), overwrite=True)
     dt = time.perf_counter() - t0
     assert res.status == "done", res.message
     return {"seconds": dt, "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads(), "output": str(res.output)}
 
 
-def child_monai(image: Path, out: Path, run: Path, model_kind: str, crop: bool) -> dict:
+def child_monai(image: Path, out: Path, run: Path, model_kind: str, crop: bool, device: str = "cpu") -> dict:
     import torch
     from monai.inferers import sliding_window_inference
     from monai.transforms import (
@@ -169,7 +171,7 @@ def child_monai(image: Path, out: Path, run: Path, model_kind: str, crop: bool) 
 
     from unetr.model import load_model
 
-    model, info = load_model(run, map_location="cpu")
+    model, info = load_model(run, map_location=device)
     net = IntensityBands() if model_kind == "bands" else model
     plan = info["plan"]  # the run's preprocessing, as MONAI transforms (the benchmark's own run: TARGET, ROI)
     target, roi = tuple(plan["target_spacing"]), tuple(plan["roi"])
@@ -190,7 +192,7 @@ def child_monai(image: Path, out: Path, run: Path, model_kind: str, crop: bool) 
     t0 = time.perf_counter()
     data = pre({"image": str(image)})
     with torch.inference_mode():
-        data["pred"] = sliding_window_inference(data["image"][None], roi, 4, net, overlap=0.5, mode="gaussian",
+        data["pred"] = sliding_window_inference(data["image"][None].to(device), roi, 4, net, overlap=0.5, mode="gaussian",
                                                 sigma_scale=0.125)[0]
     post(data)
     dt = time.perf_counter() - t0

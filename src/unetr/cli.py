@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import traceback
 from typing import Callable, Optional, Sequence, Tuple
@@ -37,6 +38,17 @@ def _run_summary(args) -> int:
     cfg = preset(args.preset, in_channels=args.in_channels, out_channels=args.out_channels, img_size=tuple(size))
     print(summarize(cfg, depth=args.depth, flops=not args.no_flops))
     return 0
+
+
+def _roi(values: Sequence[int]) -> Tuple[int, int, int]:
+    """``--roi`` as three sizes: one value (a cube) or three, each a positive multiple of the patch size 16."""
+    given = " ".join(str(v) for v in values)
+    if len(values) not in (1, 3):
+        raise ValueError(f"--roi {given}: give one size (a cube) or three, e.g. --roi 96 or --roi 128 128 64")
+    if any(v < 16 or v % 16 for v in values):
+        raise ValueError(f"--roi {given}: crop sizes must be positive multiples of 16 (the patch size), "
+                         "e.g. --roi 96 or --roi 128 128 64")
+    return tuple(values * 3 if len(values) == 1 else values)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -90,8 +102,41 @@ def _run_check(args) -> int:
         print(f"{args.dataset}: {len(problems)} problem(s); not usable")
         return 1
     ds = load_dataset(args.dataset)
+    said = (f"modality {ds.modality} ({ds.modality_source})" if ds.modality
+            else "no modality named: `unetr plan` decides it from the intensities")
     print(f"{args.dataset}: OK ({ds.layout}, {len(ds.train)} training, {len(ds.validation)} validation, "
-          f"{len(ds.test)} test cases)")
+          f"{len(ds.test)} test cases; {said})")
+    return 0
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert KiTS23 or TotalSegmentator to the nnU-Net v2 layout unetr reads",
+                       description="kits23: dataset/case_XXXXX/imaging.nii.gz + segmentation.nii.gz -> imagesTr/"
+                                   "case_XXXXX_0000.nii.gz + labelsTr/case_XXXXX.nii.gz. totalsegmentator: "
+                                   "SUBJECT/ct.nii.gz + SUBJECT/segmentations/<structure>.nii.gz -> one label map "
+                                   "per subject, the structure names kept in dataset.json. Images are linked, not "
+                                   "copied, unless --copy.")
+    p.add_argument("layout", choices=["kits23", "totalsegmentator"])
+    p.add_argument("source", help="KiTS23's dataset folder; a TotalSegmentator folder or one subject")
+    p.add_argument("out", help="dataset folder to create")
+    p.add_argument("--structures", nargs="+", help="totalsegmentator: these masks, in this order (default: all)")
+    p.add_argument("--copy", action="store_true", help="copy the images instead of linking them")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that already has files")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from unetr.data.convert import convert_kits23, convert_totalsegmentator
+
+    if args.layout == "kits23":
+        if args.structures:
+            raise ValueError("--structures is for totalsegmentator")
+        out = convert_kits23(args.source, args.out, copy=args.copy, overwrite=args.overwrite)
+    else:
+        out = convert_totalsegmentator(args.source, args.out, structures=args.structures, copy=args.copy,
+                                       overwrite=args.overwrite, workers=args.workers)
+    print(f"wrote {out} (nnU-Net v2 layout); next: unetr check {out}")
     return 0
 
 
@@ -99,9 +144,12 @@ def _add_plan(sub) -> None:
     p = sub.add_parser("plan", help="fingerprint a dataset and write plan.json")
     p.add_argument("dataset", help="dataset folder, dataset.json or MONAI datalist JSON")
     p.add_argument("-o", "--out", default="plan.json", help="plan file to write (fingerprint.json goes next to it)")
-    p.add_argument("--spacing", nargs="+", default=["median"],
+    p.add_argument("--spacing", nargs="+", default=None,
                    help="target spacing: median (default), paper (1.5 1.5 2.0) or three numbers in mm")
-    p.add_argument("--intensity", default="auto", help="auto | ct_window | ct_zscore | zscore")
+    p.add_argument("--intensity", default=None, help="auto (default: follows the modality) | ct_window | ct_zscore | zscore")
+    p.add_argument("--modality", choices=["CT", "MR", "OTHER"],
+                   help="override the modality the dataset names or its intensities show")
+    p.add_argument("--recipe", help="start from a published configuration's plan: btcv (docs/recipe.md)")
     p.add_argument("--preset", default=None, help="model preset: paper | tutorial | small | tiny")
     p.add_argument("--roi", type=int, nargs="+", default=None, help="patch size: one value (cube) or three")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any plan field (repeatable)")
@@ -125,25 +173,26 @@ def _plan_overrides(overrides: dict, source: str) -> dict:
 def _run_plan(args) -> int:
     from unetr.config import parse_set
     from unetr.data.cases import load_dataset
-    from unetr.data.plan import fingerprint, make_plan, save_plan
+    from unetr.data.plan import plan_dataset, save_plan
+    from unetr.recipes import get_recipe
 
-    ds = load_dataset(args.dataset)
-    fp = fingerprint(ds, workers=args.workers, max_cases=args.max_cases, progress=True)
-    spacing = args.spacing[0] if len(args.spacing) == 1 else None
-    if spacing is None:
-        if len(args.spacing) != 3:
+    overrides: dict = dict(get_recipe(args.recipe).plan) if args.recipe else {}
+    if args.spacing:
+        if len(args.spacing) not in (1, 3):
             raise ValueError(f"--spacing takes median, paper or three numbers, got {args.spacing}")
-        spacing = tuple(float(s) for s in args.spacing)
-    overrides = {"target_spacing": spacing, "intensity": args.intensity}
-    if args.preset:
-        overrides["preset"] = args.preset
+        overrides["target_spacing"] = args.spacing[0] if len(args.spacing) == 1 else tuple(map(float, args.spacing))
+    for key, value in (("intensity", args.intensity), ("modality", args.modality), ("preset", args.preset)):
+        if value:
+            overrides[key] = value
     if args.roi:
-        overrides["roi"] = tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
+        overrides["roi"] = _roi(args.roi)
     overrides.update(parse_set(args.set))
-    plan = make_plan(ds, fp, **_plan_overrides(overrides, "--set "))
+    ds = load_dataset(args.dataset)
+    plan, fp = plan_dataset(ds, workers=args.workers, max_cases=args.max_cases, progress=True,
+                            **_plan_overrides(overrides, "--set "))
     save_plan(plan, args.out, fingerprint=fp)
     print(f"wrote {args.out}: spacing {plan.target_spacing}, roi {plan.roi}, {plan.intensity}, "
-          f"{plan.num_classes} classes {list(plan.class_names)}")
+          f"{plan.num_classes} classes {list(plan.class_names)}; modality {plan.modality} ({plan.modality_reason})")
     return 0
 
 
@@ -195,9 +244,15 @@ def _add_train(sub) -> None:
                    help="wall time for the whole command (e.g. 6m, 90s, 1h30m): the first iterations are timed and "
                         "--iterations is lowered to what fits; the log says when training will end")
     p.add_argument("--plan", help="use this plan.json (from `unetr plan`) instead of making one")
+    p.add_argument("--modality", choices=["CT", "MR", "OTHER"],
+                   help="for a new plan: override the modality the dataset names or its intensities show")
+    p.add_argument("--recipe", help="a published configuration under your settings: btcv (docs/recipe.md)")
     p.add_argument("--cache", help="preprocessed cache folder (default: OUT/cache)")
     p.add_argument("--workers", type=int, default=2, help="processes for planning and preprocessing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--restart", action="store_true",
+                   help="move an earlier run in --out aside (to OUT.old-N, nothing is deleted) and start a new one; "
+                        "needed when the settings change what that run trains")
     p.set_defaults(func=_run_train)
 
 
@@ -227,7 +282,15 @@ def _run_train(args) -> int:
         auto = loader_workers(resolve_device(settings.get("device", "auto")))
         settings.update({} if auto is None else {"num_workers": auto})
     if args.roi:
-        plan_over["roi"] = tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
+        plan_over["roi"] = _roi(args.roi)
+    if args.modality:
+        plan_over["modality"] = args.modality
+    if args.recipe:
+        from unetr.recipes import get_recipe, train_settings
+
+        recipe = get_recipe(args.recipe)
+        settings = train_settings(recipe, settings)
+        plan_over, model_over = {**recipe.plan, **plan_over}, {**recipe.model, **model_over}
     plan_over = _plan_overrides(plan_over, "plan.")
     model_over = coerce_fields(ModelConfig, model_over, "model.")
     cfg = TrainConfig.from_dict(settings)
@@ -239,7 +302,8 @@ def _run_train(args) -> int:
     try:
         result = train_dataset(args.dataset, args.out, cfg, preset_name=args.preset, plan_path=args.plan,
                                plan_overrides=plan_over, model_overrides=model_over, cache_dir=args.cache,
-                               workers=args.workers, env=env, progress=not args.no_progress, time_budget=budget)
+                               workers=args.workers, env=env, progress=not args.no_progress,
+                               restart=args.restart, time_budget=budget)
     finally:
         distributed.teardown(env)
     if env.is_main:
@@ -309,6 +373,7 @@ def _run_predict(args) -> int:
 
     from unetr.config import InferConfig, Plan
     from unetr.device import resolve_device
+    from unetr.fsutil import remove_stale_temporaries
     from unetr.inference.predict import load_predictor, predict_files
 
     given = [f"--{k.replace('_', '-')}" for k in _BARE_ONLY if getattr(args, k) not in (None, False)]
@@ -325,7 +390,7 @@ def _run_predict(args) -> int:
         device = __import__("torch").device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         cfg = cfg.replace(device=str(device))
     plan, overrides = None, {}
-    roi = None if args.roi is None else tuple(args.roi * 3 if len(args.roi) == 1 else args.roi)
+    roi = None if args.roi is None else _roi(args.roi)
     if roi is not None:
         overrides["img_size"] = roi
     if args.num_heads:
@@ -346,6 +411,8 @@ def _run_predict(args) -> int:
     if args.geometry and args.geometry != plan.geometry:
         log.info("geometry %s in place of the plan's %s", args.geometry, plan.geometry)
         plan = plan.replace(geometry=args.geometry)
+    for path in remove_stale_temporaries(args.output, legacy=True):
+        log.info("removed %s, left by an interrupted run", path)
     results = predict_files(model, plan, args.input, args.output, cfg, probabilities=args.probabilities,
                             overwrite=args.overwrite, rank=rank, world_size=world, progress=not args.no_progress)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
@@ -356,7 +423,8 @@ def _run_predict(args) -> int:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASD and surface Dice of predictions against references")
     p.add_argument("pred_dir", help="folder of predicted label maps")
-    p.add_argument("ref_dir", help="folder of reference label maps with the same file names")
+    p.add_argument("ref_dir", help="folder of reference label maps with the same file names, or a dataset (folder, "
+                                   "dataset.json or datalist): each prediction <case>.nii.gz against that case's label")
     p.add_argument("--labels", help="dataset.json (or a run's config.json) naming the classes")
     p.add_argument("--num-classes", type=int, help="classes including background (default: from --labels or data)")
     p.add_argument("--tolerance", type=float, default=2.0, help="surface Dice tolerance in mm")
@@ -375,14 +443,49 @@ def read_label_for_metrics(path):
     return arr, geom.spacing, geom.affine
 
 
+def _dataset_references(dataset: str, pred_dir: str):
+    """``{prediction file name: label file}`` for the labelled cases of ``dataset`` that ``pred_dir`` has a
+    prediction of (``<case id>.nii.gz``, as ``unetr predict`` names them), and the class names it gives."""
+    from pathlib import Path
+
+    from unetr.data.cases import load_dataset, volume_stem
+
+    ds = load_dataset(dataset)
+    folder = Path(pred_dir)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: not a folder")
+    preds = {volume_stem(p.name): p.name for p in folder.iterdir() if p.name.endswith((".nii.gz", ".nii"))}
+    labelled = {c.id: c.label for c in ds.train + ds.validation + ds.test if c.label}
+    refs = {preds[cid]: label for cid, label in labelled.items() if cid in preds}
+    if not refs:
+        raise ValueError(f"{folder}: no prediction is named after a labelled case of {dataset} "
+                         f"(e.g. {next(iter(labelled), '?')}.nii.gz)")
+    log.info("%s: scoring %d prediction(s) against the labels of %d of the dataset's %d labelled case(s)",
+             folder, len(preds), len(refs), len(labelled))
+    return refs, list(ds.class_names) or None
+
+
+def _is_dataset(path: str) -> bool:
+    """A dataset (a .json file, or a folder with a dataset.json or image folders) rather than a label folder."""
+    from pathlib import Path
+
+    p = Path(path)
+    return p.suffix.lower() == ".json" or (p / "dataset.json").is_file() or any(
+        (p / d).is_dir() for d in ("imagesTr", "images"))
+
+
 def _run_evaluate(args) -> int:
     from pathlib import Path
 
     from unetr.metrics import evaluate_folders, format_table, read_class_names
 
     names = read_class_names(args.labels) if args.labels else None
+    refs = args.ref_dir
+    if _is_dataset(args.ref_dir):
+        refs, dataset_names = _dataset_references(args.ref_dir, args.pred_dir)
+        names = names or dataset_names
     per_case, summary, problems = evaluate_folders(
-        args.pred_dir, args.ref_dir, num_classes=args.num_classes, class_names=names,
+        args.pred_dir, refs, num_classes=args.num_classes, class_names=names,
         tolerance_mm=args.tolerance, out_dir=args.output, read_label=read_label_for_metrics,
         workers=args.workers, allow_missing=args.allow_missing, progress=True)
     if not per_case:
@@ -397,58 +500,31 @@ def _run_evaluate(args) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="pictures and a Markdown report of a run and/or predictions")
+    p = sub.add_parser("report", help="report.html (interactive: cases, slice viewer, curves, attention) and report.md")
     p.add_argument("-o", "--output", required=True, help="report folder")
-    p.add_argument("--run", help="run directory (training curves, class names)")
+    p.add_argument("--run", help="run directory (training curves, class names, model, attention maps)")
     p.add_argument("--pred", help="folder of predictions")
     p.add_argument("--labels", help="folder of reference label maps (metrics are computed when no --metrics)")
-    p.add_argument("--images", help="folder of the images (for the pictures)")
+    p.add_argument("--images", help="folder of the images (for the viewer and the pictures)")
     p.add_argument("--metrics", help="a metrics.csv written by `unetr evaluate`")
-    p.add_argument("--show", type=int, default=2, help="best and worst cases drawn")
+    p.add_argument("--classes", help="dataset.json (or a run's config.json) naming the classes (default: the run's, "
+                   "else dataset.json beside --labels)")
+    p.add_argument("--show", type=int, default=2, help="best and worst cases drawn in report.md")
+    p.add_argument("--attention", metavar="CASE", help="case whose attention maps the page shows (default: the worst; "
+                   "'none' for none)")
+    p.add_argument("--max-voxels", type=int, default=None,
+                   help="voxels per case in the viewer; larger cases are shown coarser (default: 4,000,000)")
+    p.add_argument("--modality", choices=["CT", "MR"], help="window presets of the viewer (default: guessed per case)")
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args) -> int:
-    from pathlib import Path
+    from unetr.report import report_from_folders
 
-    from unetr.data.io import read_label
-    from unetr.metrics import evaluate_folders, read_class_names, read_csv
-    from unetr.report import load_case_from_files, make_report
-
-    if not (args.run or args.pred or args.metrics):
-        raise ValueError("give --run, --pred (with --labels) or --metrics")
-    names = None
-    if args.run and (Path(args.run) / "config.json").is_file():
-        try:
-            names = read_class_names(Path(args.run) / "config.json")
-        except ValueError:
-            names = None
-    per_case = None
-    if args.metrics:
-        per_case = read_csv(args.metrics)
-    elif args.pred and args.labels:
-        def reader(path: Path):
-            arr, geom = read_label(path)
-            return arr, geom.spacing
-
-        per_case, _, _ = evaluate_folders(args.pred, args.labels, class_names=names, out_dir=args.output,
-                                          read_label=reader)
-
-    def load_case(case: str):
-        if not args.images:
-            return None
-        images = Path(args.images)
-        cands = [images / f"{case}{end}" for end in (".nii.gz", "_0000.nii.gz", ".nii", "_0000.nii")]
-        image = next((c for c in cands if c.exists()), None)
-        if image is None:
-            raise FileNotFoundError(f"no image for {case} in {images}")
-        ref = Path(args.labels) / f"{case}.nii.gz" if args.labels else None
-        pred = Path(args.pred) / f"{case}.nii.gz" if args.pred else None
-        return load_case_from_files(image, ref, pred)
-
-    path = make_report(args.output, run_dir=args.run, per_case=per_case, class_names=names, load_case=load_case,
-                       n_show=args.show)
-    print(f"report -> {path}")
+    html, md = report_from_folders(args.output, run=args.run, pred=args.pred, labels=args.labels, images=args.images,
+                                   metrics=args.metrics, classes=args.classes, show=args.show,
+                                   attention=args.attention, max_voxels=args.max_voxels, modality=args.modality)
+    print(f"report -> {html} ({html.stat().st_size / 1e6:.1f} MB; open it in a browser), {md}")
     return 0
 
 
@@ -528,12 +604,12 @@ def _run_demo(args) -> int:
         print(f"{'mean':<16}{result['summary']['mean_dice']:>10.3f}{result['summary']['mean_hd95']:>12.2f}"
               f"{result['summary']['mean_surface_dice']:>15.3f}")
     print("\nsteps: " + ", ".join(f"{name} {wall:.0f} s ({cpu:.0f} s CPU)" for name, wall, cpu in result["steps"]))
-    print(f"demo finished in {result['seconds'] / 60:.1f} min; report: {result['report']}")
+    print(f"demo finished in {result['seconds'] / 60:.1f} min; report: {result['report']} (open it in a browser)")
     return 0
 
 
 # ------------------------------------------------------------------------------------------ main
-_ADDERS: list = [_add_summary, _add_synth, _add_check, _add_plan, _add_preprocess,
+_ADDERS: list = [_add_summary, _add_synth, _add_check, _add_convert, _add_plan, _add_preprocess,
                  _add_predict, _add_evaluate, _add_report, _add_export, _add_train, _add_mni, _add_demo]
 
 
@@ -562,37 +638,80 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from unetr.allocator import keep_freed_memory
 
         keep_freed_memory()
+    previous = _stop_on_sigterm()
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
         print(f"unetr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"unetr {args.command}: terminated (SIGTERM); rerun the command to continue", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BaseException as e:  # noqa: BLE001 - every failure becomes one line (or a bug report)
-        message, code = describe_failure(e, verbose=args.verbose)
+        message, code = describe_failure(e, verbose=args.verbose, command=args.command)
         if code == EXIT_BUG and args.verbose:
             traceback.print_exc()
         print(f"unetr {args.command}: {message}", file=sys.stderr)
         return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so that every ``finally`` runs (temporary files are removed,
+    locks released, worker processes stopped) before the command exits with 143."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the cleanup ends the process
+    raise Terminated()
+
+
+def _stop_on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` (main thread only); returns the handler it replaced."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 EXIT_USER = 2  # the user's input or environment: a message says what to change
 EXIT_BUG = 3  # an unexpected exception: a bug in unetr
 
 
-def describe_failure(e: BaseException, verbose: bool = False) -> Tuple[str, int]:
+# what lowers the memory a command needs
+MEMORY_ADVICE = {
+    "train": "use a smaller --roi or --batch-size, --precision bf16 or --set checkpointing=true",
+    "predict": "lower --batch, add --accum-fp16 or --accum-device cpu, or use --inverse labels",
+    "preprocess": "use fewer --workers (each preprocesses one case at a time)",
+    "plan": "use fewer --workers",
+    "evaluate": "use fewer --workers",
+}
+
+
+def describe_failure(e: BaseException, verbose: bool = False, command: Optional[str] = None) -> Tuple[str, int]:
     """One line for a failure and the exit code: user-caused conditions (bad files, options, a full disk, too
-    little memory) get :data:`EXIT_USER`; anything else is a bug in unetr and says so (:data:`EXIT_BUG`)."""
+    little memory) get :data:`EXIT_USER`; anything else is a bug in unetr and says so (:data:`EXIT_BUG`).
+
+    Args:
+        command: the subcommand, whose options a memory message suggests.
+    """
     import errno
 
-    from unetr.errors import UnetrError
+    from unetr.errors import UnetrError, out_of_memory
 
     if isinstance(e, SystemExit):
         raise e
+    needed = out_of_memory(e)
+    if needed is not None:
+        advice = MEMORY_ADVICE.get(command or "", "free memory or use a machine with more")
+        text = str(e).splitlines()[0][:160] if str(e) else ""
+        what = text if isinstance(e, MemoryError) or not needed else f"an allocation of {needed} failed"
+        return f"error: out of memory{f' ({what})' if what else ''}; {advice}", EXIT_USER
     if isinstance(e, (UnetrError, ValueError)):
         return f"error: {e}", EXIT_USER
-    if isinstance(e, MemoryError):
-        return ("error: out of memory" + (f" ({e})" if str(e) else "")
-                + "; lower --batch / --threads, use --precision bf16, or free memory"), EXIT_USER
     if isinstance(e, OSError):
         where = e.filename or ""
         if e.errno == errno.ENOSPC:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence, Tuple, TypeVar
+from typing import Any, Optional, Sequence, Tuple, TypeVar
 
 from unetr.settings import coerce_fields, load_json, load_yaml, parse_set, save_json  # noqa: F401 (re-exported)
 
@@ -27,6 +27,7 @@ NORMS = ("instance", "batch")
 PROJ_TYPES = ("conv", "perceptron")
 MLP_ACTS = ("gelu", "relu")
 INTENSITY_SCHEMES = ("ct_window", "ct_zscore", "zscore")
+MODALITIES = ("CT", "MR", "OTHER")
 GEOMETRIES = ("extent", "monai")
 
 
@@ -215,6 +216,9 @@ class Plan(_DictMixin):
             centre is kept, the spacing is the target exactly, the crop comes after resampling, and a
             prediction goes back as MONAI's ``Invertd`` takes it (logits, zero-padded, linear, border
             clamped): the same label maps as a MONAI pipeline, for models trained in one.
+        modality: ``CT``, ``MR`` or ``OTHER``, as the dataset names it, as its intensities show, or as set
+            (``--modality``); ``intensity="auto"`` follows it (:func:`unetr.data.plan.make_plan`).
+        modality_reason: why (the dataset's words, the fingerprint's evidence, or the override).
     """
 
     target_spacing: Tuple[float, float, float] = (1.5, 1.5, 2.0)
@@ -231,6 +235,8 @@ class Plan(_DictMixin):
     preset: str = "paper"
     label_resample: str = "onehot"
     geometry: str = "extent"
+    modality: str = "CT"
+    modality_reason: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_spacing", tuple(float(s) for s in _as_tuple(self.target_spacing, 3, "target_spacing")))
@@ -261,6 +267,8 @@ class Plan(_DictMixin):
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.label_resample not in ("onehot", "nearest"):
             raise ValueError(f"label_resample must be 'onehot' or 'nearest', got {self.label_resample!r}")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
         if self.geometry == "monai" and self.image_order != 1:
@@ -274,11 +282,14 @@ class Plan(_DictMixin):
 
 @dataclass(frozen=True)
 class TrainConfig(_DictMixin):
-    """Training settings; the defaults are the recipe of the paper's official code."""
+    """Training settings. The defaults are the paper's official recipe per step (crops, augmentation, loss,
+    optimizer); its counts in epochs and its MONAI-specific choices come with ``--recipe btcv``
+    (:mod:`unetr.recipes`; every setting and the difference: ``docs/recipe.md``)."""
 
     iterations: int = 25000
     val_every: int = 500
     checkpoint_every: int = 500
+    checkpoint_minutes: float = 10.0  # also write last.pt when this long has passed since the last one (0: off)
     batch_size: int = 1  # volumes per step; each gives `samples_per_volume` crops
     samples_per_volume: int = 4
     pos_fraction: float = 0.5  # pos=1, neg=1
@@ -315,13 +326,27 @@ class TrainConfig(_DictMixin):
     tensorboard: bool = True  # also log to run_dir/tensorboard when tensorboard is installed
     pad_to_roi: bool = True  # pad images smaller than the ROI; when False such images are an error
     class_balanced: bool = False  # foreground crops centred on a class drawn uniformly (rare classes get crops)
+    image_threshold: Optional[float] = None  # background crop centres only where the image is above it (BTCV: 0)
+    epochs: int = 0  # > 0: `iterations` is this many passes over the training cases (unetr.recipes.resolve_epochs)
+    warmup_epochs: int = 0  # > 0: `warmup_iterations` in passes over the training cases
+    val_every_epochs: int = 0  # > 0: `val_every` in passes over the training cases
+    squared_pred: bool = False  # Dice denominator over squared probabilities (MONAI's squared_pred; BTCV: true)
+    decay_all: bool = False  # weight decay on every parameter, norms, biases and embeddings included (BTCV: true)
+    val_mode: str = "gaussian"  # validation window blending: gaussian | constant (BTCV: constant)
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise ValueError(f"iterations must be positive, got {self.iterations}")
+        if self.val_mode not in ("gaussian", "constant"):
+            raise ValueError(f"val_mode must be 'gaussian' or 'constant', got {self.val_mode!r}")
+        for name in ("epochs", "warmup_epochs", "val_every_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative (0: counted in iterations), got {getattr(self, name)}")
         for name in ("val_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.checkpoint_minutes >= 0:
+            raise ValueError(f"checkpoint_minutes must be 0 (off) or positive, got {self.checkpoint_minutes}")
         if self.num_workers < 0 or self.warmup_iterations < 0 or self.seed < 0:
             raise ValueError("num_workers, warmup_iterations and seed must be non-negative")
         if not 0.0 <= self.label_smoothing < 1.0:

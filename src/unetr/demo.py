@@ -9,7 +9,8 @@ demo never imports the CLI), and each one reuses what an earlier run finished (t
    the recipe's);
 3. ``unetr predict``: the held-out images, back in their original space;
 4. ``unetr evaluate``: Dice, IoU, HD95, ASD, surface Dice per class and case;
-5. ``unetr report``: overlays of the best and worst cases, the training curves and the metrics table.
+5. ``unetr report``: ``report.html`` (open it in a browser: the case table, a slice viewer of every held-out
+   case, the training curves, the model and its attention maps) and ``report.md`` with PNG overlays.
 
 The recipe is the same on every CPU: one thread per free core for training and prediction
 (:func:`demo_threads`: OpenMP threads on cores that other programs keep busy wait for each other, measured
@@ -132,9 +133,9 @@ def run_command(argv: Sequence[str], threads: Optional[int] = None) -> int:
 def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, test_cases: int = 4, seed: int = 0,
              train_args: Optional[Sequence[str]] = None, fresh: bool = False, iterations: Optional[int] = None,
              budget_s: Optional[float] = BUDGET_S, runner: Optional[Callable[[List[str]], int]] = None) -> dict:
-    """Run the demo's commands; returns ``{"seconds", "summary", "report", "steps"}`` (``steps``: the
-    ``(command, wall seconds, CPU seconds)`` of each step run; the CPU seconds of a one-thread step are what
-    it takes on an idle core, whatever else the machine runs).
+    """Run the demo's commands; returns ``{"seconds", "summary", "report", "steps"}`` (``report``: the path of
+    ``report.html``; ``steps``: the ``(command, wall seconds, CPU seconds)`` of each step run; the CPU seconds
+    of a one-thread step are what it takes on an idle core, whatever else the machine runs).
 
     Args:
         out: the demo folder (``data/``, ``run/``, ``predictions/``, ``evaluation/``, ``report/``).
@@ -181,4 +182,4 @@ def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, t
     summary_path = out / "evaluation" / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "summary": summary, "report": out / "report" / "report.md", "steps": steps}
+    return {"seconds": seconds, "summary": summary, "report": out / "report" / "report.html", "steps": steps}

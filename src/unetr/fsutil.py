@@ -22,6 +22,8 @@ PathLike = Union[str, os.PathLike]
 
 _MARK = "unetr"
 _TEMP_RE = re.compile(rf"^\.(?P<name>.+)\.{_MARK}-(?P<pid>\d+)-[0-9a-f]+\.tmp")
+# the names of earlier versions' writers: mkstemp's 8 random characters before .tmp (.png for pictures), or a pid
+_LEGACY_RE = re.compile(r"^\.(?P<name>.+)\.(?:[a-z0-9_]{8}\.tmp(?:\.[A-Za-z.]+)?|[a-z0-9_]{8}\.png|(?P<pid>\d+)\.tmp)$")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -68,8 +70,10 @@ def atomic_path(path: PathLike, ending: str = "") -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:  # name the file (disk full ...)
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     _fsync_dir(path.parent)
 
@@ -89,6 +93,7 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
     if pid == os.getpid():
         return True
     try:
@@ -97,11 +102,19 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's live process
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc (macOS): trust kill
+        return True
 
 
-def remove_stale_temporaries(folder: PathLike) -> List[Path]:
+def remove_stale_temporaries(folder: PathLike, legacy: bool = False) -> List[Path]:
     """Delete the temporary files in ``folder`` (not below it) left by writers whose process is gone.
+
+    Args:
+        legacy: also delete the temporary names of earlier versions (``.NAME.x8k2j_q1.tmp``, ``.NAME.PID.tmp``),
+            which carry no process id: only for a folder no other process writes in (a locked run directory).
 
     Returns the removed paths. A live writer's temporary file is kept.
     """
@@ -110,8 +123,8 @@ def remove_stale_temporaries(folder: PathLike) -> List[Path]:
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():
-        m = _TEMP_RE.match(entry.name)
-        if m is None or _alive(int(m["pid"])):
+        m = _TEMP_RE.match(entry.name) or (_LEGACY_RE.match(entry.name) if legacy else None)
+        if m is None or (m["pid"] is not None and _alive(int(m["pid"]))) or not entry.is_file():
             continue
         try:
             entry.unlink()
@@ -121,5 +134,10 @@ def remove_stale_temporaries(folder: PathLike) -> List[Path]:
     return removed
 
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporaries",
-           "temporary_name"]
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (zombies do not; this process does)."""
+    return _alive(pid)
+
+
+__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text", "process_alive",
+           "remove_stale_temporaries", "temporary_name"]

@@ -438,7 +438,7 @@ def _score_pair(args) -> Tuple[str, Optional[Dict[int, ClassScore]], Optional[st
 
 def evaluate_folders(
     pred_dir: Union[str, Path],
-    ref_dir: Union[str, Path],
+    ref_dir: Union[str, Path, Mapping[str, Union[str, Path]]],
     *,
     num_classes: Optional[int] = None,
     class_names: Optional[Sequence[str]] = None,
@@ -461,7 +461,8 @@ def evaluate_folders(
 
     Args:
         pred_dir: folder of predicted label maps (``.nii.gz``/``.nii``).
-        ref_dir: folder of reference label maps with the same file names.
+        ref_dir: folder of reference label maps with the same file names, or a mapping of prediction file
+            names to reference files (a dataset's labels, whose files are named otherwise).
         num_classes: K; default from ``class_names``, else a first pass over the labels finds the largest.
         class_names: names of the classes, background first.
         tolerance_mm: tolerance of the surface Dice.
@@ -477,11 +478,12 @@ def evaluate_folders(
         ``(per_case, summary, problems)``: problems are one message per case that could not be scored (or
         was missing).
     """
-    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
-    for d in (pred_dir, ref_dir):
+    ref_map = None if isinstance(ref_dir, (str, Path)) else {str(k): Path(v) for k, v in ref_dir.items()}
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir) if ref_map is None else Path("<references>")
+    for d in (pred_dir,) if ref_map is not None else (pred_dir, ref_dir):
         if not d.is_dir():
             raise NotADirectoryError(f"{d}: not a folder")
-    preds, refs = _label_files(pred_dir), _label_files(ref_dir)
+    preds, refs = _label_files(pred_dir), ref_map if ref_map is not None else _label_files(ref_dir)
     if not preds:
         raise FileNotFoundError(f"{pred_dir}: no .nii/.nii.gz predictions")
     if not refs:
@@ -498,9 +500,12 @@ def evaluate_folders(
         if workers <= 1:
             yield from map(_score_pair, jobs_)
             return
+        import os
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        from unetr.workers import die_with_parent
+
+        with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             yield from pool.map(_score_pair, jobs_)
 
     if num_classes is None:  # a first pass finds the largest label

@@ -111,18 +111,24 @@ def save_json(path: Union[str, Path], data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def _read_text(path: Path, kind: str) -> str:
+    """A settings file's text, or one clear error naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a folder, not a {kind} file") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 {kind}") from None
+
+
 def load_json(path: Union[str, Path]) -> dict:
     path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
+        return json.loads(_read_text(path, "JSON"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 JSON") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: a folder, not a JSON file") from None
 
 
 def load_yaml(path: Union[str, Path]) -> dict:
@@ -130,13 +136,9 @@ def load_yaml(path: Union[str, Path]) -> dict:
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
+        data = yaml.safe_load(_read_text(path, "YAML"))
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({e})") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -48,7 +48,7 @@ def test_msd_v1_layout_with_4d_images(tmp_path):
         "test": ["./imagesTs/BRATS_100.nii.gz"],
     }))
     ds = load_dataset(tmp_path)
-    assert ds.layout == "msd" and ds.channel_names == ("FLAIR", "T1w") and ds.modality == "MRI"
+    assert ds.layout == "msd" and ds.channel_names == ("FLAIR", "T1w") and ds.modality == "MR"
     assert ds.class_names == ("background", "edema", "tumour")
     assert [c.id for c in ds.train] == ["BRATS_000", "BRATS_001"] and ds.test[0].id == "BRATS_100"
     assert check_dataset(tmp_path) == []
@@ -134,9 +134,12 @@ def test_check_lists_every_problem_at_once(phantom_dir, tmp_path):
     save_nifti(ds / "imagesTr" / "phantom_004_0000.nii.gz", bad, g4.affine)  # NaN
     shutil.copy(ds / "imagesTr" / "phantom_005_0000.nii.gz", ds / "imagesTr" / "phantom_005_0001.nii.gz")  # 2 ch
     problems = "\n".join(check_dataset(ds))
-    for expected in ["training case\\(s\\) without a label: phantom_000", "phantom_001: label shape",
-                     "phantom_002: label affine differs", "phantom_003: label values \\[9\\] outside",
-                     "phantom_004: .*NaN or Inf", "phantom_005: 2 channel\\(s\\), the dataset declares 1"]:
+    for expected in ["training case\\(s\\) without a label: phantom_000",  # each problem names its file:
+                     "phantom_001: \\S*labelsTr/phantom_001.nii.gz: label shape",
+                     "phantom_002: \\S*labelsTr/phantom_002.nii.gz: label affine differs",
+                     "phantom_003: \\S*labelsTr/phantom_003.nii.gz: label values \\[9\\] outside",
+                     "phantom_004: .*NaN or Inf",
+                     "phantom_005: \\S*imagesTr/phantom_005_0000.nii.gz: 2 channel\\(s\\), the dataset declares 1"]:
         assert __import__("re").search(expected, problems), (expected, problems)
 
 
@@ -185,6 +188,6 @@ def test_check_and_preprocessing_apply_one_grid_rule(tmp_path, shift_mm, ok):
         assert problems == []
         preprocess_files(tmp_path / "imagesTr" / "ct_0000.nii.gz", plan, tmp_path / "labelsTr" / "ct.nii.gz")
     else:
-        assert len(problems) == 1 and problems[0].startswith("ct: label affine differs from the image's")
+        assert len(problems) == 1 and problems[0].startswith(f"ct: {tmp_path / 'labelsTr' / 'ct.nii.gz'}: label affine differs from the image's")
         with pytest.raises(DataError, match="ct.nii.gz: label affine differs"):
             preprocess_files(tmp_path / "imagesTr" / "ct_0000.nii.gz", plan, tmp_path / "labelsTr" / "ct.nii.gz")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from unetr.data.sampling import augment, crop_at, pad_to_roi, sample_centres, sample_crops
+from unetr.data.sampling import augment, crop_at, pad_to_roi, rot90_note, sample_centres, sample_crops
 
 SHAPE = (48, 40, 32)
 ROI = (16, 16, 16)
@@ -142,14 +142,19 @@ def test_flip_all_axes_exactly():
     assert torch.equal(xi, torch.flip(x, [2, 3, 4])) and torch.equal(yi, torch.flip(y, [2, 3, 4]))
 
 
-def test_rot90_only_on_square_planes():
-    x, y = _batch(shape=(16, 16, 24))
-    xi, _ = augment(x, y, torch.Generator().manual_seed(0), flip_prob=0, rot90_prob=1.0, scale_prob=0, shift_prob=0)
-    assert any(torch.equal(xi[0], torch.rot90(x[0], k, dims=(1, 2))) for k in (1, 2, 3))
-    x2, y2 = _batch(shape=(16, 20, 24))
-    xi2, _ = augment(x2, y2, torch.Generator().manual_seed(0), flip_prob=0, rot90_prob=1.0, scale_prob=0,
-                     shift_prob=0)
-    assert torch.equal(xi2, x2)
+def test_rot90_quarter_turns_on_square_planes_half_turns_otherwise():
+    """MONAI's RandRotate90d(max_k=3) turns by 90, 180 or 270 degrees; where X != Y a quarter turn would change
+    the crop's shape, so there the rotation is the half turn (it used to be skipped without a word)."""
+    x, y = _batch(b=24, shape=(16, 16, 24))
+    xi, yi = augment(x, y, torch.Generator().manual_seed(0), flip_prob=0, rot90_prob=1.0, scale_prob=0, shift_prob=0)
+    turns = [next(k for k in (1, 2, 3) if torch.equal(xi[n], torch.rot90(x[n], k, dims=(1, 2)))) for n in range(24)]
+    assert set(turns) == {1, 2, 3} and torch.equal(xi, yi.float() * 10.0)
+    x2, y2 = _batch(b=6, shape=(16, 20, 24))
+    xi2, yi2 = augment(x2, y2, torch.Generator().manual_seed(0), flip_prob=0, rot90_prob=1.0, scale_prob=0,
+                       shift_prob=0)
+    assert torch.equal(xi2, torch.rot90(x2, 2, dims=(2, 3))) and torch.equal(yi2, torch.rot90(y2, 2, dims=(2, 3)))
+    assert rot90_note((16, 20, 24), 0.2) is not None and "180" in rot90_note((16, 20, 24), 0.2)
+    assert rot90_note((16, 16, 24), 0.2) is None and rot90_note((16, 20, 24), 0.0) is None
 
 
 def test_intensity_scale_and_shift_ranges():

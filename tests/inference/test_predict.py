@@ -24,8 +24,8 @@ def test_find_inputs_file_folder_glob_and_channels(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert [c for c, _ in P.find_inputs(tmp_path, 2)] == ["a", "b"]
     assert [len(f) for _, f in P.find_inputs(tmp_path, 2)] == [2, 2]
-    single = P.find_inputs(tmp_path, 1)
-    assert [c for c, _ in single] == ["a", "a_0001", "b", "b_0001"]
+    single = P.find_inputs(tmp_path, 1)  # two channel files per case are no one-channel cases: names kept
+    assert [c for c, _ in single] == ["a_0000", "a_0001", "b_0000", "b_0001"]
     assert [c for c, _ in P.find_inputs(str(tmp_path / "a_*.nii.gz"), 2)] == ["a"]
     assert [c for c, _ in P.find_inputs(tmp_path / "b_0000.nii.gz", 1)] == ["b"]
     with pytest.raises(FileNotFoundError):

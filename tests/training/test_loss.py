@@ -59,6 +59,27 @@ def test_value_and_gradient_equal_monai(include_background, batch, smoothing, we
     torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("batch", [True, False])
+@pytest.mark.parametrize("include_background", [True, False])
+def test_squared_pred_equals_monai(batch, include_background):
+    """The BTCV recipe's loss: DiceCELoss(squared_pred=True, smooth_nr=0, smooth_dr=1e-6), value and gradient."""
+    monai_losses = pytest.importorskip("monai.losses")
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 4, 8, 6, 10, generator=g) * 3
+    target = torch.randint(0, 4, (2, 1, 8, 6, 10), generator=g)
+    ref = monai_losses.DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, smooth_nr=0.0, smooth_dr=1e-6,
+                                  batch=batch, include_background=include_background)
+    ours = DiceCELoss(squared_pred=True, smooth_nr=0.0, smooth_dr=1e-6, batch_dice=batch,
+                      include_background=include_background)
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    want, got = ref(a, target), ours(b, target)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
+    assert abs(got.item() - DiceCELoss(smooth_nr=0.0, smooth_dr=1e-6)(logits, target).item()) > 1e-3  # it differs
+    want.backward()
+    got.backward()
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7)
+
+
 def test_gradient_equals_monai():
     monai_losses = pytest.importorskip("monai.losses")
     logits = torch.randn(2, 3, 6, 5, 4, requires_grad=True)

@@ -42,6 +42,12 @@ def test_param_groups_split_decay():
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 4  # conv bias, norm w/b, pos_emb
 
 
+def test_decay_all_is_one_decayed_group_as_adamw_over_model_parameters():
+    """The BTCV script's torch.optim.AdamW(model.parameters(), weight_decay=...) decays every parameter."""
+    (group,) = param_groups(_Net(), 0.01, decay_all=True)
+    assert group["weight_decay"] == 0.01 and len(group["params"]) == 5  # all trainable ones, the frozen left out
+
+
 def test_build_optimizer_and_set_lr():
     opt = build_optimizer(_Net(), lr=1e-3, weight_decay=1e-5, device=torch.device("cpu"))
     assert isinstance(opt, torch.optim.AdamW)

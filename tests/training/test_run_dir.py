@@ -15,11 +15,14 @@ from unetr.training.run_dir import (
     Progress,
     ResumeState,
     RngState,
+    RunSettingsError,
     describe_last,
     load_resume,
     restore_resume,
     run_config,
     save_resume,
+    settings_differences,
+    stored_config,
 )
 
 # the keys of last.pt as every earlier version wrote and read them, in order
@@ -83,7 +86,7 @@ def test_restore_puts_back_weights_and_refuses_another_roi(tmp_path):
     assert state.progress.iteration == 4
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
     other = dict(config, plan=dict(config["plan"], roi=[48, 48, 48]))
-    with pytest.raises(UnetrError, match="another model or ROI"):
+    with pytest.raises(RunSettingsError, match=r"plan.roi \[32, 32, 32\] -> \[48, 48, 48\]"):
         restore_resume(tmp_path / "last.pt", model=fresh, optimizer=fresh_opt, scaler=fresh_scaler, config=other,
                        world_size=1, device=torch.device("cpu"))
 
@@ -112,3 +115,60 @@ def test_describe_last(tmp_path):
     assert describe_last(tmp_path / "last.pt") == "none written yet"
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     assert describe_last(tmp_path / "last.pt") == f"{tmp_path / 'last.pt'} (iteration ?)"
+
+
+@pytest.mark.parametrize("section, key, value, refused", [
+    ("train", "iterations", 50, False),  # a longer run continues
+    ("train", "val_every", 7, False),
+    ("train", "checkpoint_every", 9, False),
+    ("train", "checkpoint_minutes", 1.0, False),
+    ("train", "num_workers", 3, False),
+    ("model", "checkpointing", True, False),  # memory, not the model
+    ("train", "lr", 3e-4, True),  # optimizer
+    ("train", "weight_decay", 0.1, True),
+    ("train", "dice_weight", 0.5, True),  # loss
+    ("train", "seed", 3, True),
+    ("train", "flip_prob", 0.0, True),
+    ("model", "hidden_size", 96, True),  # model
+    ("plan", "target_spacing", [2.0, 2.0, 2.0], True),  # plan
+    ("data", "train", ["a", "b"], True),  # data
+])
+def test_settings_a_rerun_may_change(section, key, value, refused):
+    _, _, _, config = _parts()
+    config["data"] = {"train": ["a", "b", "c"], "validation": ["d"]}
+    changed = settings_differences(config, {**config, section: {**config[section], key: value}})
+    assert bool(changed) == refused
+    assert not refused or changed[0].startswith(f"{section}.{key}")
+
+
+def test_older_runs_are_compared_on_what_they_recorded():
+    _, _, _, config = _parts()
+    newer = {**config, "data": {"train": ["a"], "validation": []}}  # no data section before
+    assert settings_differences(config, newer) == []
+    older = {**config, "train": {k: v for k, v in config["train"].items() if k != "class_balanced"}}
+    assert settings_differences(older, config) == []  # a setting added since keeps its default
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_a_damaged_last_pt_says_so_and_how_to_start_over(tmp_path, damage):
+    model, optimizer, scaler, config = _parts()
+    path = tmp_path / "last.pt"
+    save_resume(path, _state(model, optimizer, scaler, config))
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00junk" * 100, "empty": b""}[damage])
+    with pytest.raises(UnetrError, match="truncated or corrupt.*--restart"):
+        load_resume(path)
+    with pytest.raises(UnetrError, match="truncated or corrupt"):
+        stored_config(tmp_path)
+
+
+def test_stored_config_prefers_last_pt_then_config_json(tmp_path):
+    import json
+
+    assert stored_config(tmp_path) is None
+    model, optimizer, scaler, config = _parts()
+    (tmp_path / "config.json").write_text(json.dumps({**config, "train": {**config["train"], "lr": 0.5}}))
+    assert stored_config(tmp_path)[0]["train"]["lr"] == 0.5
+    save_resume(tmp_path / "last.pt", _state(model, optimizer, scaler, config))
+    got, where = stored_config(tmp_path)
+    assert where == tmp_path / "last.pt" and got == config

@@ -40,6 +40,13 @@ def test_cli_trains_and_a_rerun_resumes(phantom, cache, tmp_path):
     longer[longer.index("--iterations") + 1] = "3"
     assert main(longer) == 0  # a longer budget continues the run
     assert (out / "metrics.csv").read_text().splitlines()[-1].startswith("3,")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main(longer + ["--lr", "3e-3"]) == 2  # another optimizer: refused, nothing touched
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert main(longer + ["--lr", "3e-3", "--restart"]) == 0  # the old run moves aside, whole
+    old = out.with_name("run.old-1")
+    assert {p.name: p.read_bytes() for p in old.iterdir() if p.is_file()} == before
+    assert json.loads((out / "config.json").read_text())["train"]["lr"] == 3e-3
 
 
 def test_cli_bad_set_key(phantom, tmp_path, capsys):
@@ -75,3 +82,20 @@ def test_roi_larger_than_the_images_without_padding(phantom, cache, tmp_path):
     with pytest.raises(DataError, match="larger than"):
         train_dataset(phantom, tmp_path / "run", TrainConfig(**FAST, pad_to_roi=False), preset_name="tiny",
                       plan_overrides={"roi": (128, 128, 128)}, cache_dir=cache, workers=0, progress=False)
+
+
+def test_a_roi_larger_than_the_images_is_padded_with_a_notice(phantom, tmp_path, caplog):
+    from unetr.data.cache import build_cache
+    from unetr.data.cases import load_dataset
+    from unetr.data.plan import make_plan
+    from unetr.training.prepare import check_cases
+
+    ds = load_dataset(phantom)
+    plan = make_plan(ds, preset="tiny", roi=(96, 96, 32))
+    build_cache(ds.train[:2], plan, tmp_path / "cache", workers=0, progress=False)
+    ids = [c.id for c in ds.train[:2]]
+    check_cases(ids, tmp_path / "cache", plan, pad_to_roi=True)
+    assert "ROI (96, 96, 32) is larger than 2 of 2 preprocessed image(s)" in caplog.text
+    assert "crops are padded with zeros" in caplog.text and "--roi 64 64 32 would fit" in caplog.text
+    with pytest.raises(DataError, match="padding is off"):
+        check_cases(ids, tmp_path / "cache", plan, pad_to_roi=False)

@@ -1,11 +1,8 @@
 import csv
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +11,12 @@ import torch
 from train_helpers import ROI, DictLoader, flip_augmenter, make_cases, simple_sampler, tiny_setup
 
 from unetr.device import resolve_precision
-from unetr.errors import UnetrError
 from unetr.metrics import dice_from_confusion, mean_foreground
 from unetr.model import build_model, load_model
+from unetr.training.lock import LOCK_NAME, RunLock, RunLockedError
 from unetr.training.loss import DiceCELoss
 from unetr.training.optim import build_optimizer
+from unetr.training.run_dir import RunSettingsError
 from unetr.training.trainer import NonFiniteLossError, fit
 from unetr.training.validation import confusion_matrix_torch
 
@@ -152,7 +150,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_resume_refuses_another_model(tmp_path):
     _fit(tmp_path / "r", iterations=2)
     plan, model_cfg, cfg = tiny_setup(iterations=4)
-    with pytest.raises(UnetrError, match="another model"):
+    with pytest.raises(RunSettingsError, match="model.num_layers 4 -> 3"):
         fit(run_dir=tmp_path / "r", train_ids=IDS[:4], val_ids=IDS[4:], load=DictLoader(CASES), plan=plan,
             model_cfg=model_cfg.replace(num_layers=3), cfg=cfg, progress=False, sampler=simple_sampler,
             augmenter=flip_augmenter)
@@ -163,31 +161,44 @@ def test_fp16_needs_cuda(tmp_path):
         _fit(tmp_path / "r", precision="fp16")
 
 
-def test_kill_and_rerun(tmp_path):
-    """SIGKILL mid-run, rerun the same command: it resumes and ends with the uninterrupted run's weights."""
-    run = tmp_path / "killed"
-    cmd = [sys.executable, str(HERE / "train_script.py"), str(run), "6", "--record"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd + ["--slow", "0.3"], env=env)
+@pytest.mark.parametrize("minutes, seen", [
+    (1e-9, [None, 1, 2]),  # always overdue: last.pt after every iteration
+    (1e6, [None, None, 2]),  # never due by time: every checkpoint_every=2 iterations only
+    (0.0, [None, None, 2]),  # off
+])
+def test_last_pt_every_checkpoint_every_or_checkpoint_minutes(tmp_path, minutes, seen):
+    last = tmp_path / "r" / "last.pt"
+    got = []
+
+    def look(iteration, images, labels):
+        got.append(torch.load(last, weights_only=True)["iteration"] if last.exists() else None)
+
+    _fit(tmp_path / "r", on_step=look, iterations=3, checkpoint_every=2, val_every=10, checkpoint_minutes=minutes)
+    assert got == seen
+
+
+def test_a_second_process_is_refused_and_the_run_is_untouched(tmp_path):
+    run = tmp_path / "r"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from unetr.training.lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(60)"), str(run)], stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            last = run / "last.pt"
-            if last.exists() and torch.load(last, weights_only=True)["iteration"] >= 2:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("no checkpoint within 120 s")
-        os.kill(proc.pid, signal.SIGKILL)
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"PID {holder.pid} on .*choose another --out"):
+            _fit(run, iterations=2)
+        assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]
     finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (run / "rank0.json").exists()
-    subprocess.run(cmd, env=env, check=True)
-    ref = tmp_path / "reference"
-    subprocess.run([sys.executable, str(HERE / "train_script.py"), str(ref), "6", "--record"], env=env, check=True)
-    assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 6
-    killed, reference = json.loads((run / "rank0.json").read_text()), json.loads((ref / "rank0.json").read_text())
-    assert killed["weights"] == reference["weights"]
-    assert _rows(run / "metrics.csv") == _rows(ref / "metrics.csv")
-    assert not list(run.glob(".*.tmp"))  # no temporary files left behind
+        holder.kill()
+        holder.wait()
+    result = _fit(run, iterations=1)  # the holder is gone: its lock is taken over
+    assert result.iteration == 1 and not (run / LOCK_NAME).exists()
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path):
+    with pytest.raises(ValueError, match="CUDA"):
+        _fit(tmp_path / "new" / "r", precision="fp16")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(RunLockedError):
+        with RunLock(tmp_path / "held"):
+            _fit(tmp_path / "held", iterations=1)  # the same process holds it: refused too (no silent sharing)
+    assert not (tmp_path / "held").exists()

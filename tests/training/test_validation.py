@@ -103,3 +103,22 @@ def test_validate_restores_the_training_mode():
     validate(model, ["x"], lambda cid: (pred[None].astype(np.float32), ref), roi=(8, 8, 8), num_classes=K,
              env=D.DistEnv(device=torch.device("cpu")), precision="fp32")
     assert model.training
+
+
+@pytest.mark.parametrize("mode", ["gaussian", "constant"])
+def test_validate_blends_the_windows_as_asked(mode, monkeypatch):
+    """``val_mode`` reaches the sliding window (the BTCV recipe validates with MONAI's default, constant)."""
+    import unetr.inference as inference
+
+    seen = []
+    real = inference.sliding_window
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["mode"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "sliding_window", spy)
+    pred, ref = _maps(6)
+    validate(_LabelAsLogits(), ["x"], lambda cid: (pred[None].astype(np.float32), ref), roi=(8, 8, 8), num_classes=K,
+             env=D.DistEnv(device=torch.device("cpu")), precision="fp32", mode=mode)
+    assert seen == [mode]

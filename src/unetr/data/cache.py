@@ -13,6 +13,11 @@ complete exactly when its JSON exists. An interrupted build therefore leaves no 
 temporary files are removed) and the next build resumes with the cases that have no JSON. A case is
 rebuilt when the plan differs from the one in ``cache.json`` (then the whole cache is cleared) or when a
 source file changed (size, or modification time together with a content hash of its head and tail).
+
+Worker processes die with the process that started them, however it ends (``kill -9`` included), and
+Ctrl-C or SIGTERM stops them at once. A case whose label values fall outside the plan's classes stops the
+build (:func:`unetr.data.preprocess.preprocess_case` checks them; training would refuse them); a case that does
+not fit in memory is reported and the others go on.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -30,8 +36,9 @@ import numpy as np
 from unetr.config import Plan, load_json, save_json
 from unetr.data.cases import Case, Dataset
 from unetr.data.io import PathLike
-from unetr.errors import DataError
-from unetr.fsutil import atomic_write
+from unetr.errors import DataError, UnetrError, out_of_memory
+from unetr.fsutil import atomic_write, remove_stale_temporaries
+from unetr.workers import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +134,33 @@ def _build_one(case: Case, plan_dict: dict, cache_dir: str) -> str:
     return case.id
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, parent: int) -> None:
+    """A worker process: dies with its parent (however the parent ends), leaves SIGINT and SIGTERM to the parent
+    (which stops the workers itself), and uses ``threads`` torch threads."""
+    import signal
+
     import torch
 
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(max(1, threads))
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and kill the workers now (an interrupted build does not wait for the cases
+    in progress; their temporary files are removed by the next build)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.kill()
+    for proc in processes:
+        proc.join(timeout=10)
+
+
+def _memory_failure(case: Case, needed: str) -> str:
+    size = f"an allocation of {needed} failed" if needed else "out of memory"
+    return f"{case.id} ({case.images[0]}): {size}"
 
 
 def build_cache(
@@ -155,50 +185,78 @@ def build_cache(
         raise DataError(f"duplicate case ids: {sorted({i for i in ids if ids.count(i) > 1})}")
     cdir = Path(cache_dir)
     cdir.mkdir(parents=True, exist_ok=True)
-    for tmp in cdir.glob(".*.tmp"):  # leftovers of an interrupted build
-        tmp.unlink(missing_ok=True)
+    for tmp in remove_stale_temporaries(cdir, legacy=True):  # leftovers of an interrupted build
+        log.info("removed %s, left by an interrupted build", tmp)
     head = cdir / "cache.json"
     want = {"cache_version": CACHE_VERSION, "plan_hash": plan_hash(plan), "plan": plan.to_dict()}
+    have: dict = {}
     if head.is_file():
         try:
             have = load_json(head)
         except ValueError:
-            have = {}
+            pass
+        have = have if isinstance(have, dict) else {}
         if have.get("plan_hash") != want["plan_hash"] or have.get("cache_version") != CACHE_VERSION:
             log.warning("%s: built for another plan; clearing it", cdir)
             for p in list(cdir.glob("*.npy")) + [p for p in cdir.glob("*.json") if p.name != "cache.json"]:
                 p.unlink(missing_ok=True)
-    save_json(head, want)
+    if have != want:  # unchanged: left as it is
+        save_json(head, want)
 
     todo = [c for c in cases if not case_is_fresh(cdir, c, plan)]
     log.info("cache %s: %d of %d case(s) to preprocess", cdir, len(todo), len(cases))
     bar = tqdm(total=len(todo), desc="preprocess", disable=not progress or not todo)
     plan_dict = plan.to_dict()
+    short: List[str] = []  # cases that did not fit in memory; the others go on
     try:
         if workers <= 1 or len(todo) <= 1:
             for c in todo:
-                _build_one(c, plan_dict, str(cdir))
+                try:
+                    _build_one(c, plan_dict, str(cdir))
+                except (MemoryError, RuntimeError) as e:
+                    if out_of_memory(e) is None:
+                        raise
+                    short.append(_memory_failure(c, out_of_memory(e) or ""))
                 bar.update()
         else:
-            import torch  # noqa: F401  (imported once here, so forked workers inherit it)
-
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            # the platform default (fork on Linux): no re-import of the caller's __main__; torch resets its
-            # thread pool in forked children, and the initializer sizes it
-            ctx = multiprocessing.get_context()
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-                futures = [pool.submit(_build_one, c, plan_dict, str(cdir)) for c in todo]
-                try:
-                    for f in as_completed(futures):
-                        f.result()
-                        bar.update()
-                except BaseException:
-                    for f in futures:  # stop at the first failure; finished cases stay valid
-                        f.cancel()
-                    raise
+            _build_in_workers(todo, plan_dict, cdir, workers, bar, short)
     finally:
         bar.close()
+    if short:
+        raise UnetrError(f"{len(short)} case(s) did not fit in memory: {'; '.join(short[:5])}"
+                         f"{' ...' if len(short) > 5 else ''}; the other cases are in {cdir}. Rerun with fewer "
+                         "workers (--workers 1 holds one case in memory at a time) or on a machine with more memory")
     return ids
+
+
+def _build_in_workers(todo: Sequence[Case], plan_dict: dict, cdir: Path, workers: int, bar, short: List[str]) -> None:
+    """Preprocess ``todo`` in ``workers`` processes; a case that runs out of memory goes to ``short`` and the
+    others go on; any other failure, Ctrl-C or SIGTERM stops the workers at once."""
+    import torch  # noqa: F401  (imported once here, so forked workers inherit it)
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # the platform default (fork on Linux): no re-import of the caller's __main__; torch resets its thread pool
+    # in forked children, and the initializer sizes it
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(), initializer=_worker_init,
+                               initargs=(threads, os.getpid()))
+    try:
+        futures = {pool.submit(_build_one, c, plan_dict, str(cdir)): c for c in todo}
+        for f in as_completed(futures):
+            try:
+                f.result()
+            except (MemoryError, RuntimeError) as e:
+                if isinstance(e, BrokenProcessPool) or out_of_memory(e) is None:
+                    raise
+                short.append(_memory_failure(futures[f], out_of_memory(e) or ""))
+            bar.update()
+    except BrokenProcessPool:
+        _stop_workers(pool)
+        raise UnetrError(f"{cdir}: a preprocessing worker died (the system may have run out of memory and killed "
+                         "it); finished cases stay in the cache. Rerun with fewer --workers") from None
+    except BaseException:
+        _stop_workers(pool)  # finished cases stay valid
+        raise
+    pool.shutdown()
 
 
 def cached_ids(cache_dir: PathLike) -> List[str]:

@@ -3,7 +3,16 @@
 The fingerprint reads every labelled training case once and records, in RAS orientation, its spacing, its
 shape before and after cropping to the body (by the body rule preprocessing crops with,
 :mod:`unetr.data.intensity`), per-channel intensity statistics inside the labelled foreground (a seeded
-subsample of up to 10,000 voxels per case), and the voxel count of every class.
+subsample of up to 10,000 voxels per case), the voxel count of every class, and what the intensities say of
+the modality.
+
+The modality (``CT``, ``MR`` or ``OTHER``) is the one the dataset names (MSD ``modality``, nnU-Net
+``channel_names``, a datalist's ``modality``); where it names none (paired folders, a datalist without
+``modality``), the intensities decide (:func:`looks_like`): a case is CT when its voxels are integers (HU)
+and at least 1% of them lie at or below -900 HU (air, -1000 HU, or the scanner's padding below it); else MR
+when no value is negative (magnitude images), else OTHER. The majority of the cases decides, and the cases
+that disagree are named in a warning (as are those that disagree with a named modality). ``--modality``
+overrides both. The decision and its reason go to the log and into ``plan.json``.
 
 :func:`make_plan` turns it into a plan:
 
@@ -11,8 +20,11 @@ subsample of up to 10,000 voxels per case), and the voxel count of every class.
 - ROI: 96 per axis, shrunk (to a multiple of 16) where the median case, cropped as the plan crops and
   resampled, is smaller;
 - intensities: CT -> the paper's window (-175..250 HU -> [0, 1]) or, with ``intensity="ct_zscore"``, the
-  foreground 0.5/99.5 percentiles and z-score (nnU-Net's CT scheme); MRI -> per-channel z-score;
+  foreground 0.5/99.5 percentiles and z-score (nnU-Net's CT scheme); MR and OTHER -> per-channel z-score;
 - classes and channels from the dataset (or the labels found), and the model preset.
+
+:func:`plan_dataset` does both with one set of overrides, so the crops the fingerprint measures (and the ROI
+derives from) are the crops the plan's preprocessing makes.
 """
 
 from __future__ import annotations
@@ -20,11 +32,11 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from unetr.config import Plan, load_json, save_json
+from unetr.config import MODALITIES, Plan, load_json, save_json
 from unetr.data.cases import Case, Dataset
 from unetr.data.checks import check_same_grid, label_problem
 from unetr.data.intensity import body_threshold, crop_box
@@ -37,10 +49,13 @@ log = logging.getLogger(__name__)
 PAPER_SPACING = (1.5, 1.5, 2.0)
 MAX_ROI = 96
 SAMPLES_PER_CASE = 10_000
+MODALITY_SAMPLES = 100_000  # voxels per case the modality evidence is measured on
+AIR_HU = -900.0  # air is -1000 HU; scanners pad outside their field of view further below
+AIR_SHARE = 0.01  # a CT has at least this share of voxels at or below AIR_HU
 
 
 def auto_intensity(modality: str) -> str:
-    """The intensity scheme ``intensity="auto"`` stands for: the CT window for CT, z-score for MRI."""
+    """The intensity scheme ``intensity="auto"`` stands for: the CT window for CT, z-score otherwise."""
     return "ct_window" if modality == "CT" else "zscore"
 
 
@@ -51,7 +66,82 @@ def _body_threshold(modality: str, intensity: str = "auto", window: Optional[Seq
     return body_threshold(scheme, Plan().window if window is None else window)
 
 
-def _case_fingerprint(case: Case, index: int, threshold: Optional[float], seed: int) -> dict:
+# ------------------------------------------------------------------------------------------------ modality
+
+
+def modality_evidence(image: np.ndarray, rng: np.random.Generator) -> dict:
+    """What the intensities of one case say of its modality, from a seeded subsample of channel 0.
+
+    Args:
+        image: ``(C, X, Y, Z)``.
+        rng: draws the subsample (up to :data:`MODALITY_SAMPLES` voxels).
+
+    Returns:
+        ``{"integer": all sampled values are integers, "air": share at or below AIR_HU, "min": smallest,
+        "looks": looks_like(...)}``.
+    """
+    flat = image[0].reshape(-1)
+    sample = flat[rng.choice(flat.size, size=MODALITY_SAMPLES)] if flat.size > MODALITY_SAMPLES else flat
+    sample = np.asarray(sample, dtype=np.float64)
+    integer = bool(np.all(sample == np.round(sample)))
+    air = float(np.mean(sample <= AIR_HU)) if sample.size else 0.0
+    low = float(sample.min()) if sample.size else 0.0
+    return {"integer": integer, "air": round(air, 4), "min": low, "looks": looks_like(integer, air, low)}
+
+
+def looks_like(integer: bool, air: float, minimum: float) -> str:
+    """The modality of one case's evidence (see the module docstring): CT, MR or OTHER."""
+    if integer and air >= AIR_SHARE:
+        return "CT"
+    return "MR" if minimum >= 0 else "OTHER"
+
+
+def _evidence_words(ev: Sequence[dict]) -> str:
+    ct = sum(e["looks"] == "CT" for e in ev)
+    air = float(np.median([e["air"] for e in ev]))
+    return (f"{ct} of {len(ev)} case(s) integer-valued with air (median {100 * air:.1f}% of voxels at or below "
+            f"{AIR_HU:g} HU)")
+
+
+def decide_modality(evidence: Dict[str, dict], declared: Optional[str] = None, source: str = "",
+                    override: Optional[str] = None) -> Tuple[str, str]:
+    """The dataset's modality and why: ``override``, else ``declared``, else the majority of the cases' looks.
+
+    Cases whose intensities disagree with the decision are named in a warning.
+
+    Args:
+        evidence: case id -> :func:`modality_evidence`.
+        declared / source: the modality the dataset names and where (``dataset.json 'modality'``).
+        override: ``--modality``.
+
+    Returns:
+        ``(modality, reason)``.
+    """
+    ev = list(evidence.values())
+    if override is not None:
+        if override not in MODALITIES:
+            raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {override!r}")
+        modality, reason = override, "set by --modality"
+    elif declared is not None:
+        modality, reason = declared, f"named by {source or 'the dataset'}"
+    else:
+        counts = {m: sum(e["looks"] == m for e in ev) for m in MODALITIES}
+        modality = max(MODALITIES, key=lambda m: counts[m])  # ties: the first of CT, MR, OTHER
+        reason = f"the dataset names none; by the intensities: {_evidence_words(ev)}"
+        if modality == "MR":
+            reason += ", no negative values"
+    odd = sorted(cid for cid, e in evidence.items() if e["looks"] != modality)
+    if odd and ev:
+        log.warning("modality %s (%s), but %d of %d case(s) look otherwise by their intensities: %s%s; set "
+                    "--modality, or plan each modality apart", modality, reason, len(odd), len(ev),
+                    ", ".join(f"{c} ({evidence[c]['looks']})" for c in odd[:10]), " ..." if len(odd) > 10 else "")
+    return modality, reason
+
+
+# ------------------------------------------------------------------------------------------------ fingerprint
+
+
+def _case_fingerprint(case: Case, index: int, thresholds: Sequence[Optional[float]], seed: int) -> dict:
     image, geom = read_image(case.images)
     label = None
     if case.label:
@@ -59,8 +149,10 @@ def _case_fingerprint(case: Case, index: int, threshold: Optional[float], seed: 
         check_same_grid(case.label, lgeom, geom)
     ornt = ras_ornt(geom.affine)
     shape, spacing = ras_shape_spacing(ornt, geom.shape, geom.spacing)
-    box = crop_box(apply_ornt(image, ornt), threshold)
+    ras = apply_ornt(image, ornt)
+    crops = [[b - a for a, b in crop_box(ras, t)] for t in thresholds]
     rng = np.random.default_rng([seed, index])
+    evidence = modality_evidence(image, np.random.default_rng([seed, index, 1]))
     samples = []
     counts: dict = {}
     if label is not None:
@@ -71,43 +163,49 @@ def _case_fingerprint(case: Case, index: int, threshold: Optional[float], seed: 
         values, n = np.unique(label, return_counts=True)
         counts = {int(v): int(k) for v, k in zip(values, n)}
     return {
-        "id": case.id, "spacing": list(spacing), "shape": list(shape),
-        "cropped_shape": [b - a for a, b in box], "channels": int(image.shape[0]),
-        "class_voxels": counts, "samples": samples,
+        "id": case.id, "spacing": list(spacing), "shape": list(shape), "crops": crops,
+        "channels": int(image.shape[0]), "modality": evidence, "class_voxels": counts, "samples": samples,
     }
 
 
 def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0, max_cases: Optional[int] = None,
-                progress: bool = False, intensity: str = "auto", window: Optional[Sequence[float]] = None) -> dict:
+                progress: bool = False, intensity: str = "auto", window: Optional[Sequence[float]] = None,
+                modality: Optional[str] = None) -> dict:
     """Measure a dataset (see the module docstring). Returns a JSON-able dict.
 
     Args:
         dataset: its labelled cases are read.
         workers: reading threads (decompression and numpy release the GIL).
-        seed: seeds the foreground-intensity subsample.
+        seed: seeds the foreground-intensity and modality subsamples.
         max_cases: read at most this many cases (the first ones by id), for quick plans of big datasets.
         intensity / window: the plan's, when they will not be the defaults: the crops are measured with the
             body rule preprocessing will use (:func:`unetr.data.intensity.body_threshold`).
+        modality: overrides the dataset's named modality and the intensities' (``--modality``).
     """
     from tqdm import tqdm
 
     cases = sorted(dataset.labelled, key=lambda c: c.id)[:max_cases]
     if not cases:
         raise DataError(f"{dataset.root}: no labelled cases to fingerprint")
-    modality = dataset.modality
-    threshold = _body_threshold(modality, intensity, window)
+    rules = (_body_threshold("CT", intensity, window), _body_threshold("MR", intensity, window))
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        jobs = pool.map(lambda a: _case_fingerprint(a[1], a[0], threshold, seed), enumerate(cases))
+        jobs = pool.map(lambda a: _case_fingerprint(a[1], a[0], rules, seed), enumerate(cases))
         per_case = list(tqdm(jobs, total=len(cases), desc="fingerprint", disable=not progress))
     channels = {c["channels"] for c in per_case}
     if len(channels) != 1:
         raise DataError(f"{dataset.root}: cases disagree on the number of channels: {sorted(channels)}")
+    chosen, reason = decide_modality({p["id"]: p["modality"] for p in per_case}, dataset.modality,
+                                     dataset.modality_source, modality)
+    log.info("modality %s: %s", chosen, reason)
+    rule = 0 if chosen == "CT" else 1
+    for p in per_case:
+        p["cropped_shape"] = p.pop("crops")[rule]
     nch = channels.pop()
-    intensity = []
+    stats = []
     for c in range(nch):
         v = np.concatenate([np.asarray(p["samples"][c], dtype=np.float64) for p in per_case if p["samples"]] or
                            [np.zeros(1)])
-        intensity.append({
+        stats.append({
             "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max()),
             "p00_5": float(np.percentile(v, 0.5)), "p99_5": float(np.percentile(v, 99.5)),
             "median": float(np.median(v)),
@@ -120,7 +218,8 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0, max_cases: Op
     cropped = np.array([p["cropped_shape"] for p in per_case])
     return {
         "dataset": dataset.name,
-        "modality": modality,
+        "modality": chosen,
+        "modality_reason": reason,
         "num_cases": len(per_case),
         "channels": nch,
         "channel_names": list(dataset.channel_names),
@@ -128,14 +227,15 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0, max_cases: Op
         "median_spacing": np.median(spacings, axis=0).tolist(),
         "median_shape": np.median(np.array([p["shape"] for p in per_case]), axis=0).tolist(),
         "median_cropped_shape": np.median(cropped, axis=0).tolist(),
-        "body_threshold": threshold,
-        "intensity": intensity,
+        "body_threshold": rules[rule],
+        "intensity": stats,
         "class_voxels": {str(k): class_voxels[k] for k in sorted(class_voxels)},
         "cases": [{k: v for k, v in p.items() if k != "samples"} for p in per_case],
     }
 
 
 compute_fingerprint = fingerprint  # make_plan's argument shadows the name
+_FINGERPRINT_MODALITY = {"MRI": "MR"}  # fingerprints written before MODALITIES
 
 
 def _roi_for(median_shape: Sequence[float], median_spacing: Sequence[float], target: Sequence[float]
@@ -177,8 +277,10 @@ def make_plan(dataset: Dataset, fingerprint: Optional[dict] = None, **overrides:
         dataset: gives class and channel names.
         fingerprint: from :func:`fingerprint` (computed here when None).
         **overrides: any :class:`Plan` field. ``target_spacing`` may also be ``"median"`` (default) or
-            ``"paper"``; ``intensity`` may be ``"auto"`` (CT window for CT, z-score for MRI). When ``roi`` is
-            not given, it is derived from the median case as the plan crops it (its body, or all of it).
+            ``"paper"``; ``intensity`` may be ``"auto"`` (CT window for CT, z-score otherwise). ``modality``
+            overrides the fingerprint's (better given to :func:`fingerprint` too: :func:`plan_dataset`). When
+            ``roi`` is not given, it is derived from the median case as the plan crops it (its body, or all
+            of it).
 
     Raises:
         DataError: labels outside the declared classes.
@@ -200,16 +302,20 @@ def make_plan(dataset: Dataset, fingerprint: Optional[dict] = None, **overrides:
     else:
         top = max([int(k) for k in fp["class_voxels"]] + [1])
         class_names = ("background",) + tuple(f"class_{k}" for k in range(1, top + 1))
+    modality, reason = _FINGERPRINT_MODALITY.get(fp["modality"], fp["modality"]), fp.get("modality_reason", "")
+    if overrides.get("modality") not in (None, modality):
+        modality, reason = overrides.pop("modality"), "set by --modality"
     nch = int(fp["channels"])
-    channel_names = tuple(dataset.channel_names) or (("CT",) if nch == 1 else tuple(f"ch{c}" for c in range(nch)))
+    channel_names = tuple(dataset.channel_names) or ((modality,) if nch == 1 else tuple(f"ch{c}" for c in range(nch)))
 
     intensity = overrides.pop("intensity", "auto")
     if intensity == "auto":
-        intensity = auto_intensity(fp["modality"])
+        intensity = auto_intensity(modality)
     ct_stats = tuple((s["p00_5"], s["p99_5"], s["mean"], s["std"]) for s in fp["intensity"])
     fields: dict = dict(
         target_spacing=spacing, in_channels=nch, num_classes=len(class_names), class_names=class_names,
-        channel_names=channel_names, intensity=intensity, ct_stats=ct_stats,
+        channel_names=channel_names, intensity=intensity, ct_stats=ct_stats, modality=modality,
+        modality_reason=reason,
     )
     if roi:
         fields["roi"] = tuple(roi)
@@ -220,9 +326,25 @@ def make_plan(dataset: Dataset, fingerprint: Optional[dict] = None, **overrides:
     plan = Plan(**fields)
     if not roi:
         plan = plan.replace(roi=_plan_roi(fp, plan))
-    log.info("plan: spacing %s, roi %s, %s, %d classes", plan.target_spacing, plan.roi, plan.intensity,
-             plan.num_classes)
+    log.info("plan: spacing %s, roi %s, %s (%s: %s), %d classes", plan.target_spacing, plan.roi, plan.intensity,
+             plan.modality, plan.modality_reason, plan.num_classes)
     return plan
+
+
+def plan_dataset(dataset: Dataset, *, workers: int = 2, seed: int = 0, max_cases: Optional[int] = None,
+                 progress: bool = False, **overrides: Any) -> Tuple[Plan, dict]:
+    """Fingerprint a dataset and make its plan with one set of overrides (those of :func:`make_plan`).
+
+    The fingerprint measures the crops with the body rule of the plan the overrides make (its ``intensity``,
+    ``window`` and ``modality``), so the ROI derives from the crops preprocessing will make.
+
+    Returns:
+        ``(plan, fingerprint)``.
+    """
+    intensity = overrides.get("intensity", "auto")
+    fp = fingerprint(dataset, workers=workers, seed=seed, max_cases=max_cases, progress=progress,
+                     intensity=intensity, window=overrides.get("window"), modality=overrides.get("modality"))
+    return make_plan(dataset, fp, **overrides), fp
 
 
 def save_plan(plan: Plan, path: PathLike, fingerprint: Optional[dict] = None) -> Path:
@@ -240,4 +362,5 @@ def load_plan(path: Union[PathLike, dict]) -> Plan:
     return Plan.from_dict(data)
 
 
-__all__ = ["fingerprint", "make_plan", "save_plan", "load_plan", "auto_intensity", "PAPER_SPACING"]
+__all__ = ["fingerprint", "make_plan", "plan_dataset", "decide_modality", "looks_like", "modality_evidence",
+           "save_plan", "load_plan", "auto_intensity", "PAPER_SPACING"]

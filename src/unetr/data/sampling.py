@@ -9,7 +9,8 @@ class uniformly among those present, so rare classes get their share.
 :func:`augment` applies the paper's recipe to a batch on any device: flips along each axis, 90-degree
 rotations in the (X, Y) plane, intensity scaling and shifting; with ``extra=True`` also nnU-Net's rotation
 and scaling (resampled with ``grid_sample``) and Gaussian noise. Every random choice comes from the given
-generator, so the same generator state gives the same batch.
+generator, so the same generator state gives the same batch. Where the crops have X != Y, the rotation is by
+180 degrees only (a quarter turn would change their shape; MONAI's ``RandRotate90d`` would fail to collate).
 """
 
 from __future__ import annotations
@@ -196,8 +197,9 @@ def augment(
         labels: ``(B, 1, X, Y, Z)`` integer tensor (or None).
         generator: ``torch.Generator``; every random number is drawn from it, on its own device.
         flip_prob: per sample and per axis, the probability of a flip (MONAI ``RandFlipd``, one per axis).
-        rot90_prob: probability of a rotation by 90, 180 or 270 degrees in the (X, Y) plane
-            (``RandRotate90d``; skipped when X != Y).
+        rot90_prob: probability of a rotation by 90, 180 or 270 degrees (one drawn uniformly) in the (X, Y)
+            plane (``RandRotate90d(max_k=3)``); when X != Y a quarter turn would change the crop's shape, so
+            only the half turn (180 degrees) is applied, with the same probability (:func:`rot90_note`).
         scale_prob / shift_prob: probability of ``x * (1 + u)`` / ``x + u`` with ``u ~ U(-factor, factor)``
             (``RandScaleIntensityd`` / ``RandShiftIntensityd``).
         extra: also nnU-Net's rotation (``rotate_prob``, up to ``max_angle`` about each axis) and scaling
@@ -248,14 +250,24 @@ def _flip_rotate_scale(out_i, out_l, u, k90, flip_prob: float, rot90_prob: float
             out_i[n] = torch.flip(out_i[n], [d - 1 for d in dims])
             if out_l is not None:
                 out_l[n] = torch.flip(out_l[n], [d - 1 for d in dims])
-        if square and u[n, 3] < rot90_prob:
-            out_i[n] = torch.rot90(out_i[n], int(k90[n]), dims=(1, 2))
+        if u[n, 3] < rot90_prob:
+            k = int(k90[n]) if square else 2  # a quarter turn of a non-square (X, Y) plane changes its shape
+            out_i[n] = torch.rot90(out_i[n], k, dims=(1, 2))
             if out_l is not None:
-                out_l[n] = torch.rot90(out_l[n], int(k90[n]), dims=(1, 2))
+                out_l[n] = torch.rot90(out_l[n], k, dims=(1, 2))
         if u[n, 5] < scale_prob:
             out_i[n] *= 1.0 + (2 * float(u[n, 6]) - 1) * factor
         if u[n, 7] < shift_prob:
             out_i[n] += (2 * float(u[n, 8]) - 1) * factor
+
+
+def rot90_note(roi: Sequence[int], rot90_prob: float) -> Optional[str]:
+    """What :func:`augment` does instead of MONAI's ``RandRotate90d`` for this crop size, or None when the
+    same (X == Y, or no rotations)."""
+    if rot90_prob <= 0 or roi[0] == roi[1]:
+        return None
+    return (f"crops of {tuple(roi)} have X != Y: 90 and 270 degree rotations would change their shape, so the "
+            f"rotation augmentation (p = {rot90_prob:g}) turns the (X, Y) plane by 180 degrees only")
 
 
 def _rotate_zoom(out_i, out_l, e, rotate_prob: float, max_angle: float, zoom_prob: float,
@@ -292,4 +304,4 @@ def _rotate_zoom(out_i, out_l, e, rotate_prob: float, max_angle: float, zoom_pro
         out_l[idx] = warped_l.round().to(out_l.dtype)
 
 
-__all__ = ["sample_crops", "sample_centres", "crop_at", "pad_to_roi", "augment"]
+__all__ = ["sample_crops", "sample_centres", "crop_at", "pad_to_roi", "augment", "rot90_note"]

@@ -16,25 +16,23 @@ import contextlib
 import glob
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from unetr.config import InferConfig, Plan
 from unetr.device import autocast, resolve_device
-from unetr.errors import CheckpointError, UnetrError
+from unetr.errors import CheckpointError, UnetrError, out_of_memory
 from unetr.inference.sliding_window import count_windows, sliding_window
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 _ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -42,18 +40,20 @@ _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 def case_name(path: PathLike) -> str:
     """The file name without its volume ending (``a/b/case_01.nii.gz`` -> ``case_01``)."""
-    name = Path(path).name
-    for end in _ENDINGS:
-        if name.lower().endswith(end):
-            return name[: -len(end)]
-    return Path(name).stem
+    from unetr.data.cases import volume_stem
+
+    return volume_stem(Path(path).name)
 
 
 def find_inputs(spec: Union[PathLike, Sequence[PathLike]], in_channels: int = 1) -> List[Tuple[str, List[Path]]]:
     """Resolve ``FILE | FOLDER | GLOB`` (or a list of them) into cases.
 
-    With ``in_channels > 1``, files named ``<case>_0000``, ``<case>_0001`` ... (nnU-Net's convention) are
-    grouped into one case; a single 4D file (channels last) is also one case.
+    Cases are named and grouped by the datasets' rule (:func:`unetr.data.cases.name_cases`): files named
+    ``<case>_0000`` .. ``<case>_NNNN`` (nnU-Net's channel files) are the channels of ``<case>`` when every
+    file follows that convention with the model's ``in_channels`` channels (so a one-channel nnU-Net
+    ``imagesTs`` gives ``<case>``, while AMOS's ``amos_0001``, ``amos_0004`` stay themselves); otherwise each
+    file is one case named by its file name (a 4D file holds its channels). Files of one name in different
+    folders get their folder's name in front.
 
     Args:
         spec: a file, a folder (its image files, not recursive), a glob pattern, or a list of these.
@@ -81,15 +81,13 @@ def find_inputs(spec: Union[PathLike, Sequence[PathLike]], in_channels: int = 1)
             files += [m for m in matches if m.is_file()]
     if not files:
         raise FileNotFoundError(f"{', '.join(map(str, specs))}: no image files (.nii.gz, .nii, .nrrd, .mha)")
-    cases: Dict[str, List[Path]] = {}
-    for f in dict.fromkeys(files):  # keep order, drop duplicates
-        name = case_name(f)
-        m = _CHANNEL_RE.match(name)
-        if m and (in_channels > 1 or m.group("channel") == "0000"):
-            cases.setdefault(m.group("case"), []).append(f)
-        else:
-            cases.setdefault(name, []).append(f)
-    return sorted((k, sorted(v)) for k, v in cases.items())
+    from unetr.data.cases import CHANNEL_SUFFIX, name_cases
+
+    cases = name_cases(files, in_channels)
+    if len(cases) == len(files) and any(c.endswith("_0000") and CHANNEL_SUFFIX.match(c) for c, _ in cases):
+        log.info("the input names are not consistently nnU-Net channel files <case>_0000 .. <case>_%04d; "
+                 "each file is one case named by its file name", in_channels - 1)
+    return cases
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -348,10 +346,24 @@ def predict_case(
             write_image(prob_out, p, geom, dtype="float32")  # NIfTI-1 (nibabel) has no float16 code
             del p
         write_label(out, labels_np, geom)  # last: its existence marks the case as finished
-    except (UnetrError, ValueError, OSError, RuntimeError) as e:
-        return CaseResult(name, "failed", message=str(e) or type(e).__name__, seconds=time.perf_counter() - t0)
+    except (UnetrError, ValueError, OSError, RuntimeError, MemoryError) as e:  # the other cases go on
+        return CaseResult(name, "failed", message=_failure_text(e), seconds=time.perf_counter() - t0)
     classes = [int(c) for c in np.unique(labels_np) if c != 0]
     return CaseResult(name, "done", out, time.perf_counter() - t0, tuple(labels_np.shape), classes)
+
+
+def _failure_text(e: BaseException) -> str:
+    """One line for a case that failed: how much memory it asked for and what lowers it, a full disk and its
+    file, or the error's own message."""
+    import errno
+
+    needed = out_of_memory(e)
+    if needed is not None:
+        return (f"out of memory ({f'an allocation of {needed} failed' if needed else e}); lower --batch, add "
+                "--accum-fp16 or --accum-device cpu, or use --inverse labels")
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return f"disk full writing {e.filename or 'the prediction'}"
+    return str(e) or type(e).__name__
 
 
 def predict_files(

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from unetr.model import torch_private as P
-from unetr.model.layout import to_channels_last, voxels
+from unetr.model.layout import norm_channels_last, to_channels_last, voxels
 
 _GENERIC = contextvars.ContextVar("unetr_generic_paths", default=False)
 
@@ -126,14 +126,7 @@ def instance_norm_cl(x: torch.Tensor, eps: float, *, inplace: bool = False) -> t
     take its slow strided path). ``inplace=True`` writes the result into ``x`` (here the allocation of a
     large output costs more than the arithmetic); only for tensors autograd does not track.
     """
-    if inplace:
-        norm_cl_into(x, eps, x)
-        return x
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _InstanceNormCL.apply(x, eps)
-    out = torch.empty_like(x, memory_format=torch.channels_last_3d)
-    norm_cl_into(x, eps, out)
-    return out
+    return norm_channels_last(x, eps, inplace, norm_cl_into, _InstanceNormCL)
 
 
 def fp32_stats(v: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:

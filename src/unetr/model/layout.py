@@ -7,6 +7,8 @@ oneDNN and cuDNN convolutions need no layout reorders. Channels-last ``(B, C, X,
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -32,3 +34,17 @@ def from_voxels(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``(B, X·Y·Z, C)`` back to a channels-last ``(B, C, X, Y, Z)`` view shaped like ``like``."""
     b, c = like.shape[:2]
     return v.view(b, *like.shape[2:], c).permute(0, 4, 1, 2, 3)
+
+
+def norm_channels_last(x: torch.Tensor, eps: float, inplace: bool, norm_into: Callable, function: type) -> torch.Tensor:
+    """Run a channels-last instance norm the way its caller can afford: into ``x`` itself (``inplace``, for
+    tensors autograd does not track), through its autograd ``function`` when gradients are wanted, or into
+    a new channels-last tensor. ``norm_into(x, eps, out)`` writes the result; ``function.apply(x, eps)``."""
+    if inplace:
+        norm_into(x, eps, x)
+        return x
+    if torch.is_grad_enabled() and x.requires_grad:
+        return function.apply(x, eps)
+    out = torch.empty_like(x, memory_format=torch.channels_last_3d)
+    norm_into(x, eps, out)
+    return out

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetr.model import cpu_kernels as K
-from unetr.model.layout import from_voxels, is_channels_last, to_channels_last, voxels
+from unetr.model.layout import from_voxels, is_channels_last, norm_channels_last, to_channels_last, voxels
 from unetr.model.torch_private import dispatch_mode_active
 
 
@@ -83,14 +83,7 @@ def instance_norm(x: torch.Tensor, eps: float = 1e-5, *, inplace: bool = False) 
         return F.instance_norm(x, eps=eps)
     if K.fast_paths_enabled(x.device):
         return K.instance_norm_cl(x, eps, inplace=inplace)
-    if inplace:
-        _norm_into(x, eps, x)
-        return x
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _InstanceNorm.apply(x, eps)
-    out = torch.empty_like(x, memory_format=torch.channels_last_3d)
-    _norm_into(x, eps, out)
-    return out
+    return norm_channels_last(x, eps, inplace, _norm_into, _InstanceNorm)
 
 
 def _norm_into(x: torch.Tensor, eps: float, out: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

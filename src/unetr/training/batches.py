@@ -146,9 +146,12 @@ def train_batches(load: CaseLoader, case_ids: Sequence[str], roi: Sequence[int],
         ``images (N, C, *roi)`` float32 and ``labels (N, 1, *roi)`` uint8 on the CPU (pinned for CUDA),
         ``N = cfg.batch_size * cfg.samples_per_volume``.
     """
+    options = {"class_balanced": True} if cfg.class_balanced else {}
+    if cfg.image_threshold is not None:
+        options["image_threshold"] = cfg.image_threshold
     source = PatchSource(load, case_ids, roi, volumes=cfg.batch_size, samples_per_volume=cfg.samples_per_volume,
                          pos_fraction=cfg.pos_fraction, seed=cfg.seed, rank=rank, world_size=world_size,
-                         sampler=sampler, sampler_kwargs={"class_balanced": True} if cfg.class_balanced else None)
+                         sampler=sampler, sampler_kwargs=options or None)
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, rank, 1))
     loader = torch.utils.data.DataLoader(
         source, batch_size=None, sampler=range(start * cfg.accumulate, cfg.iterations * cfg.accumulate),

@@ -17,7 +17,9 @@ summed probabilities, R the reference voxel count, I the intersection) and ``M``
     dL/dz_k  = p_k (a_k - S) + [t = k] (p_t c_t - w_ce (1 - ls) / BN) + w_ce (p_k - ls / K) / BN,
     S        = Σ_j p_j a_j + p_t c_t   (the softmax chain rule)
 
-where ``t`` is the voxel's true class and ``ls`` the label smoothing.
+where ``t`` is the voxel's true class and ``ls`` the label smoothing. With ``squared_pred`` (MONAI's option,
+which the BTCV recipe sets) the denominator sums ``p**2``: ``P = sum(p**2)``, and ``a`` gains the factor
+``2 p_k`` of each voxel, so ``a`` becomes a ``(B, K, N)`` tensor in the two lines above.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def dice_ce_loss(
     smooth_dr: float = 1e-5,
     batch_dice: bool = False,
     label_smoothing: float = 0.0,
+    squared_pred: bool = False,
 ) -> torch.Tensor:
     """Weighted sum of soft Dice loss and cross-entropy.
 
@@ -52,6 +55,7 @@ def dice_ce_loss(
         batch_dice: sum the Dice statistics over the batch before dividing (one Dice per class) instead of
             one Dice per sample and class.
         label_smoothing: cross-entropy label smoothing in ``[0, 1)``.
+        squared_pred: the Dice denominator sums squared probabilities (MONAI's ``squared_pred``).
 
     Returns:
         A scalar float32 tensor.
@@ -76,7 +80,7 @@ def dice_ce_loss(
     if k < 2 and not include_background:
         raise ValueError("include_background=False needs at least two classes")
     opts = (include_background, float(dice_weight), float(ce_weight), float(smooth_nr), float(smooth_dr),
-            bool(batch_dice), float(label_smoothing))
+            bool(batch_dice), float(label_smoothing), bool(squared_pred))
     return _DiceCE.apply(logits, target, opts)
 
 
@@ -85,7 +89,7 @@ class _DiceCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, opts) -> torch.Tensor:
-        include_bg, w_dice, w_ce, s_nr, s_dr, batch_dice, ls = opts
+        include_bg, w_dice, w_ce, s_nr, s_dr, batch_dice, ls, squared = opts
         b, k = logits.shape[:2]
         z = logits.reshape(b, k, -1)  # (B, K, N): a view of channels-first logits (the model's output)
         n = z.shape[2]
@@ -105,7 +109,7 @@ class _DiceCE(torch.autograd.Function):
             tt = t[:, 0]
             inter = torch.zeros(b, k, dtype=p.dtype, device=p.device).scatter_add_(1, tt, p_true[:, 0])
             ref = torch.zeros(b, k, dtype=p.dtype, device=p.device).scatter_add_(1, tt, torch.ones_like(p_true[:, 0]))
-            pred = p.sum(2)  # (B, K)
+            pred = (p * p).sum(2) if squared else p.sum(2)  # (B, K)
             if batch_dice:
                 inter, ref, pred = inter.sum(0, keepdim=True), ref.sum(0, keepdim=True), pred.sum(0, keepdim=True)
             keep = torch.ones(k, dtype=torch.bool, device=p.device)
@@ -127,15 +131,20 @@ class _DiceCE(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor):
         p, p_true, t, a, c = ctx.saved_tensors
         b, k, n = p.shape
-        _, w_dice, w_ce, _, _, _, ls = ctx.opts
+        _, w_dice, w_ce, _, _, _, ls, squared = ctx.opts
         ce = w_ce / (b * n)
         if a is None:  # cross-entropy only
             grad = p * ce
             true_term = torch.full_like(p_true, -ce * (1.0 - ls))
         else:
             ct = c.gather(1, t[:, 0])[:, None] * p_true  # (B, 1, N): p_t c_t
-            s = torch.bmm(a[:, None, :], p).add_(ct)  # (B, 1, N): S = sum_j a_j p_j + p_t c_t
-            grad = p * (a + ce)[:, :, None]  # p_k (w_ce/BN + a_k)
+            if squared:  # a_k -> 2 p_k a_k, per voxel
+                a_full = p * (2.0 * a)[:, :, None]  # (B, K, N)
+                s = (a_full * p).sum(1, keepdim=True).add_(ct)  # (B, 1, N): S
+                grad = a_full.add_(ce).mul_(p)  # p_k (w_ce/BN + a_k)
+            else:
+                s = torch.bmm(a[:, None, :], p).add_(ct)  # (B, 1, N): S = sum_j a_j p_j + p_t c_t
+                grad = p * (a + ce)[:, :, None]  # p_k (w_ce/BN + a_k)
             grad.addcmul_(p, s, value=-1.0)  # - p_k S
             true_term = ct - ce * (1.0 - ls)
         grad.scatter_add_(1, t, true_term)  # + [t = k] (p_t c_t - w_ce (1 - ls) / BN)
@@ -168,6 +177,7 @@ class DiceCELoss(nn.Module):
         smooth_dr: float = 1e-5,
         batch_dice: bool = False,
         label_smoothing: float = 0.0,
+        squared_pred: bool = False,
     ) -> None:
         super().__init__()
         if dice_weight < 0 or ce_weight < 0 or dice_weight + ce_weight == 0:
@@ -177,6 +187,7 @@ class DiceCELoss(nn.Module):
         self.kwargs = dict(
             include_background=include_background, dice_weight=dice_weight, ce_weight=ce_weight,
             smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch_dice=batch_dice, label_smoothing=label_smoothing,
+            squared_pred=squared_pred,
         )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

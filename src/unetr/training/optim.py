@@ -15,15 +15,17 @@ from torch import nn
 _NO_DECAY_NAMES = ("pos_emb", "position_embed", "cls_token")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
+def param_groups(model: nn.Module, weight_decay: float, decay_all: bool = False) -> List[dict]:
     """Split the trainable parameters into a decayed and a non-decayed group.
 
     Weights of convolutions and linear layers are decayed; biases, normalisation parameters (every tensor
-    with fewer than two dimensions) and position embeddings are not.
+    with fewer than two dimensions) and position embeddings are not, unless ``decay_all`` (as
+    ``AdamW(model.parameters())`` does, the BTCV script's).
 
     Args:
         model: the network.
         weight_decay: decoupled weight decay of the first group.
+        decay_all: decay every parameter (one group).
 
     Returns:
         Two parameter groups for a ``torch.optim`` optimizer (an empty group is left out).
@@ -34,7 +36,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.dim() < 2 or any(s in name for s in _NO_DECAY_NAMES):
+        if not decay_all and (p.dim() < 2 or any(s in name for s in _NO_DECAY_NAMES)):
             no_decay.append(p)
         else:
             decay.append(p)
@@ -42,11 +44,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`, with the fused kernel where the device supports it."""
+def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, device: torch.device,
+                    decay_all: bool = False) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` (``decay_all``: see there), with the fused kernel where the device
+    supports it."""
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, decay_all)
     if not groups:
         raise ValueError("the model has no trainable parameters")
     fused = device.type in ("cuda", "cpu")

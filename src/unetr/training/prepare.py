@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import torch
 
 from unetr.config import ModelConfig, Plan, TrainConfig
+from unetr.data.sampling import rot90_note
 from unetr.device import resolve_device
 from unetr.errors import DataError, UnetrError
+from unetr.recipes import resolve_epochs
 from unetr.training import distributed as D
 from unetr.training.batches import CachedCases
 from unetr.training.budget import TimeBudget
-from unetr.training.trainer import TrainResult, fit
+from unetr.training.run_dir import check_same_settings, move_run_aside, run_config, stored_config
+from unetr.training.trainer import TrainResult, effective_model_config, fit, run_lock
 
 if TYPE_CHECKING:
     from unetr.data.cases import Case, Dataset
@@ -31,18 +33,18 @@ RUN_PLAN_KEYS = ("roi", "preset")  # plan settings that do not change the prepro
 
 
 def check_writable(folder: Path) -> None:
-    """Fail early, with a message, when ``folder`` cannot be created or written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UnetrError(f"{folder}: cannot write the run directory there ({e.strerror or e})") from None
+    """Fail early, with a message, when ``folder`` cannot be created or written (nothing is created here: the
+    run directory appears once the inputs are checked)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise UnetrError(f"{folder}: cannot write the run directory there ({existing} is not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UnetrError(f"{folder}: cannot write the run directory there ({existing} is not writable)")
 
 
 def check_cases(case_ids: Sequence[str], cache_dir: Path, plan: Plan, pad_to_roi: bool) -> None:
-    """Labels inside the declared classes, and (without padding) every image at least as large as the ROI.
+    """Labels inside the declared classes, and every image at least as large as the ROI: smaller ones are an
+    error without padding, and a notice with it (their crops are mostly zeros).
 
     Raises:
         DataError: naming the offending cases.
@@ -50,6 +52,7 @@ def check_cases(case_ids: Sequence[str], cache_dir: Path, plan: Plan, pad_to_roi
     from unetr.data.cache import load_cached
 
     bad_labels, small = [], []
+    largest = [0, 0, 0]
     for cid in case_ids:
         image, label, record = load_cached(cache_dir, cid)
         if label is None:
@@ -58,14 +61,20 @@ def check_cases(case_ids: Sequence[str], cache_dir: Path, plan: Plan, pad_to_roi
         extra = sorted(k for k in present if k >= plan.num_classes)
         if extra:
             bad_labels.append(f"{cid} (labels {extra})")
-        if not pad_to_roi and any(s < r for s, r in zip(image.shape[1:], plan.roi)):
+        if any(s < r for s, r in zip(image.shape[1:], plan.roi)):
             small.append(f"{cid} {tuple(image.shape[1:])}")
+            largest = [max(a, b) for a, b in zip(largest, image.shape[1:])]
     if bad_labels:
         raise DataError(f"labels outside the {plan.num_classes} declared classes {list(plan.class_names)}: "
                         + ", ".join(bad_labels[:10]) + (" ..." if len(bad_labels) > 10 else ""))
-    if small:
+    if small and not pad_to_roi:
         raise DataError(f"ROI {plan.roi} is larger than {len(small)} preprocessed image(s) and padding is off "
                         f"(pad_to_roi=false): " + ", ".join(small[:10]) + " -- use a smaller --roi or pad")
+    if small:
+        fits = [-(-s // 16) * 16 for s in largest]
+        log.warning("ROI %s is larger than %d of %d preprocessed image(s) (%s%s): their crops are padded with zeros; "
+                    "--roi %s would fit the largest of them", plan.roi, len(small), len(case_ids), ", ".join(small[:3]),
+                    " ..." if len(small) > 3 else "", " ".join(str(min(f, r)) for f, r in zip(fits, plan.roi)))
 
 
 def train_dataset(
@@ -81,12 +90,15 @@ def train_dataset(
     workers: int = 2,
     env: Optional[D.DistEnv] = None,
     progress: bool = True,
+    restart: bool = False,
     time_budget: Optional[TimeBudget] = None,
 ) -> TrainResult:
     """Plan and preprocess a dataset when needed (both cached), check it, then :func:`fit`.
 
     ``out/plan.json`` and the cache (``out/cache`` unless ``cache_dir``) are reused when present, so rerunning
-    the same command resumes instead of starting over.
+    the same command resumes instead of starting over. The run directory is locked while this runs
+    (:mod:`unetr.training.lock`), and a rerun whose settings would change what the run there trains is
+    refused unless ``restart``.
 
     Args:
         dataset: dataset folder, ``dataset.json`` or MONAI datalist.
@@ -100,8 +112,14 @@ def train_dataset(
         workers: processes for planning and preprocessing.
         env: the distributed environment (one process when omitted).
         progress: progress bars.
+        restart: move an earlier run in ``out`` aside (:func:`move_run_aside`) and start a new one.
         time_budget: the wall time of the whole command (planning and preprocessing included); the
             iteration count is lowered to what fits (:mod:`unetr.training.budget`).
+
+    Raises:
+        DataError: the dataset cannot be trained on (nothing is written then).
+        RunLockedError: another process trains in ``out``.
+        RunSettingsError: ``out`` holds a run of other settings (without ``restart``).
     """
     from unetr.data.cases import dataset_split, load_dataset
 
@@ -113,36 +131,52 @@ def train_dataset(
     ds = load_dataset(dataset)
     if not ds.labelled:
         raise DataError(f"{dataset}: no labelled training cases")
-    train_cases, val_cases = dataset_split(ds, cfg.fold, cfg.num_folds, cfg.seed)
+    try:
+        train_cases, val_cases = dataset_split(ds, cfg.fold, cfg.num_folds, cfg.seed)
+    except ValueError as e:
+        raise DataError(f"{dataset}: {e}") from None
     if not train_cases:
         raise DataError(f"{dataset}: no training cases after the split (fold {cfg.fold} of {cfg.num_folds})")
-
-    plan, plan_existed = _plan_and_cache(ds, list(train_cases) + list(val_cases), out, cache, env,
-                                         plan_path=plan_path, plan_overrides=plan_overrides,
-                                         preset_name=preset_name, workers=workers, progress=progress)
-    run_plan = _run_plan(plan, plan_overrides, preset_name, plan_existed=plan_existed, env=env)
+    cfg = resolve_epochs(cfg, len(train_cases), env.world_size)  # counts in epochs (--recipe btcv) -> iterations
     train_ids, val_ids = [c.id for c in train_cases], [c.id for c in val_cases]
-    check_cases(train_ids + val_ids, cache, run_plan, cfg.pad_to_roi)
-    model_cfg = run_plan.model_config(**(model_overrides or {}))
-    if env.is_main:
-        log.info("training %s (%s preset, %.1fM parameters) on %d cases, validating on %d; ROI %s; run %s",
-                 dataset, run_plan.preset, _count_params(model_cfg) / 1e6, len(train_ids), len(val_ids),
-                 run_plan.roi, out)
-    return fit(run_dir=out, train_ids=train_ids, val_ids=val_ids, load=CachedCases(cache), plan=run_plan,
-               model_cfg=model_cfg, cfg=cfg, env=env, progress=progress, time_budget=time_budget)
+    if restart and env.is_main:
+        moved = move_run_aside(out)
+        if moved is not None:
+            log.warning("moved the earlier run in %s to %s; starting a new run", out, moved)
+
+    with run_lock(out, env):
+        plan, plan_existed = _plan(ds, out, env, plan_path=plan_path, plan_overrides=plan_overrides,
+                                   preset_name=preset_name, workers=workers, progress=progress)
+        run_plan = _run_plan(plan, plan_overrides, preset_name, plan_existed=plan_existed, env=env)
+        model_cfg = run_plan.model_config(**(model_overrides or {}))
+        if env.is_main:  # before the cache: a refused rerun changes nothing
+            earlier = stored_config(out)
+            if earlier is not None:
+                config = run_config(effective_model_config(model_cfg, run_plan, cfg), run_plan, cfg, train_ids, val_ids)
+                check_same_settings(earlier[0], config, earlier[1])
+        _cache(list(train_cases) + list(val_cases), plan, cache, env, workers=workers, progress=progress)
+        check_cases(train_ids + val_ids, cache, run_plan, cfg.pad_to_roi)
+        if env.is_main:
+            log.info("training %s (%s preset, %.1fM parameters) on %d cases, validating on %d; ROI %s; run %s",
+                     dataset, run_plan.preset, _count_params(model_cfg) / 1e6, len(train_ids), len(val_ids),
+                     run_plan.roi, out)
+            if rot90_note(run_plan.roi, cfg.rot90_prob):
+                log.info("%s", rot90_note(run_plan.roi, cfg.rot90_prob))
+        return fit(run_dir=out, train_ids=train_ids, val_ids=val_ids, load=CachedCases(cache), plan=run_plan,
+                   model_cfg=model_cfg, cfg=cfg, env=env, progress=progress, hold_lock=False,
+                   time_budget=time_budget)
 
 
-def _plan_and_cache(ds: Dataset, cases: Sequence[Case], out: Path, cache: Path, env: D.DistEnv, *,
-                    plan_path: Optional[os.PathLike], plan_overrides: Optional[dict], preset_name: Optional[str],
-                    workers: int, progress: bool) -> Tuple[Plan, bool]:
-    """The plan (``plan_path``, else ``out/plan.json``, else a new one saved there) and the cache of ``cases``,
-    both made on rank 0; the plan is sent to every rank.
+def _plan(ds: Dataset, out: Path, env: D.DistEnv, *, plan_path: Optional[os.PathLike],
+          plan_overrides: Optional[dict], preset_name: Optional[str], workers: int, progress: bool
+          ) -> Tuple[Plan, bool]:
+    """The plan (``plan_path``, else ``out/plan.json``, else a new one saved there), made on rank 0 and sent to
+    every rank.
 
     Returns:
         ``(plan, whether it existed before this call)``.
     """
-    from unetr.data.cache import build_cache
-    from unetr.data.plan import fingerprint, load_plan, make_plan, save_plan
+    from unetr.data.plan import load_plan, plan_dataset, save_plan
 
     own_plan = out / "plan.json"
     plan_existed = plan_path is not None or own_plan.is_file()
@@ -157,13 +191,19 @@ def _plan_and_cache(ds: Dataset, cases: Sequence[Case], out: Path, cache: Path, 
             overrides = dict(plan_overrides or {})
             if preset_name:
                 overrides.setdefault("preset", preset_name)
-            fp = fingerprint(ds, workers=workers, progress=progress)
-            plan = make_plan(ds, fp, **overrides)
+            plan, fp = plan_dataset(ds, workers=workers, progress=progress, **overrides)
             save_plan(plan, own_plan, fingerprint=fp)
-        build_cache(cases, plan, cache, workers=workers, progress=progress)
     plan = Plan.from_dict(D.broadcast_object(plan.to_dict() if plan is not None else None, env))
-    D.barrier(env)
     return plan, plan_existed
+
+
+def _cache(cases: Sequence[Case], plan: Plan, cache: Path, env: D.DistEnv, *, workers: int, progress: bool) -> None:
+    """The preprocessed cache of ``cases`` (built on rank 0; the other ranks wait for it)."""
+    from unetr.data.cache import build_cache
+
+    if env.is_main:
+        build_cache(cases, plan, cache, workers=workers, progress=progress)
+    D.barrier(env)
 
 
 def _run_plan(plan: Plan, plan_overrides: Optional[dict], preset_name: Optional[str], *, plan_existed: bool,
@@ -174,9 +214,11 @@ def _run_plan(plan: Plan, plan_overrides: Optional[dict], preset_name: Optional[
     if preset_name:
         run_changes["preset"] = preset_name
     run_plan = plan.replace(**run_changes)
-    ignored = sorted(set(plan_overrides or {}) - set(RUN_PLAN_KEYS))
+    ignored = sorted(k for k, v in (plan_overrides or {}).items()  # those the plan holds already are no news
+                     if k not in RUN_PLAN_KEYS and getattr(plan, k, None) != v)
     if ignored and plan_existed and env.is_main:
-        log.warning("the plan exists already; ignoring the plan settings %s (use a new --out)", ", ".join(ignored))
+        log.warning("the plan exists already; ignoring the plan settings %s (use a new --out, or --restart)",
+                    ", ".join(ignored))
     return run_plan
 
 

@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
+import os
+import pickle
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from unetr.config import ModelConfig, Plan, TrainConfig
+from unetr.config import ModelConfig, Plan, TrainConfig, load_json
 from unetr.errors import UnetrError
 from unetr.fsutil import atomic_write, atomic_write_text
 
@@ -43,18 +46,99 @@ LAST_VERSION = 1
 # ------------------------------------------------------------------------------------------- config and weights
 
 
-def run_config(model_cfg: ModelConfig, plan: Plan, cfg: TrainConfig) -> dict:
-    """The ``config.json`` of a run directory."""
-    return {"format": RUN_FORMAT, "version": 1, "model": model_cfg.to_dict(), "plan": plan.to_dict(),
-            "train": cfg.to_dict()}
+def run_config(model_cfg: ModelConfig, plan: Plan, cfg: TrainConfig, train_ids: Optional[Sequence[str]] = None,
+               val_ids: Optional[Sequence[str]] = None) -> dict:
+    """The ``config.json`` of a run directory; with the case ids, a ``data`` section names what it trains on."""
+    config = {"format": RUN_FORMAT, "version": 1, "model": model_cfg.to_dict(), "plan": plan.to_dict(),
+              "train": cfg.to_dict()}
+    if train_ids is not None:
+        config["data"] = {"train": list(train_ids), "validation": list(val_ids or ())}
+    return config
+
+
+# Settings a rerun may change: how long, how often it validates and checkpoints, and where and how fast it
+# computes. Any other change (model, plan, data, loss, optimizer, augmentation, seed) trains something else.
+RESUMABLE_TRAIN_KEYS = frozenset({
+    "iterations", "val_every", "checkpoint_every", "checkpoint_minutes", "log_every", "tensorboard", "num_workers",
+    "device", "precision", "val_overlap", "val_sw_batch", "checkpointing", "channels_last"})
+RESUMABLE_MODEL_KEYS = frozenset({"checkpointing"})  # recomputation in the backward pass: memory, not the model
+
+
+class RunSettingsError(UnetrError):
+    """A rerun whose settings would change what the run directory's run trains."""
+
+
+def settings_differences(old: dict, new: dict) -> List[str]:
+    """``section.key old -> new`` for each setting of ``new`` that differs from ``old`` (two :func:`run_config`
+    dicts) and changes what is trained. A section or key missing from either is skipped: older runs have no
+    ``data`` section, and a setting added since keeps its earlier behaviour by default.
+    """
+    changed = []
+    for section, free in (("model", RESUMABLE_MODEL_KEYS), ("plan", frozenset()), ("train", RESUMABLE_TRAIN_KEYS),
+                          ("data", frozenset())):
+        a, b = old.get(section), new.get(section)
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            continue
+        for key in sorted(set(a) & set(b)):
+            if key in free or a[key] == b[key]:
+                continue
+            if section == "data":
+                was, now = set(a[key] or ()), set(b[key] or ())
+                changed.append(f"data.{key}: {len(was - now)} case(s) left out, {len(now - was)} added")
+            else:
+                changed.append(f"{section}.{key} {_short(a[key])} -> {_short(b[key])}")
+    return changed
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_same_settings(old: dict, new: dict, where: Path) -> None:
+    """Refuse to continue the run recorded in ``where`` (its ``last.pt`` or ``config.json``) with settings
+    that change what it trains.
+
+    Raises:
+        RunSettingsError: naming the differing keys.
+    """
+    changed = settings_differences(old, new)
+    if changed:
+        raise RunSettingsError(
+            f"{where.parent}: the run there was trained with other settings ({'; '.join(changed)}); rerun with "
+            "its settings to continue it, add --restart to move it aside and start anew, or choose another --out")
 
 
 def save_best(run_dir: Path, model: nn.Module, config: dict) -> None:
     """Write ``model.safetensors`` and ``config.json`` (atomically) through :func:`unetr.model.save_run`."""
     from unetr.model import save_run
 
-    save_run(run_dir, model, ModelConfig.from_dict(config["model"]), plan=config["plan"],
-             extra={"train": config["train"]})
+    extra = {k: config[k] for k in ("train", "data") if k in config}
+    save_run(run_dir, model, ModelConfig.from_dict(config["model"]), plan=config["plan"], extra=extra)
+
+
+def move_run_aside(run_dir: Path) -> Optional[Path]:
+    """Rename the run in ``run_dir`` to the first free ``<run_dir>.old-N`` (never deleting it), under its
+    lock, so that a new run can start there (``unetr train --restart``).
+
+    Returns:
+        Where the run went, or None when ``run_dir`` is missing or empty.
+
+    Raises:
+        RunLockedError: a live process trains there.
+    """
+    from unetr.training.lock import RunLock
+
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return None
+    n = 1
+    while run_dir.with_name(f"{run_dir.name}.old-{n}").exists():
+        n += 1
+    target = run_dir.with_name(f"{run_dir.name}.old-{n}")
+    with RunLock(run_dir) as lock:
+        os.rename(run_dir, target)
+        lock.follow(target)
+    return target
 
 
 # ------------------------------------------------------------------------------------------- resume state
@@ -184,16 +268,47 @@ def save_resume(path: Path, state: ResumeState) -> None:
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
+def _read_last(path: Path, mmap: bool = False) -> dict:
+    """The dict of a ``last.pt`` (tensors and plain values only); ``mmap`` leaves the tensors on disk."""
+    start_over = ("the run cannot continue from it; rerun with --restart to move the run aside and start "
+                  "anew (its model.safetensors keeps the best weights so far)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+        raise UnetrError(f"{path}: truncated or corrupt (not a readable resume checkpoint); {start_over}") from None
+    if not isinstance(data, dict) or data.get("format") != LAST_FORMAT or not isinstance(data.get("config"), dict):
+        raise UnetrError(f"{path}: not a unetr resume checkpoint; {start_over}")
+    return data
+
+
 def load_resume(path: Path) -> ResumeState:
     """Read a ``last.pt`` written by :func:`save_resume` (tensors and plain values only).
 
     Raises:
-        UnetrError: the file is not a unetr resume checkpoint.
+        UnetrError: the file is truncated, corrupt or not a unetr resume checkpoint (the message says how to
+            start over).
     """
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != LAST_FORMAT:
-        raise UnetrError(f"{path}: not a unetr resume checkpoint")
-    return ResumeState.from_dict(data)
+    data = _read_last(path)
+    try:
+        return ResumeState.from_dict(data)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UnetrError(f"{path}: incomplete resume checkpoint (no {e}); rerun with --restart to move the run "
+                         "aside and start anew") from None
+
+
+def stored_config(run_dir: Path) -> Optional[Tuple[dict, Path]]:
+    """The settings of the run in ``run_dir`` and the file they come from: ``last.pt``'s (read without its
+    tensors), else ``config.json``'s (a run stopped before its first checkpoint); None for a new run.
+
+    Raises:
+        UnetrError: a truncated or corrupt ``last.pt`` (naming it, and how to start over).
+    """
+    last, config = run_dir / "last.pt", run_dir / "config.json"
+    if last.is_file():
+        return _read_last(last, mmap=True)["config"], last
+    if config.is_file():
+        return load_json(config), config
+    return None
 
 
 def restore_resume(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -204,7 +319,8 @@ def restore_resume(path: Path, *, model: nn.Module, optimizer: torch.optim.Optim
         path: the ``last.pt``.
         model: the unwrapped model, built from ``config``.
         optimizer / scaler: built for ``model``.
-        config: this run's :func:`run_config`; the model and the ROI must be those of the checkpoint.
+        config: this run's :func:`run_config`; it may differ from the checkpoint's only in how long and how
+            the run computes (:func:`settings_differences`).
         world_size: processes of this run (a different number is allowed, with a warning).
         device: where the generators' CUDA state goes.
 
@@ -212,11 +328,11 @@ def restore_resume(path: Path, *, model: nn.Module, optimizer: torch.optim.Optim
         The state read (its ``progress`` and ``seconds`` are where the run goes on from).
 
     Raises:
-        UnetrError: not a resume checkpoint, or one of another model or ROI.
+        UnetrError: not a resume checkpoint (truncated, corrupt, another file).
+        RunSettingsError: the checkpoint's run was trained with settings that differ.
     """
     state = load_resume(path)
-    if state.config["model"] != config["model"] or state.config["plan"]["roi"] != config["plan"]["roi"]:
-        raise UnetrError(f"{path} was written for another model or ROI; use a new --out or delete it")
+    check_same_settings(state.config, config, path)
     if state.world_size != world_size:
         log.warning("resuming a %d-process run with %d processes: the batches differ from an uninterrupted run",
                     state.world_size, world_size)
@@ -301,6 +417,7 @@ def log_scalars(tb: Any, row: Dict[str, Any], iteration: int) -> None:
             tb.add_scalar(k, v, iteration)
 
 
-__all__ = ["LAST_FORMAT", "RUN_FORMAT", "MetricsLog", "Progress", "ResumeState", "RngState", "describe_last",
-           "load_resume", "log_scalars", "open_tensorboard", "plot_curves", "restore_resume", "run_config", "save_best",
-           "save_resume"]
+__all__ = ["LAST_FORMAT", "RESUMABLE_MODEL_KEYS", "RESUMABLE_TRAIN_KEYS", "RUN_FORMAT", "MetricsLog", "Progress",
+           "ResumeState", "RngState", "RunSettingsError", "check_same_settings", "describe_last", "load_resume",
+           "log_scalars", "move_run_aside", "open_tensorboard", "plot_curves", "restore_resume", "run_config", "save_best", "save_resume",
+           "settings_differences", "stored_config"]

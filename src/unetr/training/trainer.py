@@ -29,6 +29,7 @@ from torch import nn
 from unetr.config import ModelConfig, Plan, TrainConfig
 from unetr.device import autocast, resolve_device, resolve_precision
 from unetr.errors import UnetrError
+from unetr.fsutil import remove_stale_temporaries
 from unetr.metrics import mean_foreground
 from unetr.training import distributed as D
 from unetr.training.batches import (
@@ -41,6 +42,7 @@ from unetr.training.batches import (
     train_batches,
 )
 from unetr.training.budget import BudgetPlanner, TimeBudget, time_validation, validation_windows
+from unetr.training.lock import RunLock, RunLockedError
 from unetr.training.loss import DiceCELoss
 from unetr.training.optim import build_optimizer, lr_at, set_lr
 from unetr.training.run_dir import (
@@ -48,6 +50,7 @@ from unetr.training.run_dir import (
     Progress,
     ResumeState,
     RngState,
+    check_same_settings,
     describe_last,
     log_scalars,
     open_tensorboard,
@@ -56,6 +59,7 @@ from unetr.training.run_dir import (
     run_config,
     save_best,
     save_resume,
+    stored_config,
 )
 from unetr.training.validation import validate
 
@@ -101,10 +105,12 @@ class _Run:
     augmenter: Augmenter
     aug_kwargs: dict  # the augmenter's probabilities and strengths
     aug_gen: torch.Generator
+    train_ids: Sequence[str]
     val_ids: Sequence[str]
     load: CaseLoader
     progress: bool  # progress bars
     ddp: Optional[nn.Module] = None  # the model as the steps call it (DDP-wrapped with several processes)
+    saved_at: float = field(default_factory=time.monotonic)  # when last.pt was last written (or the run began)
     resumed_iterations: Optional[int] = None  # the iteration count stored in the last.pt resumed from
 
     @property
@@ -126,6 +132,7 @@ def fit(
     sampler: Optional[CropSampler] = None,
     augmenter: Optional[Augmenter] = None,
     on_step: Optional[StepHook] = None,
+    hold_lock: bool = True,
     time_budget: Optional[TimeBudget] = None,
 ) -> TrainResult:
     """Train a UNETR on cached cases and write the run directory; resumes from ``run_dir/last.pt``.
@@ -143,6 +150,7 @@ def fit(
         augmenter: batched augmentation (default :func:`unetr.data.sampling.augment`; pass
             ``lambda x, y, g, **kw: (x, y)`` to disable).
         on_step: called as ``on_step(iteration, images, labels)`` with each micro-batch (after augmentation).
+        hold_lock: take the run directory's lock (:mod:`unetr.training.lock`); False when the caller holds it.
         time_budget: lower ``cfg.iterations`` to what fits in it and end the run before its deadline
             (:mod:`unetr.training.budget`); a resumed run keeps the count stored in its ``last.pt``.
 
@@ -151,11 +159,53 @@ def fit(
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite (``last.pt`` keeps the last good state).
+        RunLockedError: another live process trains in ``run_dir``.
+        RunSettingsError: ``run_dir`` holds a run trained with settings that change what is trained.
     """
+    env = env or D.DistEnv(device=resolve_device(cfg.device))
+    if not train_ids:
+        raise ValueError("no training cases")
+    precision = resolve_precision(cfg.precision, env.device)
+    if precision == "fp16" and env.device.type != "cuda":
+        raise ValueError("precision fp16 (with a gradient scaler) needs a CUDA device; use bf16 or fp32")
+    with run_lock(Path(run_dir), env, hold_lock):
+        run = _setup(Path(run_dir), train_ids, val_ids, load, plan, model_cfg, cfg, env, progress, augmenter)
+        return _train(run, sampler, on_step, time_budget)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, env: D.DistEnv, hold: bool = True) -> Iterator[None]:
+    """Hold the run directory's lock (rank 0; every rank fails when it is refused) and clean up the temporary
+    files earlier processes left there; a run directory this call created is removed again if it stays empty.
+
+    Raises:
+        RunLockedError: another live process trains in ``run_dir``.
+    """
+    lock, refusal = None, None
+    if hold and env.is_main:
+        try:
+            lock = RunLock(run_dir).acquire()
+        except RunLockedError as e:
+            refusal = e
+    refused = D.broadcast_object(str(refusal) if refusal else None, env)
+    if refused:
+        raise refusal or RunLockedError(refused)
+    try:
+        if lock is not None:
+            for path in remove_stale_temporaries(run_dir, legacy=True):
+                log.info("removed %s, left by an interrupted run", path)
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(run: _Run, sampler: Optional[CropSampler], on_step: Optional[StepHook],
+           time_budget: Optional[TimeBudget] = None) -> TrainResult:
+    """Resume, then train from there to ``cfg.iterations`` (the body of :func:`fit`)."""
     from tqdm.auto import tqdm
 
-    env = env or D.DistEnv(device=resolve_device(cfg.device))
-    run = _setup(Path(run_dir), train_ids, val_ids, load, plan, model_cfg, cfg, env, progress, augmenter)
+    env, plan, val_ids = run.env, run.plan, run.val_ids
     counters, seconds0 = _resume(run)
     start = counters.iteration
     planner = _budget_planner(run, time_budget, start)
@@ -166,10 +216,10 @@ def fit(
         return TrainResult(run.run_dir, start, counters.best_dice, counters.best_iteration, seconds=seconds0,
                            resumed_from=start, model=run.model)
     run.ddp = _distributed(run.model, env)
-    batches = train_batches(load, train_ids, plan.roi, cfg, start=start, rank=env.rank, world_size=env.world_size,
-                            device=env.device, sampler=sampler)
+    batches = train_batches(run.load, run.train_ids, plan.roi, cfg, start=start, rank=env.rank,
+                            world_size=env.world_size, device=env.device, sampler=sampler)
     tb = open_tensorboard(run.run_dir) if (cfg.tensorboard and env.is_main) else None
-    bar = tqdm(total=cfg.iterations, initial=start, desc="train", disable=not (progress and env.is_main),
+    bar = tqdm(total=cfg.iterations, initial=start, desc="train", disable=not (run.progress and env.is_main),
                dynamic_ncols=True, unit="it")
     t0 = time.perf_counter() - seconds0
     last_dice: List[float] = []
@@ -213,34 +263,37 @@ def _setup(run_dir: Path, train_ids: Sequence[str], val_ids: Sequence[str], load
     from unetr.model import build_model
 
     device = env.device
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    if not train_ids:
-        raise ValueError("no training cases")
     if augmenter is None:
         from unetr.data.sampling import augment as augmenter
     precision = resolve_precision(cfg.precision, device)
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 (with a gradient scaler) needs a CUDA device; use bf16 or fp32")
-    if cfg.checkpointing and not model_cfg.checkpointing:
-        model_cfg = model_cfg.replace(checkpointing=True)
-    roi = tuple(plan.roi)
+    model_cfg = effective_model_config(model_cfg, plan, cfg)
 
     torch.manual_seed(derive_seed(cfg.seed))  # the initial weights: the same on every rank
-    model = build_model(model_cfg.replace(img_size=roi) if tuple(model_cfg.img_size) != roi else model_cfg,
-                        channels_last=cfg.channels_last)
+    model = build_model(model_cfg, channels_last=cfg.channels_last)
     model.to(device)
     torch.manual_seed(derive_seed(cfg.seed, env.rank, 3))  # dropout and other in-model randomness: per rank
-    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device,
+                                decay_all=cfg.decay_all)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     loss_fn = DiceCELoss(include_background=cfg.include_background, dice_weight=cfg.dice_weight,
                          ce_weight=cfg.ce_weight, smooth_nr=cfg.smooth_nr, smooth_dr=cfg.smooth_dr,
-                         batch_dice=cfg.batch_dice, label_smoothing=cfg.label_smoothing)
-    return _Run(run_dir=run_dir, env=env, cfg=cfg, plan=plan, config=run_config(model_cfg, plan, cfg),
-                precision=precision, model=model, optimizer=optimizer, scaler=scaler, loss_fn=loss_fn,
+                         batch_dice=cfg.batch_dice, label_smoothing=cfg.label_smoothing,
+                         squared_pred=cfg.squared_pred)
+    return _Run(run_dir=run_dir, env=env, cfg=cfg, plan=plan,
+                config=run_config(model_cfg, plan, cfg, train_ids, val_ids), precision=precision, model=model,
+                optimizer=optimizer, scaler=scaler, loss_fn=loss_fn,
                 metrics=MetricsLog(run_dir / "metrics.csv", plan.class_names), augmenter=augmenter,
-                aug_kwargs=augment_kwargs(cfg), aug_gen=torch.Generator(device=device), val_ids=val_ids,
-                load=load, progress=progress)
+                aug_kwargs=augment_kwargs(cfg), aug_gen=torch.Generator(device=device), train_ids=train_ids,
+                val_ids=val_ids, load=load, progress=progress)
+
+
+def effective_model_config(model_cfg: ModelConfig, plan: Plan, cfg: TrainConfig) -> ModelConfig:
+    """The network a run trains: ``model_cfg`` built for the plan's ROI, with gradient checkpointing when the
+    training settings ask for it (what ``config.json`` records)."""
+    if cfg.checkpointing and not model_cfg.checkpointing:
+        model_cfg = model_cfg.replace(checkpointing=True)
+    roi = tuple(plan.roi)
+    return model_cfg.replace(img_size=roi) if tuple(model_cfg.img_size) != roi else model_cfg
 
 
 def _distributed(model: nn.Module, env: D.DistEnv) -> nn.Module:
@@ -255,6 +308,9 @@ def _resume(run: _Run) -> Tuple[Progress, float]:
     """The progress and the seconds to go on from: those of ``last.pt`` (restored into the model, optimizer,
     scaler and generators, with the metrics rows up to it), or a fresh start."""
     if not run.last_path.exists():
+        earlier = stored_config(run.run_dir)  # a run stopped before its first checkpoint
+        if earlier is not None:
+            check_same_settings(earlier[0], run.config, earlier[1])
         return Progress(), 0.0
     state = restore_resume(run.last_path, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
                            config=run.config, world_size=run.env.world_size, device=run.env.device)
@@ -382,7 +438,8 @@ def _bookkeeping(run: _Run, counters: Progress, lr: float, t0: float, tb: Any) -
                 plot_curves(run.metrics.path, run.run_dir / "curves.png")
             if tb is not None:
                 log_scalars(tb, row, it)
-    if it % cfg.checkpoint_every == 0 or last:
+    overdue = cfg.checkpoint_minutes > 0 and time.monotonic() - run.saved_at >= 60.0 * cfg.checkpoint_minutes
+    if it % cfg.checkpoint_every == 0 or last or overdue:
         _checkpoint(run, counters, time.perf_counter() - t0)
     return dice
 
@@ -392,7 +449,7 @@ def _validate(run: _Run, counters: Progress, row: Dict[str, Any]) -> List[float]
     cfg, env = run.cfg, run.env
     dice = validate(run.model, run.val_ids, run.load, roi=tuple(run.plan.roi), num_classes=run.plan.num_classes,
                     env=env, precision=run.precision, overlap=cfg.val_overlap, sw_batch=cfg.val_sw_batch,
-                    progress=run.progress and env.is_main)
+                    mode=cfg.val_mode, progress=run.progress and env.is_main)
     mean = mean_foreground(dice)
     row.update({f"val_dice_{c}": d for c, d in zip(run.plan.class_names, dice)})
     row["val_mean_dice"] = mean
@@ -406,6 +463,7 @@ def _validate(run: _Run, counters: Progress, row: Dict[str, Any]) -> List[float]
 
 def _checkpoint(run: _Run, counters: Progress, seconds: float) -> None:
     """Rank 0 writes ``last.pt``: the resume state after this iteration."""
+    run.saved_at = time.monotonic()
     if not run.env.is_main:
         return
     save_resume(run.last_path, ResumeState(
@@ -414,4 +472,4 @@ def _checkpoint(run: _Run, counters: Progress, seconds: float) -> None:
         config=run.config))
 
 
-__all__ = ["NonFiniteLossError", "StepHook", "TrainResult", "fit"]
+__all__ = ["NonFiniteLossError", "StepHook", "TrainResult", "effective_model_config", "fit", "run_lock"]

@@ -40,11 +40,12 @@ def confusion_matrix_torch(pred: torch.Tensor, ref: torch.Tensor, num_classes: i
 
 @torch.no_grad()
 def validate(model: nn.Module, case_ids: Sequence[str], load: CaseLoader, *, roi: Sequence[int], num_classes: int,
-             env: D.DistEnv, precision: str, overlap: float = 0.5, sw_batch: int = 4,
+             env: D.DistEnv, precision: str, overlap: float = 0.5, sw_batch: int = 4, mode: str = "gaussian",
              progress: bool = False) -> List[float]:
     """Sliding-window Dice per class over ``case_ids``, from voxel counts summed over the cases (and ranks).
 
-    Each rank segments the cases ``case_ids[rank::world_size]``; the counts are summed over ranks.
+    Each rank segments the cases ``case_ids[rank::world_size]``; the counts are summed over ranks. ``mode``
+    blends the windows (:func:`unetr.inference.sliding_window`: ``gaussian`` or ``constant``).
 
     Returns:
         Dice per class (background first), NaN where a class is absent from predictions and references.
@@ -66,7 +67,7 @@ def validate(model: nn.Module, case_ids: Sequence[str], load: CaseLoader, *, roi
     for cid in tqdm(mine, desc="validation", leave=False, disable=not progress, dynamic_ncols=True):
         image, label = load(cid)
         img = torch.from_numpy(np.array(image, dtype=np.float32))  # (C, X, Y, Z), a writable copy
-        pred = sliding_window(img, predictor, roi, overlap=overlap, batch_size=sw_batch, device=device,
+        pred = sliding_window(img, predictor, roi, overlap=overlap, mode=mode, batch_size=sw_batch, device=device,
                               accum_device=device, output="argmax")  # (X, Y, Z)
         lab = torch.from_numpy(np.asarray(label).astype(np.int64))
         if lab.max() >= num_classes or lab.min() < 0:
