@@ -276,11 +276,6 @@ def _run_train(args) -> int:
              "lr": args.lr, "batch_size": args.batch_size, "precision": args.precision, "device": args.device,
              "seed": args.seed, "fold": args.fold, "num_workers": args.num_workers}
     settings.update({k: v for k, v in flags.items() if v is not None})
-    if "num_workers" not in settings:
-        from unetr.device import loader_workers, resolve_device
-
-        auto = loader_workers(resolve_device(settings.get("device", "auto")))
-        settings.update({} if auto is None else {"num_workers": auto})
     if args.roi:
         plan_over["roi"] = _roi(args.roi)
     if args.modality:
@@ -291,6 +286,11 @@ def _run_train(args) -> int:
         recipe = get_recipe(args.recipe)
         settings = train_settings(recipe, settings)
         plan_over, model_over = {**recipe.plan, **plan_over}, {**recipe.model, **model_over}
+    if "num_workers" not in settings:
+        from unetr.device import loader_workers, resolve_device
+
+        auto = loader_workers(resolve_device(settings.get("device", "auto")))
+        settings.update({} if auto is None else {"num_workers": auto})
     plan_over = _plan_overrides(plan_over, "plan.")
     model_over = coerce_fields(ModelConfig, model_over, "model.")
     cfg = TrainConfig.from_dict(settings)
