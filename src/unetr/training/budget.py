@@ -164,8 +164,8 @@ def validation_windows(shapes: Sequence[Sequence[int]], roi: Sequence[int], over
 def time_validation(model: nn.Module, batches: int, *, in_channels: int, roi: Sequence[int], sw_batch: int,
                     device: torch.device, precision: str, clock: Clock, overhead: float = 1.3) -> float:
     """Estimated seconds of one validation: ``batches`` forward passes of ``sw_batch`` windows, the second of
-    two timed passes on zeros (the first builds the kernels), times ``overhead`` for the blending, the
-    argmax and reading the cases (measured 1.1-1.3x on the demo; the first real validation replaces it)."""
+    two timed passes on zeros (the first builds the kernels), times ``overhead``, an allowance for the
+    blending, the argmax and reading the cases (an estimate: the first real validation's time replaces it)."""
     from unetr.device import autocast
 
     was_training = model.training
