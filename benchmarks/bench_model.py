@@ -211,7 +211,7 @@ def main() -> None:
         f"alternating repeats, medians. Machine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
         f"threads ({cpu_summary()}), torch "
         f"{torch.__version__}, MONAI {monai.__version__}. Forward = {gflop:.0f} GFLOP (torch.utils.flop_counter).",
-        *([] if has_bf16 else [f"No native bf16 here ({why}): bf16 would be emulated, so only fp32 is timed."]),
+        *([] if has_bf16 else [f"No native bf16 here ({why}): only fp32 is timed."]),
         "",
         "| what | MONAI (s) | ours (s) | MONAI/ours | ours GFLOP/s |",
         "|---|---|---|---|---|",
