@@ -237,9 +237,13 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--fold", type=int, help="cross-validation fold used for validation")
     p.add_argument("--num-workers", type=int,
-                   help="data-loader worker processes (default: 0 when training on the CPU, which the threads "
-                        "keep busy; else the config's)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's, one per core)")
+                   help="data-loader worker processes (default -1: none on CPUs, whose cores the threads keep busy; "
+                        "up to 4 per GPU)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (inductor; needs g++ on CPUs, Triton on GPUs): the first step "
+                        "compiles for minutes")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: PyTorch's, one per core; 1 is fastest on cores other jobs keep busy)")
     p.add_argument("--time-budget", metavar="DURATION",
                    help="wall time for the whole command (e.g. 6m, 90s, 1h30m): the first iterations are timed and "
                         "--iterations is lowered to what fits; the log says when training will end")
@@ -274,7 +278,7 @@ def _run_train(args) -> int:
         target[name] = value
     flags = {"iterations": args.iterations, "val_every": args.val_every, "checkpoint_every": args.checkpoint_every,
              "lr": args.lr, "batch_size": args.batch_size, "precision": args.precision, "device": args.device,
-             "seed": args.seed, "fold": args.fold, "num_workers": args.num_workers}
+             "seed": args.seed, "fold": args.fold, "num_workers": args.num_workers, "compile": args.compile}
     settings.update({k: v for k, v in flags.items() if v is not None})
     if args.roi:
         plan_over["roi"] = _roi(args.roi)
@@ -286,11 +290,6 @@ def _run_train(args) -> int:
         recipe = get_recipe(args.recipe)
         settings = train_settings(recipe, settings)
         plan_over, model_over = {**recipe.plan, **plan_over}, {**recipe.model, **model_over}
-    if "num_workers" not in settings:
-        from unetr.device import loader_workers, resolve_device
-
-        auto = loader_workers(resolve_device(settings.get("device", "auto")))
-        settings.update({} if auto is None else {"num_workers": auto})
     plan_over = _plan_overrides(plan_over, "plan.")
     model_over = coerce_fields(ModelConfig, model_over, "model.")
     cfg = TrainConfig.from_dict(settings)
@@ -300,6 +299,10 @@ def _run_train(args) -> int:
         torch.set_num_threads(args.threads)
     env = distributed.setup(cfg.device)
     try:
+        if cfg.compile:  # before planning and preprocessing: a missing compiler is one line, at once
+            from unetr.accel import check_compiler
+
+            check_compiler(env.device)
         result = train_dataset(args.dataset, args.out, cfg, preset_name=args.preset, plan_path=args.plan,
                                plan_overrides=plan_over, model_overrides=model_over, cache_dir=args.cache,
                                workers=args.workers, env=env, progress=not args.no_progress,
@@ -327,6 +330,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--accum-device", default="auto", help="where the window sums live (auto: --device)")
     p.add_argument("--accum-fp16", action="store_true", help="half-precision window sums (half the memory)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (inductor; needs g++ on CPUs, Triton on GPUs): compiles for a "
+                        "minute or more first")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     p.add_argument("--largest-component", action="store_true", help="keep each class's largest component")
     p.add_argument("--inverse", default="soft", choices=["soft", "labels"],
@@ -348,11 +354,22 @@ def _add_predict(sub) -> None:
     g.add_argument("--class-names", nargs="+", help="one per class, background first")
     g.add_argument("--no-crop", action="store_true", help="do not crop to the body (MONAI: no CropForegroundd)")
     g.add_argument("--num-heads", type=int, help="attention heads (not stored in MONAI checkpoints)")
+    g.add_argument("--res-block", action=argparse.BooleanOptionalAction, default=None,
+                   help="residual decoder blocks (default: as the weights' keys say)")
     p.set_defaults(func=_run_predict)
 
 
 _BARE_ONLY = ("spacing", "roi", "intensity", "window", "in_channels", "out_channels", "class_names", "no_crop",
-              "num_heads")
+              "num_heads", "res_block")
+_ARCHITECTURE = ("--num-heads", "--res-block", "--no-res-block")  # need no preprocessing options beside them
+
+
+def _flag(args, key: str) -> Optional[str]:
+    """The option that set ``key`` (``--no-res-block`` for a false switch), or None when it was not given."""
+    value = getattr(args, key)
+    if value is None or (value is False and key != "res_block"):
+        return None
+    return f"--{'no-' if value is False else ''}{key.replace('_', '-')}"
 
 
 def _has_plan(model: str) -> bool:
@@ -376,25 +393,32 @@ def _run_predict(args) -> int:
     from unetr.fsutil import remove_stale_temporaries
     from unetr.inference.predict import load_predictor, predict_files
 
-    given = [f"--{k.replace('_', '-')}" for k in _BARE_ONLY if getattr(args, k) not in (None, False)]
+    given = [f for f in (_flag(args, k) for k in _BARE_ONLY) if f]
     if given and _has_plan(args.model):
         raise ValueError(f"{' '.join(given)}: {args.model} is a run, which predicts with the plan and window it "
                          "was trained with; these options describe a bare checkpoint's preprocessing")
 
     cfg = InferConfig(overlap=args.overlap, mode=args.mode, sw_batch_size=args.batch, tta=args.tta,
                       precision=args.precision, device=args.device, largest_component=args.largest_component,
-                      accum_device=args.accum_device, accum_fp16=args.accum_fp16, inverse=args.inverse)
+                      accum_device=args.accum_device, accum_fp16=args.accum_fp16, inverse=args.inverse,
+                      compile=args.compile)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is None and world > 1:
         device = __import__("torch").device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         cfg = cfg.replace(device=str(device))
+    if cfg.compile:  # before the model is loaded: a missing compiler is one line, at once
+        from unetr.accel import check_compiler
+
+        check_compiler(device)
     plan, overrides = None, {}
     roi = None if args.roi is None else _roi(args.roi)
     if roi is not None:
         overrides["img_size"] = roi
     if args.num_heads:
         overrides["num_heads"] = args.num_heads
+    if args.res_block is not None:
+        overrides["res_block"] = args.res_block
     if args.spacing is not None:
         if args.out_channels is None:
             raise ValueError("a bare checkpoint needs --out-channels (classes including background)")
@@ -405,8 +429,9 @@ def _run_predict(args) -> int:
                     channel_names=tuple(f"ch{i}" for i in range(in_channels)),
                     intensity=args.intensity or "ct_window", window=tuple(args.window or (-175.0, 250.0, 0.0, 1.0)),
                     crop_foreground=not args.no_crop, geometry=args.geometry or "monai")
-    elif given and given != ["--num-heads"]:
-        raise ValueError(f"{' '.join(given)} describe a bare checkpoint's preprocessing and need --spacing too")
+    elif [f for f in given if f not in _ARCHITECTURE]:
+        raise ValueError(f"{' '.join(f for f in given if f not in _ARCHITECTURE)} describe a bare checkpoint's "
+                         "preprocessing and need --spacing too")
     model, plan = load_predictor(args.model, plan=plan, device=device, **overrides)
     if args.geometry and args.geometry != plan.geometry:
         log.info("geometry %s in place of the plan's %s", args.geometry, plan.geometry)

@@ -133,13 +133,6 @@ def native_bf16(device: torch.device) -> Tuple[bool, str]:
     return False, f"no native bf16 test for {device.type}"
 
 
-def loader_workers(device: torch.device) -> Optional[int]:
-    """Data-loader worker processes for training on ``device``: 0 on a CPU, whose cores PyTorch's threads
-    already keep busy (a worker would take a core from them for crops that cost a few milliseconds in the
-    training process; benchmarks/RESULTS.md); None elsewhere (the configuration's default)."""
-    return 0 if device.type == "cpu" else None
-
-
 def resolve_precision(name: str, device: torch.device, *, allow_fp16: bool = True) -> str:
     """``auto`` -> ``bf16`` where ``device`` computes it natively, else ``fp16`` on CUDA (when
     ``allow_fp16``), else ``fp32``; other names are returned as they are."""
@@ -172,4 +165,4 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 __all__ = ["ONEDNN_ISAS", "PRECISIONS", "autocast", "cpu_flags", "cpu_summary", "explain_precision", "isa_restriction",
-           "loader_workers", "native_bf16", "resolve_device", "resolve_precision"]
+           "native_bf16", "resolve_device", "resolve_precision"]

@@ -21,8 +21,11 @@ def _argv(phantom, out, *extra):
 
 
 def test_cpu_training_defaults_to_no_loader_worker(phantom, tmp_path):
+    from unetr.accel import device_defaults
+
     assert main(_argv(phantom, tmp_path / "a", "--time-budget", "10m")) == 0
-    assert json.loads((tmp_path / "a" / "config.json").read_text())["train"]["num_workers"] == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["train"]["num_workers"] == -1  # auto:
+    assert all(device_defaults("cpu", n).num_workers == 0 for n in (1, 2, 16))  # none on a CPU
     assert main(_argv(phantom, tmp_path / "b", "--num-workers", "1")) == 0  # asked for is asked for
     assert json.loads((tmp_path / "b" / "config.json").read_text())["train"]["num_workers"] == 1
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN_PLAN_KEYS = ("roi", "preset")  # plan settings that do not change the preprocessed arrays
+PREPARE_MARKER = ".prepare.json"  # in the run directory: rank 0's preparation, watched by the other ranks
 
 
 def check_writable(folder: Path) -> None:
@@ -154,7 +155,8 @@ def train_dataset(
             if earlier is not None:
                 config = run_config(effective_model_config(model_cfg, run_plan, cfg), run_plan, cfg, train_ids, val_ids)
                 check_same_settings(earlier[0], config, earlier[1])
-        _cache(list(train_cases) + list(val_cases), plan, cache, env, workers=workers, progress=progress)
+        _cache(list(train_cases) + list(val_cases), plan, cache, env, marker=out / PREPARE_MARKER, workers=workers,
+               progress=progress)
         check_cases(train_ids + val_ids, cache, run_plan, cfg.pad_to_roi)
         if env.is_main:
             log.info("training %s (%s preset, %.1fM parameters) on %d cases, validating on %d; ROI %s; run %s",
@@ -170,8 +172,10 @@ def train_dataset(
 def _plan(ds: Dataset, out: Path, env: D.DistEnv, *, plan_path: Optional[os.PathLike],
           plan_overrides: Optional[dict], preset_name: Optional[str], workers: int, progress: bool
           ) -> Tuple[Plan, bool]:
-    """The plan (``plan_path``, else ``out/plan.json``, else a new one saved there), made on rank 0 and sent to
-    every rank.
+    """The plan (``plan_path``, else ``out/plan.json``, else a new one saved there), made on rank 0 while the
+    other ranks wait on the marker ``out/.prepare.json`` outside every collective
+    (:func:`unetr.training.distributed.main_first`: fingerprinting a large dataset may take longer than the
+    process group's timeout); every rank gets it.
 
     Returns:
         ``(plan, whether it existed before this call)``.
@@ -180,30 +184,39 @@ def _plan(ds: Dataset, out: Path, env: D.DistEnv, *, plan_path: Optional[os.Path
 
     own_plan = out / "plan.json"
     plan_existed = plan_path is not None or own_plan.is_file()
-    plan = None
-    if env.is_main:
+
+    def make() -> dict:
         if plan_path is not None:
-            plan = load_plan(plan_path)
-        elif own_plan.is_file():
-            plan = load_plan(own_plan)
+            return load_plan(plan_path).to_dict()
+        if own_plan.is_file():
             log.info("reusing %s", own_plan)
-        else:
-            overrides = dict(plan_overrides or {})
-            if preset_name:
-                overrides.setdefault("preset", preset_name)
-            plan, fp = plan_dataset(ds, workers=workers, progress=progress, **overrides)
-            save_plan(plan, own_plan, fingerprint=fp)
-    plan = Plan.from_dict(D.broadcast_object(plan.to_dict() if plan is not None else None, env))
+            return load_plan(own_plan).to_dict()
+        overrides = dict(plan_overrides or {})
+        if preset_name:
+            overrides.setdefault("preset", preset_name)
+        plan, fp = plan_dataset(ds, workers=workers, progress=progress, **overrides)
+        save_plan(plan, own_plan, fingerprint=fp)
+        return plan.to_dict()
+
+    plan = Plan.from_dict(D.main_first(make, env, out / PREPARE_MARKER,
+                                       describe_wait=lambda: f"planning from {len(ds.train)} cases"))
     return plan, plan_existed
 
 
-def _cache(cases: Sequence[Case], plan: Plan, cache: Path, env: D.DistEnv, *, workers: int, progress: bool) -> None:
-    """The preprocessed cache of ``cases`` (built on rank 0; the other ranks wait for it)."""
-    from unetr.data.cache import build_cache
+def _cache(cases: Sequence[Case], plan: Plan, cache: Path, env: D.DistEnv, *, marker: Path, workers: int,
+           progress: bool) -> None:
+    """The preprocessed cache of ``cases``, built on rank 0 while the other ranks wait on ``marker`` outside
+    every collective (:func:`unetr.training.distributed.main_first`), logging how far the cache has come."""
+    from unetr.data.cache import build_cache, cached_ids
 
-    if env.is_main:
+    def waiting_for() -> str:
+        have = len(set(cached_ids(cache)) & {c.id for c in cases}) if cache.is_dir() else 0
+        return f"{have} of {len(cases)} cases in the cache {cache}"
+
+    def build() -> None:
         build_cache(cases, plan, cache, workers=workers, progress=progress)
-    D.barrier(env)
+
+    D.main_first(build, env, marker, describe_wait=waiting_for)
 
 
 def _run_plan(plan: Plan, plan_overrides: Optional[dict], preset_name: Optional[str], *, plan_existed: bool,

@@ -26,8 +26,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 
+from unetr.accel import compile_model
 from unetr.config import ModelConfig, Plan, TrainConfig
-from unetr.device import autocast, resolve_device, resolve_precision
+from unetr.device import autocast, explain_precision, resolve_device, resolve_precision
 from unetr.errors import UnetrError
 from unetr.fsutil import remove_stale_temporaries
 from unetr.metrics import mean_foreground
@@ -109,7 +110,7 @@ class _Run:
     val_ids: Sequence[str]
     load: CaseLoader
     progress: bool  # progress bars
-    ddp: Optional[nn.Module] = None  # the model as the steps call it (DDP-wrapped with several processes)
+    ddp: Optional[nn.Module] = None  # the model as the steps call it (DDP-wrapped with several processes, compiled)
     saved_at: float = field(default_factory=time.monotonic)  # when last.pt was last written (or the run began)
     resumed_iterations: Optional[int] = None  # the iteration count stored in the last.pt resumed from
 
@@ -165,7 +166,9 @@ def fit(
     env = env or D.DistEnv(device=resolve_device(cfg.device))
     if not train_ids:
         raise ValueError("no training cases")
-    precision = resolve_precision(cfg.precision, env.device)
+    precision, why = explain_precision(cfg.precision, env.device)
+    if env.is_main:
+        log.info("precision %s on %s: %s", precision, env.device, why)
     if precision == "fp16" and env.device.type != "cuda":
         raise ValueError("precision fp16 (with a gradient scaler) needs a CUDA device; use bf16 or fp32")
     with run_lock(Path(run_dir), env, hold_lock):
@@ -216,6 +219,10 @@ def _train(run: _Run, sampler: Optional[CropSampler], on_step: Optional[StepHook
         return TrainResult(run.run_dir, start, counters.best_dice, counters.best_iteration, seconds=seconds0,
                            resumed_from=start, model=run.model)
     run.ddp = _distributed(run.model, env)
+    if cfg.compile:  # the training step's forward; validation and the saved weights use the plain model
+        run.ddp = compile_model(run.ddp, env.device)
+        if env.is_main:
+            log.info("torch.compile: the first training step compiles the model (minutes on a CPU)")
     batches = train_batches(run.load, run.train_ids, plan.roi, cfg, start=start, rank=env.rank,
                             world_size=env.world_size, device=env.device, sampler=sampler)
     tb = open_tensorboard(run.run_dir) if (cfg.tensorboard and env.is_main) else None
@@ -313,7 +320,8 @@ def _resume(run: _Run) -> Tuple[Progress, float]:
             check_same_settings(earlier[0], run.config, earlier[1])
         return Progress(), 0.0
     state = restore_resume(run.last_path, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
-                           config=run.config, world_size=run.env.world_size, device=run.env.device)
+                           config=run.config, world_size=run.env.world_size, device=run.env.device,
+                           rank=run.env.rank)
     run.resumed_iterations = state.config.get("train", {}).get("iterations")
     run.metrics.load(up_to=state.progress.iteration)
     if run.env.is_main:
@@ -438,7 +446,8 @@ def _bookkeeping(run: _Run, counters: Progress, lr: float, t0: float, tb: Any) -
                 plot_curves(run.metrics.path, run.run_dir / "curves.png")
             if tb is not None:
                 log_scalars(tb, row, it)
-    overdue = cfg.checkpoint_minutes > 0 and time.monotonic() - run.saved_at >= 60.0 * cfg.checkpoint_minutes
+    overdue = cfg.checkpoint_minutes > 0 and D.any_true(  # one decision on every rank: _checkpoint is collective
+        time.monotonic() - run.saved_at >= 60.0 * cfg.checkpoint_minutes, run.env)
     if it % cfg.checkpoint_every == 0 or last or overdue:
         _checkpoint(run, counters, time.perf_counter() - t0)
     return dice
@@ -462,14 +471,16 @@ def _validate(run: _Run, counters: Progress, row: Dict[str, Any]) -> List[float]
 
 
 def _checkpoint(run: _Run, counters: Progress, seconds: float) -> None:
-    """Rank 0 writes ``last.pt``: the resume state after this iteration."""
+    """Rank 0 writes ``last.pt``: the resume state after this iteration, with every rank's generators (a
+    collective: every rank calls this at the same iterations)."""
     run.saved_at = time.monotonic()
+    rngs = D.gather_object(RngState.capture(run.env.device), run.env)
     if not run.env.is_main:
         return
     save_resume(run.last_path, ResumeState(
         progress=counters, seconds=seconds, world_size=run.env.world_size, model=run.model.state_dict(),
-        optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(), rng=RngState.capture(run.env.device),
-        config=run.config))
+        optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(), rng=rngs[0], config=run.config,
+        rank_rngs=tuple(rngs) if run.env.distributed else ()))
 
 
 __all__ = ["NonFiniteLossError", "StepHook", "TrainResult", "effective_model_config", "fit", "run_lock"]
