@@ -86,7 +86,7 @@ def test_quick_cpu_run_goes_through_every_section(tmp_path, gc):
     # 4. data loading: every row measured
     assert set(t[4]) == set(gc.data_names())
     assert all(v[0] in ("measured", "met", "not met") for v in t[4].values())
-    assert "the default (`num_workers` -1) gives 2" in t[4]["loader workers needed"][1]
+    assert "the default (`num_workers` -1) gives 0" in t[4]["loader workers needed"][1]
 
     # 5. the defaults: layout and windows per batch timed on the CPU too, the copies and compile only on a GPU
     names = gc.defaults_names()

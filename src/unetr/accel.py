@@ -87,11 +87,13 @@ def device_defaults(device_type: str, cpu_count: int, processes: int = 1) -> Dev
         # GPUs: page-locked batches are copied by DMA while the CPU goes on (non_blocking), instead of through
         # a staging buffer with the host waiting; CPUs: there is no copy.
         pin_memory=gpu,
-        # CPUs: 2, unchanged; the workers share the cores with the step. GPUs: up to 4 per process, one core
-        # per process left for its own loop. One worker samples and augments the 4 crops of a 96³ step in
-        # ~6 ms (benchmarks/RESULTS.md, this project's 2-core CPU), well under a GPU's training step; the
-        # others hide cold reads of the memory-mapped cache. gpu_check section 4 measures the workers needed.
-        num_workers=min(MAX_GPU_WORKERS, max(1, cpu_count // processes - 1)) if gpu else 2,
+        # CPUs: none. The step's threads keep the cores busy, the crops cost milliseconds in the training
+        # process, and a worker only takes a core from the threads (benchmarks/RESULTS.md, "CPU defaults": one
+        # worker never helped, on either kind of CPU). GPUs: up to 4 per process, one core per process left
+        # for its own loop. One worker samples and augments the 4 crops of a 96³ step in ~6 ms
+        # (benchmarks/RESULTS.md, this project's 2-core CPU), well under a GPU's training step; the others
+        # hide cold reads of the memory-mapped cache. gpu_check section 4 measures the workers needed.
+        num_workers=min(MAX_GPU_WORKERS, max(1, cpu_count // processes - 1)) if gpu else 0,
     )
 
 

@@ -244,11 +244,17 @@ def _add_train(sub) -> None:
                    help="with --folds under torchrun: each process trains its share of the folds alone (one per GPU)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="with --folds: also write each validation case's probabilities (<case>.npz, float16)")
-    p.add_argument("--num-workers", type=int, help="data-loader worker processes (default -1: 2 on CPUs, up to 4 per GPU)")
+    p.add_argument("--num-workers", type=int,
+                   help="data-loader worker processes (default -1: none on CPUs, whose cores the threads keep busy; "
+                        "up to 4 per GPU)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the model (inductor; needs g++ on CPUs, Triton on GPUs): the first step "
                         "compiles for minutes")
-    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a CPU shared with other jobs)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: PyTorch's, one per core; 1 is fastest on cores other jobs keep busy)")
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="wall time for the whole command (e.g. 6m, 90s, 1h30m): the first iterations are timed and "
+                        "--iterations is lowered to what fits; the log says when training will end")
     p.add_argument("--plan", help="use this plan.json (from `unetr plan`) instead of making one")
     p.add_argument("--modality", choices=["CT", "MR", "OTHER"],
                    help="for a new plan: override the modality the dataset names or its intensities show")
@@ -265,7 +271,10 @@ def _add_train(sub) -> None:
 def _run_train(args) -> int:
     from unetr.config import ModelConfig, TrainConfig, coerce_fields, load_yaml, parse_set
     from unetr.training import distributed
+    from unetr.training.budget import TimeBudget, parse_duration
     from unetr.training.prepare import train_dataset
+
+    budget = TimeBudget(parse_duration(args.time_budget)) if args.time_budget else None  # from the start
 
     settings: dict = load_yaml(args.config) if args.config else {}
     plan_over, model_over = dict(settings.pop("plan", None) or {}), dict(settings.pop("model", None) or {})
@@ -309,7 +318,7 @@ def _run_train(args) -> int:
         result = train_dataset(args.dataset, args.out, cfg, preset_name=args.preset, plan_path=args.plan,
                                plan_overrides=plan_over, model_overrides=model_over, cache_dir=args.cache,
                                workers=args.workers, env=env, progress=not args.no_progress,
-                               restart=args.restart)
+                               restart=args.restart, time_budget=budget)
     finally:
         distributed.teardown(env)
     if env.is_main and cfg.fold == "all":
@@ -766,7 +775,10 @@ def _add_demo(sub) -> None:
     p.add_argument("--cases", type=int, default=None, help="training cases (default: 20 phantoms, 8 brains)")
     p.add_argument("--test-cases", type=int, default=None, help="held-out cases (default: 4 phantoms, 2 brains)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--iterations", type=int, default=None, help="training iterations (default: the demo's 500)")
+    p.add_argument("--iterations", type=int, default=None, help="training iterations (default: the demo's 800)")
+    p.add_argument("--time-budget", default="8m", metavar="DURATION",
+                   help="wall time for the whole demo (default 8m; 'none' for no limit): training gets what the other "
+                        "steps leave, and its iterations are lowered only where they would not fit")
     p.add_argument("--fresh", action="store_true", help="start again instead of reusing finished steps")
     p.add_argument("--folds", type=int, default=0,
                    help="cross-validation: train N folds (2-3 take N times as long), then their ensemble's held-out "
@@ -776,11 +788,13 @@ def _add_demo(sub) -> None:
 
 def _run_demo(args) -> int:
     from unetr.demo import run_demo
+    from unetr.training.budget import parse_duration
 
     cases = args.cases if args.cases is not None else (20 if args.data == "phantom" else 8)
     test_cases = args.test_cases if args.test_cases is not None else (4 if args.data == "phantom" else 2)
+    budget = None if args.time_budget.strip().lower() in ("none", "off") else parse_duration(args.time_budget)
     result = run_demo(args.out, data=args.data, cases=cases, test_cases=test_cases, seed=args.seed,
-                      fresh=args.fresh, iterations=args.iterations, folds=args.folds)
+                      fresh=args.fresh, iterations=args.iterations, budget_s=budget, folds=args.folds)
     classes = result["summary"].get("classes", {})
     print(f"\n{'class':<16}{'Dice':>10}{'HD95 (mm)':>12}{'surface Dice':>15}")
     for name, m in classes.items():
@@ -788,10 +802,11 @@ def _run_demo(args) -> int:
     if classes:
         print(f"{'mean':<16}{result['summary']['mean_dice']:>10.3f}{result['summary']['mean_hd95']:>12.2f}"
               f"{result['summary']['mean_surface_dice']:>15.3f}")
+    print("\nsteps: " + ", ".join(f"{name} {wall:.0f} s ({cpu:.0f} s CPU)" for name, wall, cpu in result["steps"]))
     if result.get("folds"):
-        print("\nheld-out mean Dice: " + ", ".join(f"fold {k} {s['mean_dice']:.3f}" for k, s in result["folds"].items())
+        print("held-out mean Dice: " + ", ".join(f"fold {k} {s['mean_dice']:.3f}" for k, s in result["folds"].items())
               + f"; ensemble of the {len(result['folds'])} folds {result['summary'].get('mean_dice', float('nan')):.3f}")
-    print(f"\ndemo finished in {result['seconds'] / 60:.1f} min; report: {result['report']} (open it in a browser)")
+    print(f"demo finished in {result['seconds'] / 60:.1f} min; report: {result['report']} (open it in a browser)")
     return 0
 
 

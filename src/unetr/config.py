@@ -311,7 +311,7 @@ class TrainConfig(_DictMixin):
     include_background: bool = True
     val_overlap: float = 0.5
     val_sw_batch: int = 4
-    num_workers: int = -1  # loader processes; -1 (auto): 2 on CPUs, up to 4 per GPU (unetr.accel.device_defaults)
+    num_workers: int = -1  # loader processes; -1 (auto): none on CPUs, up to 4 per GPU (unetr.accel.device_defaults)
     seed: int = 0
     fold: Union[int, str] = 0  # the validation fold of splits.json, or "all" (every case trains, no validation)
     num_folds: int = 5

@@ -20,6 +20,7 @@ from unetr.errors import DataError, UnetrError
 from unetr.recipes import resolve_epochs
 from unetr.training import distributed as D
 from unetr.training.batches import CachedCases
+from unetr.training.budget import TimeBudget
 from unetr.training.run_dir import check_same_settings, move_run_aside, run_config, stored_config
 from unetr.training.trainer import TrainResult, effective_model_config, fit, run_lock
 
@@ -91,6 +92,7 @@ def train_dataset(
     env: Optional[D.DistEnv] = None,
     progress: bool = True,
     restart: bool = False,
+    time_budget: Optional[TimeBudget] = None,
 ) -> TrainResult:
     """Plan and preprocess a dataset when needed (both cached), check it, then :func:`fit`.
 
@@ -112,6 +114,8 @@ def train_dataset(
         env: the distributed environment (one process when omitted).
         progress: progress bars.
         restart: move an earlier run in ``out`` aside (:func:`move_run_aside`) and start a new one.
+        time_budget: the wall time of the whole command (planning and preprocessing included); the
+            iteration count is lowered to what fits (:mod:`unetr.training.budget`).
 
     Raises:
         DataError: the dataset cannot be trained on (nothing is written then).
@@ -163,7 +167,8 @@ def train_dataset(
             if rot90_note(run_plan.roi, cfg.rot90_prob):
                 log.info("%s", rot90_note(run_plan.roi, cfg.rot90_prob))
         return fit(run_dir=out, train_ids=train_ids, val_ids=val_ids, load=CachedCases(cache), plan=run_plan,
-                   model_cfg=model_cfg, cfg=cfg, env=env, progress=progress, hold_lock=False)
+                   model_cfg=model_cfg, cfg=cfg, env=env, progress=progress, hold_lock=False,
+                   time_budget=time_budget)
 
 
 def splits_path(out: Path, plan_path: Optional[os.PathLike]) -> Path:
