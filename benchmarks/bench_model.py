@@ -5,6 +5,10 @@ here), and one training step (forward, backward, AdamW) in bf16 autocast; prints
 medians, the achieved GFLOP/s against the machine's measured matmul and conv3d peaks, and the agreement of
 the outputs. Writes the table into benchmarks/RESULTS.md (section "Model").
 
+On a CPU without native bf16 (AVX2 only, or a process whose ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY``
+hold the kernels below AVX-512: :func:`unetr.device.native_bf16`), bf16 would be emulated, so the bf16 rows
+are left out, the training step runs in fp32, and the table (section "Model without native bf16") says so.
+
 Run: .venv/bin/python benchmarks/bench_model.py [--repeats 5] [--size 96] [--no-write]
 """
 
@@ -25,9 +29,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from unetr.device import cpu_summary, native_bf16  # noqa: E402
 from unetr.model import UNETR  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+SECTION = "## Model (bench_model.py)"
+SECTION_NO_BF16 = "## Model without native bf16 (bench_model.py)"
 
 
 def timed(fn) -> float:
@@ -132,6 +139,9 @@ def main() -> None:
     import monai
     from monai.networks.nets import UNETR as MonaiUNETR
 
+    has_bf16, why = native_bf16(torch.device("cpu"))
+    if not has_bf16:
+        print(f"no native bf16 ({why}): fp32 only", flush=True)
     torch.manual_seed(0)
     s = args.size
     theirs = MonaiUNETR(in_channels=1, out_channels=14, img_size=s).eval()
@@ -152,18 +162,20 @@ def main() -> None:
     with torch.no_grad():
         ref = theirs(x)
         out32 = ours(x)
-        with bf16():
+    rel = ((out32 - ref).abs().max() / ref.abs().max()).item()
+    if has_bf16:
+        with torch.no_grad(), bf16():
             out_bf = ours(x).float()
             ref_bf = theirs(x).float()
-    rel = ((out32 - ref).abs().max() / ref.abs().max()).item()
-    agree_ours = (out_bf.argmax(1) == ref.argmax(1)).float().mean().item()
-    agree_theirs = (ref_bf.argmax(1) == ref.argmax(1)).float().mean().item()
-    # Random weights give near-tied logits; agreement where the fp32 top-2 margin is not a tie (> 1e-2):
-    top2 = ref.topk(2, dim=1).values
-    decided = (top2[:, 0] - top2[:, 1]) > 1e-2
-    agree_decided = (out_bf.argmax(1) == ref.argmax(1))[decided].float().mean().item()
+        agree_ours = (out_bf.argmax(1) == ref.argmax(1)).float().mean().item()
+        agree_theirs = (ref_bf.argmax(1) == ref.argmax(1)).float().mean().item()
+        # Random weights give near-tied logits; agreement where the fp32 top-2 margin is not a tie (> 1e-2):
+        top2 = ref.topk(2, dim=1).values
+        decided = (top2[:, 0] - top2[:, 1]) > 1e-2
+        agree_decided = (out_bf.argmax(1) == ref.argmax(1))[decided].float().mean().item()
 
-    for name, ctx in (("forward fp32", none), ("forward bf16 autocast", bf16)):
+    step_ctx, step_name = (bf16, "bf16") if has_bf16 else (none, "fp32")
+    for name, ctx in (("forward fp32", none), ("forward bf16 autocast", bf16))[: 2 if has_bf16 else 1]:
         t = alternate({"monai": fwd(theirs, ctx), "ours": fwd(ours, ctx)}, args.repeats)
         rows.append((name, t["monai"], t["ours"], gflop))
 
@@ -171,7 +183,7 @@ def main() -> None:
         y = torch.randint(0, 14, (1, s, s, s))
 
         def run():
-            with bf16():
+            with step_ctx():
                 loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
@@ -183,40 +195,51 @@ def main() -> None:
     opt_t = torch.optim.AdamW(theirs.parameters(), lr=1e-4, weight_decay=1e-5)
     opt_o = torch.optim.AdamW(ours.parameters(), lr=1e-4, weight_decay=1e-5)
     t = alternate({"monai": train_step(theirs, opt_t), "ours": train_step(ours, opt_o)}, args.train_repeats)
-    rows.append(("train step bf16 (fwd+bwd+AdamW)", t["monai"], t["ours"], 3 * gflop))
+    rows.append((f"train step {step_name} (fwd+bwd+AdamW)", t["monai"], t["ours"], 3 * gflop))
 
     mm32, conv32 = peak_gflops(torch.float32)
-    mmbf, convbf = peak_gflops(torch.bfloat16)
+    mmbf, convbf = peak_gflops(torch.bfloat16) if has_bf16 else (float("nan"), float("nan"))
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
     lines = [
-        "## Model (bench_model.py)",
+        SECTION if has_bf16 else SECTION_NO_BF16,
         "",
         f"`python benchmarks/bench_model.py --repeats {args.repeats}`: `paper` UNETR 1→14 at {s}³, batch 1, same weights, "
-        f"alternating repeats, medians. Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"MONAI {monai.__version__}. Forward = {gflop:.0f} GFLOP (torch.utils.flop_counter).",
+        f"alternating repeats, medians. Machine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+        f"threads ({cpu_summary()}), torch "
+        f"{torch.__version__}, MONAI {monai.__version__}. Forward = {gflop:.0f} GFLOP (torch.utils.flop_counter).",
+        *([] if has_bf16 else [f"No native bf16 here ({why}): only fp32 is timed."]),
         "",
         "| what | MONAI (s) | ours (s) | MONAI/ours | ours GFLOP/s |",
         "|---|---|---|---|---|",
     ]
     for name, tm, to, fl in rows:
         lines.append(f"| {name} | {tm:.3f} | {to:.3f} | **{tm / to:.2f}×** | {fl / to:.0f} |")
-    lines += [
-        "",
-        f"Measured peaks on this machine: matmul fp32 {mm32:.0f} / bf16 {mmbf:.0f} GFLOP/s; channels-last conv3d "
-        f"fp32 {conv32:.0f} / bf16 {convbf:.0f} GFLOP/s.",
-        f"Outputs: fp32 max relative difference to MONAI {rel:.1e}; bf16 argmax equal to MONAI fp32 on "
-        f"{100 * agree_ours:.2f} % of voxels (MONAI's own bf16: {100 * agree_theirs:.2f} %; on voxels whose fp32 top-2 "
-        f"logit margin exceeds 0.01: {100 * agree_decided:.3f} %). Random weights give near-tied logits.",
-        "",
-    ]
+    if has_bf16:
+        lines += [
+            "",
+            f"Measured peaks on this machine: matmul fp32 {mm32:.0f} / bf16 {mmbf:.0f} GFLOP/s; channels-last conv3d "
+            f"fp32 {conv32:.0f} / bf16 {convbf:.0f} GFLOP/s.",
+            f"Outputs: fp32 max relative difference to MONAI {rel:.1e}; bf16 argmax equal to MONAI fp32 on "
+            f"{100 * agree_ours:.2f} % of voxels (MONAI's own bf16: {100 * agree_theirs:.2f} %; on voxels whose fp32 "
+            f"top-2 logit margin exceeds 0.01: {100 * agree_decided:.3f} %). Random weights give near-tied logits.",
+            "",
+        ]
+    else:
+        lines += [
+            "",
+            f"Measured peaks on this machine: matmul fp32 {mm32:.0f} GFLOP/s; channels-last conv3d fp32 "
+            f"{conv32:.0f} GFLOP/s.",
+            f"Outputs: fp32 max relative difference to MONAI {rel:.1e}.",
+            "",
+        ]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section(RESULTS, "## Model (bench_model.py)", text)
+        write_section(RESULTS, SECTION if has_bf16 else SECTION_NO_BF16, text)
 
 
 def write_section(path: Path, heading: str, text: str) -> None:

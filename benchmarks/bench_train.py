@@ -10,7 +10,11 @@ One training step = forward, Dice+CE loss, backward, AdamW step, zeroing the gra
   softmax=True)``, ``torch.optim.AdamW`` -- as MONAI's UNETR tutorial writes it.
 
 Both run under the best precision the device supports (:func:`unetr.training.resolve_precision`: bf16
-autocast on CPUs with AVX-512 BF16 and on recent GPUs; the ``--precision`` option overrides it for both).
+autocast on CPUs with AVX-512 BF16 and on recent GPUs, fp32 on a CPU without native bf16 -- AVX2-only, or
+a process whose ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` hold the kernels below AVX-512 -- where
+bf16 would be emulated and timing it would say nothing; the ``--precision`` option overrides it for both).
+The table names the CPU's flags and the precision, and a run without native bf16 writes its own section
+(``## Training without native bf16``), so the figures of both kinds of CPU stay side by side.
 MONAI's UNETR hard-codes 12 blocks with skips after blocks 4, 7 and 10; for the ``small`` preset (8 blocks,
 skips 2, 4, 6) its blocks are truncated to 8 and its own modules are called in its own order with the skips
 of the preset, so both sides compute the same network.
@@ -37,6 +41,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Training (bench_train.py)"
+SECTION_NO_BF16 = "## Training without native bf16 (bench_train.py)"
 BATCH, ROI, IN_CH, K = 4, (96, 96, 96), 1, 14
 LR, WD = 1e-4, 1e-5
 
@@ -140,9 +145,9 @@ def bench(preset_name: str, device: torch.device, precision: str, repeats: int,
     return times
 
 
-def write_section(text: str, path: Path) -> None:
+def write_section(text: str, path: Path, section: str = SECTION) -> None:
     old = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(old):
         new = pattern.sub(lambda _: text, old)
     else:
@@ -151,7 +156,7 @@ def write_section(text: str, path: Path) -> None:
 
 
 def main() -> None:
-    from unetr.device import resolve_precision
+    from unetr.device import cpu_summary, explain_precision
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["paper", "small"])
@@ -165,7 +170,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    precision = resolve_precision(args.precision, device)
+    precision, why = explain_precision(args.precision, device)
+    if args.precision == "auto" and device.type == "cpu" and precision == "fp32":
+        print(f"no native bf16 ({why}): timing fp32 on both sides", flush=True)
     if precision == "fp16":
         precision = "fp32"  # a gradient scaler would be needed on both sides; keep the comparison simple
     import monai
@@ -177,12 +184,16 @@ def main() -> None:
         rows.append((name, mo, us))
         print(f"{name}: MONAI {mo:.2f} s/step ({1 / mo:.3f} it/s), unetr {us:.2f} s/step ({1 / us:.3f} it/s), "
               f"{mo / us:.2f}x", flush=True)
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU"
+    dev = (torch.cuda.get_device_name(device) if device.type == "cuda"
+           else f"{platform.machine()} CPU ({cpu_summary()})")
+    section = SECTION if precision != "fp32" or args.precision != "auto" or device.type != "cpu" else SECTION_NO_BF16
+    mode = (f"{precision} autocast on both sides" if precision != "fp32" else
+            f"fp32 on both sides ({'asked for' if args.precision == 'fp32' else 'no native bf16: ' + why})")
     lines = [
-        SECTION, "",
+        section, "",
         f"`python benchmarks/bench_train.py --presets {' '.join(args.presets)} --repeats {args.repeats} "
         f"--threads {args.threads}{' --channels-first' if args.channels_first else ''}` on {dev}, {args.threads} torch threads, torch {torch.__version__}, MONAI "
-        f"{monai.__version__}, {precision} autocast on both sides; "
+        f"{monai.__version__}, {mode}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         f"One step = forward + Dice/CE loss + backward + AdamW step on {BATCH} crops of "
         f"{ROI[0]}x{ROI[1]}x{ROI[2]}, 1 channel, {K} classes; medians of {args.repeats} alternating repeats "
@@ -201,7 +212,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        write_section(text, HERE / "RESULTS.md")
+        write_section(text, HERE / "RESULTS.md", section)
 
 
 if __name__ == "__main__":

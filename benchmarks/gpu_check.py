@@ -1,6 +1,8 @@
-"""The one-shot GPU check: correctness, speed against MONAI, torchrun and data loading, in one command.
+"""The one-shot GPU check: correctness, speed against MONAI, torchrun, data loading and the device defaults, in
+one command.
 
-Run on a machine with a GPU (under five minutes on one H200):
+Run on a machine with a GPU (about five minutes on one H200, of which the ``--compile`` rows' compilations take
+a few):
 
     python benchmarks/gpu_check.py
 
@@ -15,13 +17,17 @@ driver, torch and CUDA:
    reference, in fp32, bf16 and fp16 autocast, channels-last on and off; ``predict_volume`` of a 512x512x120 CT
    on the device gives the CPU's labels;
 2. speed against MONAI's UNETR on the same device with the same weights: forward at 96^3 (batch 1 and 4), a
-   training step (4 crops of 96^3, Dice+CE, AdamW) in bf16 and fp16 with and without ``--compile`` and
-   channels-last, and sliding-window prediction of a 512x512x120 CT file to file against MONAI's chain, with the
+   training step (4 crops of 96^3, Dice+CE, AdamW) in bf16 and fp16, channels-last and -first, and compiled as
+   ``unetr train --compile`` compiles it (channels-last), and sliding-window prediction of a 512x512x120 CT file to file against MONAI's chain, with the
    peak GPU memory of each;
 3. a two-iteration ``torchrun`` run on every visible GPU (NCCL; two gloo processes on a CPU), with the loss and
    weights equal across ranks;
 4. data loading: whether the patch sampler and the augmentation keep a training step fed, and how many loader
-   workers that takes.
+   workers that takes (against the default number);
+5. the defaults ``unetr.accel.device_defaults`` picks for the device, each against its alternatives: the
+   decoder's layout, windows per forward pass, the sliding-window sums on the device or the host, the volume
+   copied once or windows per batch, pinned and non_blocking copies of a training batch, and ``predict
+   --compile``.
 
 Every row is independent: an error is reported in its row and the script goes on. Each section has a time
 budget (``--budget-s`` in all); rows that would start after it are listed as skipped. The exit status is 1
@@ -39,7 +45,6 @@ import argparse
 import contextlib
 import copy
 import csv
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -74,7 +79,6 @@ WINDOW = (-175.0, 250.0)  # CT window (HU) of the prediction check's input
 
 PASS, FAIL, ERROR, SKIPPED = "pass", "FAIL", "error", "skipped"
 MEASURED, MET, NOT_MET, NA = "measured", "met", "not met", "n/a"
-UNAVAILABLE = "not available in this version"
 
 # Relative L2 errors (logits, parameter gradients) allowed against the CPU's fp32, per precision. About 4x
 # what the CPU's own autocast gives against its fp32 with random weights (tiny and paper at 32^3: bf16 1.1e-2
@@ -90,10 +94,12 @@ SECTIONS = {
         ("unetr", "MONAI", "MONAI / unetr", "peak memory unetr / MONAI", "target")),
     3: ("3. torchrun: two iterations on every visible GPU", ("measured", "criterion")),
     4: ("4. Data loading: does the sampler keep a training step fed?", ("measured", "criterion")),
+    5: ("5. Defaults: does each `auto` choice of unetr.accel.device_defaults win on this device?",
+        ("default", "measured", "criterion")),
 }
 # Seconds per section on an H200, scaled to add up to --budget-s. A section may use what the ones before it
 # left; a row that starts before the deadline runs to its end, hence the margin under five minutes.
-SHARES = {1: 70.0, 2: 110.0, 3: 45.0, 4: 25.0}
+SHARES = {1: 70.0, 2: 110.0, 3: 45.0, 4: 25.0, 5: 40.0}
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,7 @@ class Sizes:
         case_shape: the preprocessed synthetic cases of sections 3 and 4.
         crops: crops per training step.
         forward_batches: batch sizes of the forward rows.
+        sw_batches: windows per forward pass timed in section 5.
         check_batch: batch of the forward/backward checks.
         repeats: timed repeats per side after one warm-up.
         prediction_rounds: at most this many alternating rounds of the four prediction pipelines.
@@ -127,13 +134,14 @@ class Sizes:
     repeats: int = 5
     prediction_rounds: int = 3
     sampler_seconds: float = 3.0
+    sw_batches: Tuple[int, ...] = (1, 2, 4, 8)
 
 
 FULL = Sizes(roi=96, correctness_presets=("tiny", "paper"), speed_preset="paper", predict_preset="tiny",
              ct_shape=(512, 512, 120), case_shape=(226, 166, 150))
 QUICK = Sizes(roi=32, correctness_presets=("tiny",), speed_preset="tiny", predict_preset="tiny",
               ct_shape=(96, 96, 40), case_shape=(64, 64, 48), check_batch=1, repeats=2, prediction_rounds=1,
-              sampler_seconds=1.0)
+              sampler_seconds=1.0, sw_batches=(1, 4))
 CHECKED_PRESETS = ("tiny", "paper")
 
 
@@ -304,14 +312,6 @@ def gib_pair(mem: Dict[str, float], a: str, b: str) -> str:
     return f"{mem[a]:.2f} / {mem[b]:.2f} GiB" if a in mem and b in mem else "—"
 
 
-def compile_option() -> Optional[str]:
-    """The :class:`unetr.config.TrainConfig` field that turns on ``torch.compile``, if this version has one
-    (``unetr train --compile`` would set it)."""
-    from unetr.config import TrainConfig
-
-    return next((f.name for f in dataclasses.fields(TrainConfig) if "compile" in f.name), None)
-
-
 def synthetic_case(shape: Sequence[int], seed: int) -> Tuple[np.ndarray, np.ndarray]:
     """A preprocessed-looking case: ``(1, X, Y, Z)`` float32 noise with three brighter ellipsoids, and their
     ``(X, Y, Z)`` uint8 labels 1..3."""
@@ -445,11 +445,14 @@ def train_step(forward: Callable, params: torch.nn.Module, optimizer: torch.opti
 
 
 def ours_step(model: torch.nn.Module, device: torch.device, precision: str, compiled: bool = False) -> Callable:
-    """What ``unetr train`` runs: unetr's Dice+CE and its (fused) AdamW, lr 1e-4, weight decay 1e-5."""
+    """What ``unetr train`` runs: unetr's Dice+CE and its (fused) AdamW, lr 1e-4, weight decay 1e-5; with
+    ``compiled``, the forward compiled as ``unetr train --compile`` compiles it."""
+    from unetr.accel import compile_model
     from unetr.training import DiceCELoss, build_optimizer
 
     opt = build_optimizer(model, lr=1e-4, weight_decay=1e-5, device=device)
-    return train_step(torch.compile(model) if compiled else model, model, opt, DiceCELoss(), device, precision)
+    forward = compile_model(model, device) if compiled else model
+    return train_step(forward, model, opt, DiceCELoss(), device, precision)
 
 
 def monai_step(module: torch.nn.Module, forward: Callable, device: torch.device, precision: str) -> Callable:
@@ -595,17 +598,21 @@ def forward_row(models: Lazy, ctx: Context, batch: int, precision: str, budget: 
 
 
 def train_names(precision: str) -> Dict[Tuple[bool, bool], str]:
-    """Row names of the training steps by ``(channels_last, compiled)``."""
+    """Row names of the training steps by ``(channels_last, compiled)``; compiled in the default layout only
+    (each compilation takes a minute or more)."""
     return {(cl, comp): f"training step, {precision}, channels-{'last' if cl else 'first'}"
-                        f"{', --compile' if comp else ''}" for comp in (False, True) for cl in (True, False)}
+                        f"{', --compile' if comp else ''}" for cl, comp in ((True, False), (False, False), (True, True))}
+
+
+COMPILE_ON_CPU = "compiling takes minutes on a CPU; tests/test_compile.py checks --compile there"
 
 
 def train_rows(models: Lazy, ctx: Context, precision: str, budget: Budget) -> Dict[str, Outcome]:
-    """All the training-step variants of one precision against MONAI's step, alternating."""
+    """All the training-step variants of one precision against MONAI's step, alternating; a compiled step's
+    first call (the compilation) is timed apart."""
     from unetr.device import resolve_precision
 
     names = train_names(precision)
-    option = compile_option()
     if not ctx.cuda and precision == "fp16":
         note = "fp16 training needs CUDA (`unetr train` refuses it on a CPU)"
         return {n: Outcome(NA, note=note) for n in names.values()}
@@ -615,17 +622,23 @@ def train_rows(models: Lazy, ctx: Context, precision: str, budget: Budget) -> Di
     x = torch.rand(ctx.sizes.crops, 1, *roi, generator=g).to(ctx.device)
     y = torch.randint(0, K, (ctx.sizes.crops, 1, *roi), generator=g).to(ctx.device)
     steps = {"MONAI": monai_step(theirs, forward, ctx.device, precision)}
+    compile_s: Dict[str, float] = {}
     for (cl, comp), name in names.items():
-        if not comp or option:
-            steps[name] = ours_step(ours[cl], ctx.device, precision, compiled=comp)
+        if comp and not ctx.cuda:
+            continue
+        steps[name] = ours_step(ours[cl], ctx.device, precision, compiled=comp)
+        if comp:
+            t0 = time.perf_counter()
+            steps[name](x, y)
+            sync(ctx.device)
+            compile_s[name] = time.perf_counter() - t0
     fns = {k: (lambda s=s: s(x, y)) for k, s in steps.items()}
     t, n = alternate(fns, ctx.sizes.repeats, ctx.device, budget)
     mem = peak_memories(fns, ctx.device)
     out = {}
     for (cl, comp), name in names.items():
         if name not in t:
-            out[name] = Outcome(UNAVAILABLE, {"unetr": "—", "MONAI": seconds(t["MONAI"])},
-                                note="no compile field in TrainConfig (no `unetr train --compile`)")
+            out[name] = Outcome(NA, {"unetr": "—", "MONAI": seconds(t["MONAI"])}, note=COMPILE_ON_CPU)
             continue
         ratio = t["MONAI"] / t[name]
         default = precision == resolve_precision("auto", ctx.device) and cl and not comp  # `unetr train`
@@ -633,10 +646,13 @@ def train_rows(models: Lazy, ctx: Context, precision: str, budget: Budget) -> Di
         if default:
             target = (f"≥ {TRAIN_TARGET}x: {MET if ratio >= TRAIN_TARGET else NOT_MET}" if ctx.cuda
                       else f"≥ {TRAIN_TARGET}x on a GPU (not judged on a CPU)")
+        note = f"{ctx.sizes.crops} crops; medians of {n}"
+        if name in compile_s:
+            note += f"; the first step compiled for {compile_s[name]:.0f} s"
         out[name] = Outcome(MEASURED, {"unetr": seconds(t[name]), "MONAI": seconds(t["MONAI"]),
                                        "MONAI / unetr": f"{ratio:.2f}x",
                                        "peak memory unetr / MONAI": gib_pair(mem, name, "MONAI"), "target": target},
-                            note=f"{ctx.sizes.crops} crops; medians of {n}")
+                            note=note)
     return out
 
 
@@ -841,6 +857,7 @@ def data_rows(ctx: Context, budget: Budget) -> Dict[str, Outcome]:
     """The sampler's crops per second in one worker, the augmentation's and the step's time on the device, the
     workers that needs, and a DataLoader with that many workers feeding real steps."""
     from unetr import build_model, preset
+    from unetr.accel import device_defaults
     from unetr.config import TrainConfig
     from unetr.data.sampling import augment
     from unetr.device import resolve_precision
@@ -876,6 +893,7 @@ def data_rows(ctx: Context, budget: Budget) -> Dict[str, Outcome]:
     needed = sizes.crops / period
     workers = max(1, math.ceil(needed / crops_per_s))
     cores = os.cpu_count() or 1
+    auto = device_defaults(device.type, cores).num_workers  # what `unetr train` takes (num_workers -1)
     fed = fed_steps(source, step, augment, aug, workers, device, sizes.sampler_seconds * 2)
     keeps_up = fed <= 1.1 * period
     return {
@@ -887,8 +905,9 @@ def data_rows(ctx: Context, budget: Budget) -> Dict[str, Outcome]:
                           note="unetr.data.sampling.augment with TrainConfig's defaults, in the training loop"),
         names[2]: Outcome(MEASURED, {"measured": f"{seconds(t_step['step'])} per step: {needed:.1f} crops/s needed"},
                           note=f"`{sizes.speed_preset}` (unetr's defaults: {precision}, channels-last)"),
-        names[3]: Outcome(MEASURED if workers <= cores else NOT_MET,
-                          {"measured": f"{workers} (of {cores} cores)", "criterion": "≤ the cores"}),
+        names[3]: Outcome(MET if workers <= auto else NOT_MET,
+                          {"measured": f"{workers} (of {cores} cores); the default (`num_workers` -1) gives {auto}",
+                           "criterion": "≤ the default"}),
         names[4]: Outcome(MET if keeps_up else NOT_MET,
                           {"measured": f"a step every {seconds(fed)} fed by {workers} worker(s), "
                                        f"{seconds(period)} with the batch at hand",
@@ -929,6 +948,143 @@ def section_data(rec: Recorder, ctx: Context, budget: Budget) -> None:
     rec.run_many(4, [(n, False) for n in data_names()], lambda: data_rows(ctx, budget), budget=budget)
 
 
+# ============================================================================================ 5. defaults
+
+
+def defaults_names() -> Tuple[str, ...]:
+    return ("channels-last decoder (`TrainConfig.channels_last`, `build_model`)",
+            "windows per forward pass (`InferConfig.sw_batch_size` 0)",
+            "sliding-window sums on the device (`InferConfig.accum_device` auto)",
+            "prediction copies the volume to the device once",
+            "pinned memory and non_blocking copies of a training batch",
+            "`unetr predict --compile`")
+
+
+def _fastest(t: Dict[Any, float], default: Any) -> str:
+    """MET when the default's time is within 5 % of the fastest alternative's."""
+    return MET if t[default] <= 1.05 * min(t.values()) else NOT_MET
+
+
+def defaults_rows(ctx: Context, budget: Budget) -> Dict[str, Outcome]:
+    """Each device default of :func:`unetr.accel.device_defaults` against its alternatives, on the speed preset:
+    the decoder's layout (forward), windows per batch, where the sums live, the volume's copy and ``--compile``
+    (``predict_volume`` of the CT), and the copy of a training batch."""
+    from unetr import build_model, preset
+    from unetr.accel import device_defaults
+    from unetr.config import InferConfig
+    from unetr.data.io import read_image
+    from unetr.device import autocast
+    from unetr.inference.predict import make_predictor, predict_volume
+    from unetr.inference.sliding_window import sliding_window
+
+    names = defaults_names()
+    device, sizes = ctx.device, ctx.sizes
+    auto = device_defaults(device.type, os.cpu_count() or 1)
+    roi = (sizes.roi,) * 3
+    torch.manual_seed(0)
+    cfg = preset(sizes.speed_preset, in_channels=1, out_channels=K, img_size=roi)
+    models = {cl: build_model(cfg, channels_last=cl).eval() for cl in (True, False)}
+    models[False].load_state_dict(models[True].state_dict())
+    for m in models.values():
+        m.to(device)
+    model = models[auto.channels_last]
+    out: Dict[str, Outcome] = {}
+    on_cpu = "on a CPU the device is the host: nothing to copy"
+
+    # the decoder's layout: one forward of a default batch of windows
+    x = torch.randn(auto.sw_batch_size, 1, *roi, device=device)
+
+    def forward(m: torch.nn.Module) -> Callable[[], None]:
+        def go() -> None:
+            with torch.inference_mode(), autocast(device, "auto"):
+                m(x)
+        return go
+
+    t, n = alternate({cl: forward(m) for cl, m in models.items()}, sizes.repeats, device, budget)
+    out[names[0]] = Outcome(_fastest(t, auto.channels_last), {
+        "default": "channels-last" if auto.channels_last else "channels-first",
+        "measured": f"forward of {auto.sw_batch_size} window(s): channels-last {seconds(t[True])}, "
+                    f"channels-first {seconds(t[False])}",
+        "criterion": "the default within 5 % of the fastest"},
+        note=f"`{sizes.speed_preset}` {roi[0]}³, auto precision; medians of {n}; training: section 2")
+
+    # prediction of the CT (its own grid, CT window)
+    image, _ = read_image(ctx.ct())
+    image = np.clip((image - WINDOW[0]) / (WINDOW[1] - WINDOW[0]), 0.0, 1.0)  # (1, X, Y, Z) float32
+    shape = "x".join(map(str, image.shape[1:]))
+
+    def predict(**kw: Any) -> Callable[[], None]:
+        return lambda: predict_volume(model, image, roi, InferConfig(device=str(device), **kw))
+
+    batches = {b: predict(sw_batch_size=b) for b in sizes.sw_batches}
+    t, n = alternate(batches, 2, device, budget)
+    mem = peak_memories(batches, device)
+    per = ", ".join(f"{b}: {seconds(t[b])}" + (f" ({mem[b]:.1f} GiB)" if b in mem else "") for b in batches)
+    out[names[1]] = Outcome(_fastest(t, auto.sw_batch_size) if auto.sw_batch_size in t else MEASURED,
+                            {"default": str(auto.sw_batch_size), "measured": per,
+                             "criterion": "the default within 5 % of the fastest"},
+                            note=f"`predict_volume` of a {shape} CT, {roi[0]}³ windows; medians of {n}")
+
+    if not ctx.cuda:
+        out[names[2]] = Outcome(NA, {"default": "the device"}, note=on_cpu)
+        out[names[3]] = Outcome(NA, {"default": "no"}, note=on_cpu)
+        out[names[4]] = Outcome(NA, {"default": "no"}, note=on_cpu)
+        out[names[5]] = Outcome(NA, {"default": "off"}, note=COMPILE_ON_CPU)
+        return out
+
+    sums = {"device": predict(accum_device=str(device)), "cpu": predict(accum_device="cpu")}
+    t, n = alternate(sums, 2, device, budget)
+    out[names[2]] = Outcome(_fastest(t, "device"), {
+        "default": "the device", "measured": f"on the device {seconds(t['device'])}, on the host {seconds(t['cpu'])}",
+        "criterion": "the default within 5 % of the fastest"}, note=f"the {shape} CT; medians of {n}")
+
+    fn = make_predictor(model, device, "auto")
+    host = torch.from_numpy(np.ascontiguousarray(image))
+    common = dict(batch_size=auto.sw_batch_size, device=device, accum_device=device, output="argmax")
+    copies = {"once": lambda: sliding_window(host.to(device), fn, roi, **common),
+              "per batch": lambda: sliding_window(host, fn, roi, **common)}
+    t, n = alternate(copies, 2, device, budget)
+    out[names[3]] = Outcome(_fastest(t, "once"), {
+        "default": "yes", "measured": f"volume copied once {seconds(t['once'])}, windows copied per batch "
+                                      f"{seconds(t['per batch'])}",
+        "criterion": "the default within 5 % of the fastest"}, note=f"the {shape} CT; medians of {n}")
+
+    g = torch.Generator().manual_seed(0)
+    xb = torch.rand(sizes.crops, 1, *roi, generator=g)  # a training batch as the loader gives it
+    yb = torch.randint(0, K, (sizes.crops, 1, *roi), generator=g, dtype=torch.uint8)
+    xp, yp = xb.pin_memory(), yb.pin_memory()
+    returned: List[float] = []
+
+    def pinned() -> None:
+        t0 = time.perf_counter()
+        xp.to(device, non_blocking=True), yp.to(device, non_blocking=True)
+        returned.append(time.perf_counter() - t0)
+
+    t, n = alternate({"pinned": pinned, "pageable": lambda: (xb.to(device), yb.to(device))}, sizes.repeats, device,
+                     budget)
+    out[names[4]] = Outcome(_fastest(t, "pinned"), {
+        "default": "yes", "measured": f"pinned {seconds(t['pinned'])} (the host free after "
+                                      f"{seconds(statistics.median(returned))}), pageable {seconds(t['pageable'])}",
+        "criterion": "the default within 5 % of the fastest"},
+        note=f"{sizes.crops} crops of {roi[0]}³ and their labels, to the device and synchronised; medians of {n}")
+
+    compiled = predict(compile=True)
+    t0 = time.perf_counter()
+    compiled()
+    sync(device)
+    first = time.perf_counter() - t0
+    t, n = alternate({"compiled": compiled, "eager": predict()}, 2, device, budget)
+    out[names[5]] = Outcome(MEASURED, {
+        "default": "off", "measured": f"compiled {seconds(t['compiled'])}, eager {seconds(t['eager'])}; the first "
+                                      f"call compiled for {first:.0f} s",
+        "criterion": "— (off until measured)"}, note=f"the {shape} CT; medians of {n}")
+    return out
+
+
+def section_defaults(rec: Recorder, ctx: Context, budget: Budget) -> None:
+    rec.run_many(5, [(n, False) for n in defaults_names()], lambda: defaults_rows(ctx, budget), budget=budget)
+
+
 # ============================================================================================ the report
 
 
@@ -960,9 +1116,6 @@ def render(rec: Recorder, ctx: Context, info: Dict[str, str], command: str, wall
             cells = [r.outcome.cells.get(c, "—") for c in columns]
             lines.append(f"| {r.what} | {r.outcome.status} | " + " | ".join(cells) + f" | {r.outcome.note} |")
         lines.append("")
-    option = compile_option()
-    compiled = (f"TrainConfig.{option} exists: the compiled rows run torch.compile on our model" if option else
-                f"{UNAVAILABLE}: TrainConfig has no compile field (`unetr train` has no --compile option)")
     lines += [
         "## Notes", "",
         "- Correctness: random-projection loss `sum(logits * w)` (w scaled to unit size, so fp16 needs no "
@@ -975,7 +1128,13 @@ def render(rec: Recorder, ctx: Context, info: Dict[str, str], command: str, wall
         "Dice+CE and fused AdamW against MONAI's DiceCELoss and torch's AdamW, a gradient scaler in fp16 on both.",
         "- Prediction: one process for all pipelines (unetr's `keep_freed_memory` then also serves MONAI); times "
         "from reading the file to the written label map; `unetr` runs its defaults (auto precision), MONAI fp32.",
-        f"- `--compile`: {compiled}.",
+        "- `--compile` (`TrainConfig.compile`, `InferConfig.compile`; off by default until these rows measure it): "
+        "the compiled rows compile as `unetr train/predict --compile` do (`unetr.accel.compile_model`: inductor, "
+        "static shapes); the first call, which compiles, is timed apart and left out of the medians. On a CPU "
+        "they are not run (compiling takes minutes there; `tests/test_compile.py` checks the results).",
+        "- Defaults (section 5): each `auto` choice of `unetr.accel.device_defaults` (whose comments give the "
+        "reasons) against its alternatives; a default is met when it is within 5 % of the fastest. Loader "
+        "workers: section 4.",
         "",
     ]
     return "\n".join(lines)
@@ -1046,7 +1205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     scale = args.budget_s / sum(SHARES[s] for s in args.sections)
     rec = Recorder()
-    runners = {1: section_correctness, 2: section_speed, 3: section_torchrun, 4: section_data}
+    runners = {1: section_correctness, 2: section_speed, 3: section_torchrun, 4: section_data, 5: section_defaults}
     try:
         deadline = 0.0  # seconds after t0
         for s in args.sections:

@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "unetr"
 # (and from inside its own package). The table is the one in docs/architecture.md.
 LAYERS = {
     "errors": 0, "fsutil": 0, "device": 0, "allocator": 0, "grid": 0, "labels": 0, "workers": 0,
-    "settings": 1,
+    "settings": 1, "accel": 1,
     "config": 2,
     "model": 3, "data": 3, "metrics": 3, "recipes": 3, "package": 3,
     "inference": 4, "report": 4, "export": 4,

@@ -56,7 +56,7 @@ def test_quick_cpu_run_goes_through_every_section(tmp_path, gc):
     text = results.read_text()
     assert "not yet run on a gpu" in text.lower() and "smoke run" in text
     t = tables(text)
-    assert sorted(t) == [1, 2, 3, 4]
+    assert sorted(t) == [1, 2, 3, 4, 5]
 
     # 1. every check that ran passed: tiny in three precisions and both layouts, and predict_volume
     for precision in ("fp32", "bf16", "fp16"):
@@ -66,13 +66,12 @@ def test_quick_cpu_run_goes_through_every_section(tmp_path, gc):
     predict = [v for k, v in t[1].items() if k.startswith("`predict_volume` of a 96x96x40 CT")]
     assert len(predict) == 1 and predict[0][0] == "pass"
 
-    # 2. every speed row is there: forward, training (compile as this version has it), prediction
+    # 2. every speed row is there: forward, training (compiled rows only on a GPU), prediction
     for batch in (1, 4):
         for precision in ("fp32", "bf16"):
             assert t[2][f"forward `tiny` 32³, batch {batch}, {precision}"][0] == "measured"
-    compiled = "measured" if gc.compile_option() else gc.UNAVAILABLE
     for (_cl, comp), name in gc.train_names("bf16").items():
-        assert t[2][name][0] == (compiled if comp else "measured"), name
+        assert t[2][name][0] == ("n/a" if comp else "measured"), name
     for name in gc.train_names("fp16").values():
         assert t[2][name][0] == "n/a"  # fp16 training needs CUDA, as `unetr train` says
     names = gc.prediction_names(gc.QUICK)
@@ -87,6 +86,15 @@ def test_quick_cpu_run_goes_through_every_section(tmp_path, gc):
     # 4. data loading: every row measured
     assert set(t[4]) == set(gc.data_names())
     assert all(v[0] in ("measured", "met", "not met") for v in t[4].values())
+    assert "the default (`num_workers` -1) gives 0" in t[4]["loader workers needed"][1]
+
+    # 5. the defaults: layout and windows per batch timed on the CPU too, the copies and compile only on a GPU
+    names = gc.defaults_names()
+    assert list(t[5]) == list(names)
+    assert t[5][names[0]][0] in ("met", "not met") and "channels-first" in t[5][names[0]][2]
+    assert t[5][names[1]][0] in ("met", "not met") and t[5][names[1]][1] == "1"  # one window per pass on a CPU
+    assert "1: " in t[5][names[1]][2] and "4: " in t[5][names[1]][2]
+    assert all(t[5][n][0] == "n/a" for n in names[2:])
 
     assert (REPO_RESULTS.read_bytes() if REPO_RESULTS.exists() else None) == before
 
@@ -154,19 +162,17 @@ def test_forward_backward_check_catches_a_wrong_model(gc):
     assert out.status == gc.FAIL and "logits" in out.cells["measured"]
 
 
-def test_compile_is_found_only_when_train_config_has_it(gc, monkeypatch):
-    import unetr.config
+def test_the_compiled_training_step_is_what_unetr_train_compiles(gc, monkeypatch):
+    import unetr.accel
 
-    assert gc.compile_option() == next((f.name for f in dataclasses.fields(unetr.config.TrainConfig)
-                                        if "compile" in f.name), None)
-
-    @dataclasses.dataclass(frozen=True)
-    class WithCompile:
-        iterations: int = 1
-        compile: bool = False
-
-    monkeypatch.setattr(unetr.config, "TrainConfig", WithCompile)
-    assert gc.compile_option() == "compile"
+    compiled = []
+    monkeypatch.setattr(unetr.accel, "compile_model", lambda m, d: compiled.append((m, d)) or m)
+    model = torch.nn.Conv3d(1, gc.K, 1)
+    cpu = torch.device("cpu")
+    gc.ours_step(model, cpu, "fp32", compiled=True)
+    gc.ours_step(model, cpu, "fp32")
+    assert compiled == [(model, cpu)]
+    assert [comp for _, comp in gc.train_names("bf16")] == [False, False, True]  # compiled: channels-last only
 
 
 @pytest.mark.parametrize("cuda", [False, True])

@@ -311,12 +311,13 @@ class TrainConfig(_DictMixin):
     include_background: bool = True
     val_overlap: float = 0.5
     val_sw_batch: int = 4
-    num_workers: int = 2
+    num_workers: int = -1  # loader processes; -1 (auto): none on CPUs, up to 4 per GPU (unetr.accel.device_defaults)
     seed: int = 0
     fold: Union[int, str] = 0  # the validation fold of splits.json, or "all" (every case trains, no validation)
     num_folds: int = 5
     checkpointing: bool = False
-    channels_last: bool = True  # the decoder's activation layout (faster convolutions on CPUs and GPUs)
+    channels_last: bool = True  # the decoder's activation layout (oneDNN and cuDNN convolve NDHWC natively; accel)
+    compile: bool = False  # torch.compile the training step's forward (inductor); off until gpu_check measures it
     device: str = "auto"
     smooth_nr: float = 1e-5  # Dice smoothing, numerator
     smooth_dr: float = 1e-5  # Dice smoothing, denominator
@@ -347,8 +348,10 @@ class TrainConfig(_DictMixin):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.checkpoint_minutes >= 0:
             raise ValueError(f"checkpoint_minutes must be 0 (off) or positive, got {self.checkpoint_minutes}")
-        if self.num_workers < 0 or self.warmup_iterations < 0 or self.seed < 0:
-            raise ValueError("num_workers, warmup_iterations and seed must be non-negative")
+        if self.num_workers < -1:
+            raise ValueError(f"num_workers must be -1 (auto) or non-negative, got {self.num_workers}")
+        if self.warmup_iterations < 0 or self.seed < 0:
+            raise ValueError("warmup_iterations and seed must be non-negative")
         if isinstance(self.fold, str) and self.fold.strip().isdigit():
             object.__setattr__(self, "fold", int(self.fold))
         if self.fold != "all" and (isinstance(self.fold, bool) or not isinstance(self.fold, int) or self.fold < 0):
@@ -379,14 +382,15 @@ class InferConfig(_DictMixin):
     overlap: float = 0.5
     mode: str = "gaussian"  # gaussian | constant
     sigma_scale: float = 0.125
-    sw_batch_size: int = 0  # windows per forward pass; 0 = 1 on CPUs (batching gains nothing there), 4 on GPUs
+    sw_batch_size: int = 0  # windows per forward pass; 0 (auto): 1 on CPUs, 4 on GPUs (unetr.accel.device_defaults)
     tta: bool = False
     precision: str = "auto"
     device: str = "auto"
     largest_component: bool = False
-    accum_device: str = "auto"  # where the sliding-window sums live: auto (= device) | cpu | cuda ...
+    accum_device: str = "auto"  # where the sliding-window sums live: auto (the model's device; accel) | cpu | cuda
     accum_fp16: bool = False  # half-precision sums (half the memory, ~1e-3 relative error)
     inverse: str = "soft"  # soft: scores back to the input grid, argmax there | labels: argmax, then the label map
+    compile: bool = False  # torch.compile the window predictor (inductor); off until gpu_check measures it
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:

@@ -5,14 +5,21 @@ training, validation and prediction share (imports torch only).
 (oneDNN emulates bf16 on other AVX-512 CPUs, several times slower than fp32), and GPUs of compute capability
 8.0 or newer (Ampere on; ``torch.cuda.is_bf16_supported()`` also counts emulation on V100/T4). Elsewhere
 it is fp16 on CUDA (with the gradient scaler in training) and fp32 on CPUs.
+
+A CPU's flags are not the whole story: the kernel libraries of this process can be held below the CPU's
+instruction set (``ONEDNN_MAX_CPU_ISA=AVX2`` for oneDNN, ``ATEN_CPU_CAPABILITY=avx2`` for PyTorch's own
+kernels), and then bf16 is emulated, many times slower than fp32 (benchmarks/RESULTS.md), even on an AVX-512
+BF16 CPU. :func:`isa_restriction` reads both (the variables are the libraries' own settings, read here only to
+know what they do), so ``auto`` is fp32 in such a process too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
-from typing import Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
 
@@ -48,8 +55,64 @@ def cpu_flags() -> frozenset:
     return frozenset()
 
 
+# oneDNN's CPU ISA names (ONEDNN_MAX_CPU_ISA, or DNNL_MAX_CPU_ISA before oneDNN 2.0), lowest first; from
+# AVX512_CORE_BF16 on, its kernels have bf16 dot products (AVX2_VNNI_2 only converts bf16).
+ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+               "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
+               "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT")
+ONEDNN_BF16_ISAS = frozenset(ONEDNN_ISAS[ONEDNN_ISAS.index("AVX512_CORE_BF16"):])
+
+
+def isa_restriction(environ: Mapping[str, str], aten_capability: str) -> Optional[str]:
+    """Why this process's kernel libraries cannot use the CPU's bf16 instructions, or None when nothing holds
+    them back.
+
+    Args:
+        environ: the process environment (``os.environ``); oneDNN reads ``ONEDNN_MAX_CPU_ISA`` (or the older
+            ``DNNL_MAX_CPU_ISA``) from it at its first use.
+        aten_capability: PyTorch's dispatch level, ``torch.backends.cpu.get_cpu_capability()`` ("AVX512",
+            "AVX2", "DEFAULT", ...; below the CPU's when ``ATEN_CPU_CAPABILITY`` lowers it).
+
+    Returns:
+        A phrase naming the restriction, e.g. ``"ONEDNN_MAX_CPU_ISA=AVX2 holds oneDNN below AVX512_CORE_BF16"``.
+    """
+    reasons = []
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        value = environ.get(var, "").strip()
+        if value:
+            if value.upper() in ONEDNN_ISAS and value.upper() not in ONEDNN_BF16_ISAS:
+                reasons.append(f"{var}={value} holds oneDNN below AVX512_CORE_BF16")
+            break  # oneDNN reads the first one set
+    cap = aten_capability.strip().upper()
+    if cap and not cap.startswith("AVX512"):
+        reasons.append(f"PyTorch's kernels run at {aten_capability}, ATEN_CPU_CAPABILITY="
+                       f"{environ.get('ATEN_CPU_CAPABILITY', 'unset')}")
+    return "; ".join(reasons) or None
+
+
+def cpu_summary() -> str:
+    """The CPU for a benchmark table: its model name, its vector and bf16 flags, PyTorch's kernel level and
+    any oneDNN restriction of this process (e.g. ``AMD EPYC 9B14; flags avx2 avx512_bf16 avx512f fma;
+    PyTorch kernels AVX512``)."""
+    name = "unknown CPU"
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+        except OSError:
+            pass
+    flags = sorted(f for f in cpu_flags() if f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"))
+    parts = [name, f"flags {' '.join(flags) or 'unknown'}", f"PyTorch kernels {torch.backends.cpu.get_cpu_capability()}"]
+    parts += [f"{v}={os.environ[v]}" for v in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA") if os.environ.get(v)]
+    return "; ".join(parts)
+
+
 def native_bf16(device: torch.device) -> Tuple[bool, str]:
-    """Whether ``device`` computes bf16 natively, and the reason in words."""
+    """Whether ``device`` computes bf16 natively in this process, and the reason in words.
+
+    On a CPU: the CPU has AVX-512 BF16 or AMX and neither oneDNN nor PyTorch's kernels are held below
+    AVX-512 in this process (:func:`isa_restriction`).
+    """
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         name = torch.cuda.get_device_name(device)
@@ -59,6 +122,9 @@ def native_bf16(device: torch.device) -> Tuple[bool, str]:
     if device.type == "cpu":
         flags = cpu_flags()
         native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+        held = isa_restriction(os.environ, torch.backends.cpu.get_cpu_capability()) if native else None
+        if held:
+            return False, f"the CPU has {' and '.join(native)} but {held} (bf16 would be emulated)"
         if native:
             return True, f"the CPU has {' and '.join(native)}"
         if "avx512f" in flags:
@@ -98,5 +164,5 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-__all__ = ["PRECISIONS", "autocast", "cpu_flags", "explain_precision", "native_bf16", "resolve_device",
-           "resolve_precision"]
+__all__ = ["ONEDNN_ISAS", "PRECISIONS", "autocast", "cpu_flags", "cpu_summary", "explain_precision", "isa_restriction",
+           "native_bf16", "resolve_device", "resolve_precision"]

@@ -116,3 +116,19 @@ def test_bare_checkpoint_gets_monai_geometry_unless_told(run_dir, tmp_path, ct_w
               "--roi", "32", "--out-channels", "3", "--num-heads", "4", "--device", "cpu"]
     assert main(common) == 0 and main(common + ["--geometry", "extent"]) == 0
     assert seen == ["monai", "extent"]
+
+
+def test_predict_cli_res_block_override(run_dir, tmp_path, ct_writer, capsys):
+    """--res-block / --no-res-block set the decoder blocks of bare weights; against the weights' keys it is refused."""
+    bare = tmp_path / "weights.safetensors"
+    shutil.copy(run_dir / "model.safetensors", bare)
+    img = ct_writer(tmp_path / "ct.nii.gz", shape=(30, 26, 14))
+    common = ["-i", str(img), "--device", "cpu", "--no-progress", "--spacing", "1.5", "1.5", "2", "--roi", "32",
+              "--out-channels", "3"]
+    rc = main(["predict", "-m", str(bare), "-o", str(tmp_path / "a"), "--no-res-block", *common])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unexpected keys" in err and "conv3" in err
+    rc = main(["predict", "-m", str(bare), "-o", str(tmp_path / "b"), "--res-block", *common])
+    assert rc == 0 and (tmp_path / "b" / "ct.nii.gz").is_file()
+    rc = main(["predict", "-m", str(run_dir), "-i", str(img), "-o", str(tmp_path / "c"), "--no-res-block"])
+    assert rc == 2 and "--no-res-block" in capsys.readouterr().err  # a run has its own architecture

@@ -200,3 +200,18 @@ def test_monai_geometry_gives_the_labels_of_a_monai_pipeline(plan, tmp_path, ct_
     # the streamed soft inverse gives the labels of the whole-volume one (the --probabilities path)
     res = P.predict_case(_Bands(), plan, [img], tmp_path / "probs", cfg, probabilities=True)
     assert np.array_equal(_load(res.output)[0], ours["extent"])
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_the_log_says_which_precision_and_why(run_dir, tmp_path, ct_writer, caplog, precision):
+    import logging
+
+    from unetr.device import explain_precision
+
+    ct_writer(tmp_path / "ct.nii.gz", shape=(20, 20, 12))
+    model, plan = P.load_predictor(run_dir)
+    with caplog.at_level(logging.INFO, logger="unetr.inference.predict"):
+        P.predict_files(model, plan, tmp_path / "ct.nii.gz", tmp_path / "out",
+                        InferConfig(device="cpu", precision=precision), progress=False)
+    chosen, why = explain_precision(precision, torch.device("cpu"), allow_fp16=False)
+    assert f"precision {chosen} on cpu: {why}" in caplog.text

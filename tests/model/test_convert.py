@@ -1,5 +1,20 @@
-"""Checkpoints: every MONAI generation, the tutorial's names, our run directories, and unsafe files."""
+"""Checkpoints: every MONAI release's layout, the tutorial's names, our run directories, and unsafe files.
 
+MONAI 1.6.1 (installed) is the reference network; the layouts of the other releases are built from its
+state dict by the key changes between releases:
+
+========  ===================================================================================================
+releases  what the state dict holds beyond the layout of 0.9-1.3
+========  ===================================================================================================
+0.6-0.8   ``vit.patch_embedding.cls_token``; a ``conv3`` and a ``norm3`` in every residual block, also where
+          widths agree and they are unused (``norm3`` has keys only with batch norm)
+0.9-1.3   nothing (conv3/norm3 only where used, no cls_token, no cross-attention)
+1.4-1.5   a whole unused cross-attention per transformer block (``cross_attn.*``, ``norm_cross_attn.*``)
+1.6       ``norm_cross_attn.*`` per transformer block (unused)
+========  ===================================================================================================
+"""
+
+import functools
 import math
 import os
 
@@ -9,7 +24,13 @@ import torch
 from unetr.config import preset
 from unetr.errors import CheckpointError
 from unetr.model import build_model, load_model, save_run
-from unetr.model.convert import tutorial_to_ours, unwrap_state_dict
+from unetr.model.convert import (
+    clean_monai,
+    has_residual_blocks,
+    infer_model_config,
+    tutorial_to_ours,
+    unwrap_state_dict,
+)
 
 monai_nets = pytest.importorskip("monai.networks.nets")
 
@@ -17,22 +38,35 @@ SMALL = dict(hidden_size=96, mlp_dim=192, num_heads=4)
 IMG = (32, 32, 32)
 
 
-def _monai(proj_type="conv"):
+@functools.cache
+def _monai(proj_type="conv", norm="instance", res_block=True, in_channels=1, feature_size=8, img=IMG):
+    """MONAI's UNETR in eval mode; batch norms get random statistics and affine parameters, so that a
+    norm loaded wrongly (or not at all) changes the output."""
+    g = torch.Generator().manual_seed(3)
     torch.manual_seed(3)
-    return monai_nets.UNETR(in_channels=1, out_channels=3, img_size=IMG, feature_size=8, proj_type=proj_type,
-                            **SMALL).eval()
+    m = monai_nets.UNETR(in_channels=in_channels, out_channels=3, img_size=img, feature_size=feature_size,
+                         proj_type=proj_type, norm_name=norm, res_block=res_block, **SMALL).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm3d):
+                c = mod.num_features
+                mod.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
+                mod.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                mod.bias.copy_(torch.rand(c, generator=g) - 0.5)
+    return m
 
 
 def _canonical(m):
-    """MONAI 0.9-1.3 layout: no cross-attention keys at all."""
+    """MONAI 0.9-1.3: no cross-attention keys at all."""
     return {k: v.clone() for k, v in m.state_dict().items() if "cross_attn" not in k}
 
 
-def _gen_1_6(m):
+def _layout_1_6(m):
     return {k: v.clone() for k, v in m.state_dict().items()}
 
 
-def _gen_1_4(m):
+def _layout_1_4(m):
     sd = _canonical(m)
     e = SMALL["hidden_size"]
     for i in range(12):
@@ -46,44 +80,110 @@ def _gen_1_4(m):
     return sd
 
 
-def _gen_0_8(m):
-    """MONAI <= 0.8 (the official BTCV checkpoint): cls_token and unused conv3 in same-width residual blocks."""
+def _layout_0_6(m):
+    """MONAI 0.6-0.8 (the official BTCV checkpoint): cls_token, and conv3 + norm3 in every residual block."""
     sd = _canonical(m)
     sd["vit.patch_embedding.cls_token"] = torch.zeros(1, 1, SMALL["hidden_size"])
-    for k in ("encoder2.blocks.0.1", "encoder2.blocks.1.1", "encoder3.blocks.0.1"):
-        c = sd[f"{k}.conv1.conv.weight"].shape[0]
-        sd[f"{k}.conv3.conv.weight"] = torch.randn(c, c, 1, 1, 1)
+    batch = any(k.endswith("running_mean") for k in sd)
+    residual = any(".conv3." in k for k in sd)
+    blocks = [k[: -len(".conv1.conv.weight")] for k in sd if k.endswith(".conv1.conv.weight")]
+    for b in blocks if residual else []:
+        if f"{b}.conv3.conv.weight" in sd:
+            continue
+        c_out, c_in = sd[f"{b}.conv1.conv.weight"].shape[:2]
+        sd[f"{b}.conv3.conv.weight"] = torch.randn(c_out, c_in, 1, 1, 1)
+        if batch:
+            norm = torch.nn.BatchNorm3d(c_out)
+            with torch.no_grad():
+                norm.running_mean.normal_()
+                norm.weight.normal_()
+            sd.update({f"{b}.norm3.{k}": v for k, v in norm.state_dict().items()})
     return sd
 
 
+LAYOUTS = {"0.6-0.8": _layout_0_6, "0.9-1.3": _canonical, "1.4-1.5": _layout_1_4, "1.6": _layout_1_6}
+
+
+def _wrap(sd, wrap):
+    if wrap == "state_dict":  # as the official BTCV checkpoint: {"epoch", "best_acc", "state_dict"}
+        return {"epoch": 10, "best_acc": 0.8, "state_dict": sd}
+    if wrap == "module":  # saved from DataParallel / DDP without unwrapping
+        return {"module." + k: v for k, v in sd.items()}
+    return sd
+
+
+@pytest.mark.parametrize("wrap", ["bare", "state_dict", "module"])
+@pytest.mark.parametrize("res_block", [True, False], ids=["res", "plain"])
+@pytest.mark.parametrize("norm", ["instance", "batch"])
 @pytest.mark.parametrize("proj_type", ["conv", "perceptron"])
-@pytest.mark.parametrize("generation", [_gen_0_8, _canonical, _gen_1_4, _gen_1_6], ids=["0.8", "0.9-1.3", "1.4-1.5", "1.6"])
-@pytest.mark.parametrize("wrap", ["bare", "state_dict+module", "backbone"])
-def test_monai_generations_load_and_give_monai_outputs(tmp_path, generation, proj_type, wrap):
-    m = _monai(proj_type)
-    sd = generation(m)
-    if wrap == "state_dict+module":
-        obj = {"epoch": 10, "best_acc": 0.8, "state_dict": {"module." + k: v for k, v in sd.items()}}
-    elif wrap == "backbone":
-        obj = {"backbone." + k: v for k, v in sd.items()}
-    else:
-        obj = sd
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_monai_layout_loads_and_gives_monai_outputs(tmp_path, layout, proj_type, norm, res_block, wrap):
+    m = _monai(proj_type, norm, res_block)
+    sd = LAYOUTS[layout](m)
     path = tmp_path / "UNETR_model_best_acc.pth"
-    torch.save(obj, path)
+    torch.save(_wrap(sd, wrap), path)
     model, info = load_model(path, num_heads=4)
     assert info["source"] == "monai"
-    assert info["model"]["proj_type"] == proj_type and info["model"]["feature_size"] == 8
+    got = {k: info["model"][k] for k in ("proj_type", "norm", "res_block", "feature_size", "patch_size")}
+    assert got == dict(proj_type=proj_type, norm=norm, res_block=res_block, feature_size=8, patch_size=16)
     assert tuple(info["model"]["img_size"]) == IMG
     x = torch.randn(1, 1, *IMG)
     with torch.no_grad():
         torch.testing.assert_close(model(x), m(x), rtol=1e-5, atol=1e-5)
 
 
-def test_generation_0_8_keys_are_what_monai_refuses():
-    """Sanity: current MONAI refuses the <=0.8 layout that we load (research-contributions#170)."""
-    m = _monai()
-    with pytest.raises(RuntimeError, match="cls_token"):
-        m.load_state_dict(_gen_0_8(m), strict=True)
+def test_the_0_6_layout_is_what_monai_refuses():
+    """Sanity: current MONAI refuses the 0.6-0.8 layout that we load (research-contributions#170)."""
+    m = _monai(norm="batch")
+    with pytest.raises(RuntimeError, match="cls_token") as e:
+        m.load_state_dict(_layout_0_6(m), strict=True)
+    assert "encoder2.blocks.0.1.norm3.running_mean" in str(e.value)  # the unused norm3 of batch norm
+
+
+@pytest.mark.parametrize("layout", ["0.6-0.8", "1.6"])
+@pytest.mark.parametrize("res_block", [True, False], ids=["res", "plain"])
+def test_residual_blocks_are_read_from_the_keys_when_widths_agree(tmp_path, layout, res_block):
+    """in_channels == feature_size: a plain-block checkpoint is not taken for a residual one."""
+    m = _monai(norm="batch", res_block=res_block, in_channels=8, feature_size=8)
+    sd = LAYOUTS[layout](m)
+    assert has_residual_blocks(clean_monai(sd)) is res_block
+    torch.save(sd, tmp_path / "m.pt")
+    model, info = load_model(tmp_path / "m.pt", num_heads=4)
+    assert info["model"]["res_block"] is res_block and info["model"]["in_channels"] == 8
+    x = torch.randn(1, 8, *IMG)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), m(x), rtol=1e-5, atol=1e-5)
+
+
+def test_only_unused_projections_are_dropped():
+    """A square conv3 (C -> C) is dead and dropped with its norm3; a projection between widths is kept."""
+    sd = _layout_0_6(_monai(norm="batch"))
+    kept = clean_monai(sd)
+    assert "encoder2.blocks.0.1.conv3.conv.weight" not in kept
+    assert not any(k.startswith("encoder2.blocks.0.1.norm3.") for k in kept)
+    assert "decoder2.conv_block.conv3.conv.weight" in kept and "decoder2.conv_block.norm3.running_var" in kept
+    assert "encoder1.layer.conv3.conv.weight" in kept  # 1 -> 8 channels: used
+
+
+@pytest.mark.parametrize("res_block,missing_or_unexpected", [(True, "unexpected keys"), (False, "missing keys")])
+def test_a_res_block_override_against_the_weights_is_refused(tmp_path, res_block, missing_or_unexpected):
+    m = _monai(res_block=res_block)
+    torch.save(_canonical(m), tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match=missing_or_unexpected) as e:
+        load_model(tmp_path / "m.pt", num_heads=4, res_block=not res_block)
+    assert "decoder2.conv_block.conv3.conv.weight" in str(e.value)
+    model, info = load_model(tmp_path / "m.pt", num_heads=4, res_block=res_block)  # agreeing is fine
+    assert info["model"]["res_block"] is res_block
+
+
+def test_what_the_weights_cannot_say_is_marked_assumed():
+    kw, assumed = infer_model_config(_canonical(_monai()))
+    assert set(assumed) == {"num_heads", "img_size"}
+    assert kw["num_heads"] == 12 and "MONAI's default" in assumed["num_heads"]
+    assert kw["img_size"] == IMG and "2×2×2" in assumed["img_size"]
+    # the perceptron's patch size comes from its width and the stem's channels, not a fixed 16
+    kw, _ = infer_model_config(_canonical(_monai("perceptron", in_channels=2)))
+    assert (kw["patch_size"], kw["in_channels"], kw["proj_type"]) == (16, 2, "perceptron")
 
 
 def test_position_embedding_is_resampled_for_another_roi(tmp_path):

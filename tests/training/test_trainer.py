@@ -202,3 +202,15 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path):
         with RunLock(tmp_path / "held"):
             _fit(tmp_path / "held", iterations=1)  # the same process holds it: refused too (no silent sharing)
     assert not (tmp_path / "held").exists()
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_the_log_says_which_precision_and_why(tmp_path, caplog, precision):
+    import logging
+
+    from unetr.device import explain_precision
+
+    with caplog.at_level(logging.INFO, logger="unetr.training.trainer"):
+        _fit(tmp_path, iterations=1, val_every=1, precision=precision)
+    chosen, why = explain_precision(precision, torch.device("cpu"))
+    assert f"precision {chosen} on cpu: {why}" in caplog.text

@@ -24,8 +24,9 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from unetr.accel import check_compiler, compile_model, device_defaults, full_batches
 from unetr.config import InferConfig, Plan
-from unetr.device import autocast, resolve_device
+from unetr.device import autocast, explain_precision, resolve_device
 from unetr.errors import CheckpointError, UnetrError, out_of_memory
 from unetr.inference.sliding_window import count_windows, sliding_window
 
@@ -181,7 +182,8 @@ def predict_volume(
         model: maps ``(B, C, *roi)`` to logits ``(B, K, *roi)``.
         image: preprocessed ``(C, X, Y, Z)``.
         roi: the window (the model's ``img_size``).
-        config: overlap, blending, batch, TTA, precision, devices.
+        config: overlap, blending, batch, TTA, precision, devices, compile (what ``auto`` and 0 mean on the
+            device: :func:`unetr.accel.device_defaults`).
         probabilities: also return the softmax probabilities (the float volume is then held).
         progress: called with the number of windows done.
         sink: instead of labels, hand the blended logits to ``sink`` slab by slab (``(K, n, Y, Z)``, in
@@ -192,14 +194,24 @@ def predict_volume(
     """
     config = config or InferConfig()
     device = resolve_device(config.device)
-    accum = device if config.accum_device == "auto" else resolve_device(config.accum_device)
+    auto = device_defaults(device.type, os.cpu_count() or 1)  # what `auto` and 0 mean on this device, and why
+    if config.accum_device != "auto":
+        accum = resolve_device(config.accum_device)
+    else:
+        accum = device if auto.accum_on_device else torch.device("cpu")
+    batch = config.sw_batch_size or auto.sw_batch_size
     x = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
     if x.dim() != 4:
         raise ValueError(f"image must be (C, X, Y, Z), got shape {tuple(x.shape)}")
-    fn = make_predictor(model, device, config.precision, config.tta)
-    common = dict(overlap=config.overlap, mode=config.mode, sigma_scale=config.sigma_scale,
-                  batch_size=config.sw_batch_size or (1 if device.type == "cpu" else 4), device=device, accum_device=accum,
-                  accum_dtype=torch.float16 if config.accum_fp16 else torch.float32, progress=progress)
+    if auto.volume_on_device and accum == device:  # one copy; the windows are cut on the device
+        x = x.to(device)
+    fn = make_predictor(compile_model(model, device) if config.compile else model, device, config.precision,
+                        config.tta)
+    if config.compile:
+        fn = full_batches(fn, batch)  # one compiled graph: a slab's short last batch is padded
+    common = dict(overlap=config.overlap, mode=config.mode, sigma_scale=config.sigma_scale, batch_size=batch,
+                  device=device, accum_device=accum, accum_dtype=torch.float16 if config.accum_fp16 else torch.float32,
+                  progress=progress)
     if sink is not None:
         sliding_window(x, fn, roi, output="stream", sink=lambda slab: sink(slab.cpu()), **common)
         return None, None
@@ -407,7 +419,13 @@ def predict_files(
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     all_cases = find_inputs(inputs, plan.in_channels)
     check_output_folder(all_cases, out_dir, probabilities)
+    if config.compile:  # a missing compiler is one error now, not a failure per case
+        check_compiler(resolve_device(config.device))
     cases = all_cases[rank::world_size]
+    if rank == 0:
+        device = resolve_device(config.device)
+        precision, why = explain_precision(config.precision, device, allow_fp16=False)  # as autocast() resolves it
+        log.info("precision %s on %s: %s", precision, device, why)
     results: List[CaseResult] = []
     with _progress_bar(len(cases), "cases", True, 0) if progress else contextlib.nullcontext(None) as bar:
         for name, files in cases:

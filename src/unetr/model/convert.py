@@ -2,12 +2,15 @@
 
 What each generation adds to the canonical MONAI 0.9–1.3 layout (which is ours for ``variant="paper"``):
 
-- MONAI ≤ 0.8 (the official BTCV ``UNETR_model_best_acc.pth``): ``vit.patch_embedding.cls_token`` and a
-  ``conv3`` in residual blocks whose input and output widths agree (built but never used).
+- MONAI 0.6–0.8 (the official BTCV ``UNETR_model_best_acc.pth``): ``vit.patch_embedding.cls_token``, and a
+  ``conv3`` and a ``norm3`` in every residual block, also where the input and output widths agree and they
+  are built but never used (``norm3`` has keys only with batch norm: instance norm keeps no state).
 - MONAI 1.4–1.5: a whole unused cross-attention per block (``cross_attn.*``, ``norm_cross_attn.*``).
 - MONAI 1.6: ``norm_cross_attn.*`` per block (unused).
 
 Every one of these keys is dead (it takes no part in the forward pass), so dropping it changes no output.
+What the weights do not fix (the number of attention heads, the ROI of a non-cubic model) is reported by
+:func:`infer_model_config` as an assumption, never silently.
 Checkpoints may also be wrapped (``{"state_dict": ...}``, ``{"model": ...}``) and carry a ``module.``
 (DataParallel/DDP) or ``backbone.`` prefix.
 """
@@ -96,71 +99,134 @@ def tutorial_to_ours(sd: Mapping[str, torch.Tensor]) -> StateDict:
     return out
 
 
-def clean_monai(sd: Mapping[str, torch.Tensor], expected: Optional[Mapping[str, torch.Tensor]] = None) -> StateDict:
-    """Drop the dead keys of older/newer MONAI generations.
+def dead_projections(sd: Mapping[str, torch.Tensor]) -> Tuple[str, ...]:
+    """The residual blocks (key prefixes) whose ``conv3``/``norm3`` are built but unused: MONAI 0.6–0.8 made
+    them in every residual block, and a block uses them only to project between different widths.
 
-    A ``conv3`` key is dropped only when the target model has no such key (the blocks where MONAI ≤ 0.8 built
-    it without using it); with ``expected=None`` every ``conv3`` of a same-width block is kept.
+    A UNETR residual block has stride 1, so its projection is dead exactly when it maps C channels to C:
+    a ``conv3`` weight of shape ``(C, C, 1, 1, 1)``.
     """
-    out = {}
+    dead = []
     for k, v in sd.items():
-        if _DEAD.search(k):
-            continue
-        if expected is not None and ".conv3." in k and k not in expected:
-            continue
-        out[k] = v
-    return out
+        if k.endswith(".conv3.conv.weight") and v.ndim == 5 and v.shape[0] == v.shape[1] and v.shape[2:] == (1, 1, 1):
+            dead.append(k[: -len(".conv3.conv.weight")])
+    return tuple(sorted(dead))
 
 
-def infer_model_kwargs(sd: Mapping[str, torch.Tensor]) -> dict:
-    """Read what the weights fix about a ``paper``/``tutorial`` architecture (ours or MONAI's names).
+def clean_monai(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """Drop the dead keys of older and newer MONAI generations: ``cls_token``, cross-attention, and the
+    unused ``conv3``/``norm3`` of same-width residual blocks (:func:`dead_projections`).
 
-    Returns keyword arguments for :class:`unetr.config.ModelConfig`; ``num_heads`` and the exact ``img_size``
-    of non-cubic models cannot be read from weights (cubic ``img_size`` is read from the position embedding,
-    heads default to 12 for E=768 and E/64 otherwise).
+    A projection between different widths is used, so it is kept: loading a residual checkpoint into a
+    plain-block model then fails on its keys instead of silently dropping the residual paths.
+    """
+    dead = tuple(p + s for p in dead_projections(sd) for s in (".conv3.", ".norm3."))
+    return {k: v for k, v in sd.items() if not _DEAD.search(k) and not k.startswith(dead)}
+
+
+def has_residual_blocks(sd: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a ``paper`` state dict has residual decoder blocks, decided from its keys.
+
+    The up-sampling blocks (``decoder2``–``decoder5``) join a skip to the up-sampled features, so their conv
+    block maps 2F channels to F: a residual one always carries the 1×1×1 projection ``conv3``, a plain one
+    never does (whatever ``in_channels`` and ``feature_size`` are).
+    """
+    return any(re.match(r"decoder\d+\.conv_block\.conv3\.", k) for k in sd)
+
+
+def _cube_root(n: int) -> Optional[int]:
+    g = round(n ** (1 / 3))
+    return g if g**3 == n else None
+
+
+def default_num_heads(hidden_size: int) -> int:
+    """The head count assumed for weights that do not store it: MONAI's default of 12 where it divides the
+    width, else heads of width 64 (the ViT convention), else one head."""
+    if hidden_size % 12 == 0:
+        return 12
+    return hidden_size // 64 if hidden_size % 64 == 0 else 1
+
+
+def infer_model_config(sd: Mapping[str, torch.Tensor]) -> Tuple[dict, Dict[str, str]]:
+    """What the weights of a ``paper``/``tutorial`` UNETR (ours, MONAI's or the tutorial's names) say about
+    its architecture, and what they cannot say.
+
+    Returns:
+        ``(kwargs, assumed)``: keyword arguments for :class:`unetr.config.ModelConfig`, and for each field
+        the weights do not fix, the reason its value was taken. ``num_heads`` is never stored in weights;
+        ``img_size`` is the cube of the position embedding's token count when that is a cube, and absent
+        (in ``kwargs``) when it is not.
+
+    Raises:
+        CheckpointError: the state dict is not a UNETR's.
     """
     fmt = detect_format(sd)
     if fmt == "tutorial":
         sd = tutorial_to_ours(sd)
     sd = clean_monai(sd)
     kw: dict = {}
+    assumed: Dict[str, str] = {}
     pe = sd.get("vit.patch_embedding.position_embeddings")
     if pe is None:
         raise CheckpointError("the checkpoint has no vit.patch_embedding.position_embeddings")
-    n, hidden = pe.shape[1], pe.shape[2]
-    kw["hidden_size"] = int(hidden)
-    if "vit.patch_embedding.patch_embeddings.weight" in sd and sd["vit.patch_embedding.patch_embeddings.weight"].ndim == 5:
-        w = sd["vit.patch_embedding.patch_embeddings.weight"]  # (E, C, P, P, P)
-        kw.update(proj_type="conv", in_channels=int(w.shape[1]), patch_size=int(w.shape[2]))
+    n, hidden = int(pe.shape[1]), int(pe.shape[2])
+    kw["hidden_size"] = hidden
+    tutorial = fmt in ("tutorial", "unetr-tutorial")
+    try:
+        stem = sd["decoder0.0.block.0.block.weight" if tutorial else "encoder1.layer.conv1.conv.weight"]
+    except KeyError as e:
+        raise CheckpointError(f"the checkpoint has no {e.args[0]} (the decoder's first convolution)") from None
+    kw["in_channels"] = int(stem.shape[1])
+    w = sd.get("vit.patch_embedding.patch_embeddings.weight")
+    if w is not None and w.ndim == 5:  # (E, C, P, P, P)
+        kw.update(proj_type="conv", patch_size=int(w.shape[2]))
     elif "vit.patch_embedding.patch_embeddings.1.weight" in sd:
-        w = sd["vit.patch_embedding.patch_embeddings.1.weight"]  # (E, P³ C)
-        patch = 16
-        kw.update(proj_type="perceptron", patch_size=patch, in_channels=int(w.shape[1]) // patch**3)
+        width = int(sd["vit.patch_embedding.patch_embeddings.1.weight"].shape[1])  # P³·C
+        patch = _cube_root(width // kw["in_channels"]) if width % kw["in_channels"] == 0 else None
+        if patch is None:
+            raise CheckpointError(f"the perceptron patch embedding takes {width} values per patch, which is no "
+                                  f"cube times the {kw['in_channels']} input channel(s)")
+        kw.update(proj_type="perceptron", patch_size=patch)
     else:
         raise CheckpointError("the checkpoint has no patch embedding weights")
-    g = round(n ** (1 / 3))
-    if g**3 == n:
+    g = _cube_root(n)
+    if g is not None:
         kw["img_size"] = (g * kw["patch_size"],) * 3
+        assumed["img_size"] = (f"the position embedding's {n} tokens taken as a {g}×{g}×{g} patch grid; the weights "
+                               "do not store the training ROI")
+    else:
+        assumed["img_size"] = (f"unknown: the position embedding's {n} tokens are no cube, and the weights do not "
+                               "store the training ROI")
     blocks = {int(m.group(1)) for k in sd if (m := re.match(r"vit\.blocks\.(\d+)\.", k))}
     kw["num_layers"] = len(blocks)
     kw["mlp_dim"] = int(sd["vit.blocks.0.mlp.linear1.weight"].shape[0])
     kw["qkv_bias"] = "vit.blocks.0.attn.qkv.bias" in sd
-    kw["num_heads"] = 12 if hidden == 768 else max(1, hidden // 64)
-    if fmt in ("tutorial", "unetr-tutorial"):
+    kw["num_heads"] = default_num_heads(hidden)
+    assumed["num_heads"] = "not stored in weights; " + ("MONAI's default" if kw["num_heads"] == 12 else
+                                                         f"heads of width {hidden // kw['num_heads']}")
+    if tutorial:
         kw.update(variant="tutorial", out_channels=int(sd["decoder0_header.2.block.weight"].shape[0]),
-                  in_channels=int(sd["decoder0.0.block.0.block.weight"].shape[1]), mlp_act="relu", norm_eps=1e-6,
-                  norm="batch", skip_layers=_tutorial_skips(kw["num_layers"]))
-        return kw
+                  mlp_act="relu", norm_eps=1e-6, norm="batch", skip_layers=_tutorial_skips(kw["num_layers"]))
+        assumed["skip_layers"] = "the tutorial's: every quarter of the blocks"
+        return kw, assumed
     kw["variant"] = "paper"
-    kw["feature_size"] = int(sd["encoder1.layer.conv1.conv.weight"].shape[0])
+    kw["feature_size"] = int(stem.shape[0])
     kw["out_channels"] = int(sd["out.conv.conv.weight"].shape[0])
     kw["norm"] = "batch" if "encoder1.layer.norm1.running_mean" in sd else "instance"
     kw["conv_block"] = "encoder2.blocks.0.0.conv.weight" in sd
-    # A residual stem has a 1×1×1 projection whenever its widths differ; a plain one never has.
-    kw["res_block"] = "encoder1.layer.conv3.conv.weight" in sd or kw["in_channels"] == kw["feature_size"]
+    kw["res_block"] = has_residual_blocks(sd)
     L = kw["num_layers"]
-    kw["skip_layers"] = (4, 7, 10) if L == 12 else tuple(max(1, round(L * f)) for f in (1 / 4, 1 / 2, 3 / 4))
-    return kw
+    if L == 12:
+        kw["skip_layers"] = (4, 7, 10)  # MONAI's UNETR: the outputs of blocks 4, 7 and 10 (its indices 3, 6, 9)
+    else:
+        kw["skip_layers"] = tuple(max(1, round(L * f)) for f in (1 / 4, 1 / 2, 3 / 4))
+        assumed["skip_layers"] = f"MONAI's UNETR has 12 blocks; for {L}, the quarter points"
+    return kw, assumed
+
+
+def infer_model_kwargs(sd: Mapping[str, torch.Tensor]) -> dict:
+    """The keyword arguments of :func:`infer_model_config` alone."""
+    return infer_model_config(sd)[0]
 
 
 def _tutorial_skips(num_layers: int) -> Tuple[int, ...]:
@@ -177,7 +243,7 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], target: Mapping[str, torc
     fmt = detect_format(sd)
     if fmt == "tutorial":
         sd = tutorial_to_ours(sd)
-    sd = clean_monai(sd, expected=target)
+    sd = clean_monai(sd)
     check_compatible(sd, target)
     return dict(sd)
 

@@ -3,7 +3,8 @@
 Each operator keeps channels-last input channels-last, and takes a CPU kernel of
 :mod:`unetr.model.cpu_kernels` where :func:`~unetr.model.cpu_kernels.fast_paths_enabled` says it applies;
 otherwise it runs its generic path, which uses public PyTorch operators only and is what GPUs run.
-Exports (TorchScript, ONNX) and Python dispatch modes (FLOP counting, fake tensors) get the plain operators.
+Exports (TorchScript, ONNX), ``torch.compile`` and Python dispatch modes (FLOP counting, fake tensors) get the
+plain operators.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from unetr.model.torch_private import dispatch_mode_active
 
 
 def exporting() -> bool:
-    """Whether the plain operators are wanted: exports, and dispatch modes (FLOP counting, fake tensors) that
-    know ``aten.convolution`` but not the oneDNN operator called directly."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-            or dispatch_mode_active())
+    """Whether the plain operators are wanted: exports, ``torch.compile`` (inductor fuses the plain operators
+    itself; dynamo cannot trace the dispatch-mode query below, which breaks the graph at every layer), and
+    dispatch modes (FLOP counting, fake tensors) that know ``aten.convolution`` but not the oneDNN operator
+    called directly."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+            or torch.onnx.is_in_onnx_export() or dispatch_mode_active())
 
 
 # ---------------------------------------------------------------------------------------------- convolution

@@ -175,6 +175,16 @@ class ViT(nn.Module):
             hidden.append(x)
         return self.norm(x), hidden
 
+    def __prepare_scriptable__(self) -> ViT:
+        """``torch.jit.script`` calls this first (on every submodule of a UNETR too): say why it cannot work
+        and what does, instead of a compiler error deep inside a layer."""
+        raise NotImplementedError(
+            "UNETR cannot be compiled with torch.jit.script (which PyTorch deprecates): its forward pass "
+            "adapts to the input's patch grid and takes CPU kernels and autograd functions TorchScript cannot "
+            "compile. Export by tracing instead: `unetr export --format torchscript` (torch.jit.trace), "
+            "`unetr export --format onnx`, or torch.export.export(model, (x,))."
+        )
+
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Attention weights of every block, ``(B, H, N, N)`` each, through the manual attention path."""

@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from unetr.accel import device_defaults
 from unetr.config import TrainConfig
 
 CaseLoader = Callable[[str], Tuple[np.ndarray, np.ndarray]]
@@ -140,10 +141,11 @@ def train_batches(load: CaseLoader, case_ids: Sequence[str], roi: Sequence[int],
     """The micro-batches of iterations ``start .. cfg.iterations - 1`` on this rank, in order.
 
     One :class:`PatchSource` item per micro-step (``cfg.accumulate`` per iteration), loaded by
-    ``cfg.num_workers`` processes; the items do not depend on the number of workers.
+    ``cfg.num_workers`` processes (``-1``: the device's default, :func:`unetr.accel.device_defaults`); the items
+    do not depend on the number of workers.
 
     Yields:
-        ``images (N, C, *roi)`` float32 and ``labels (N, 1, *roi)`` uint8 on the CPU (pinned for CUDA),
+        ``images (N, C, *roi)`` float32 and ``labels (N, 1, *roi)`` uint8 on the CPU (pinned for GPUs),
         ``N = cfg.batch_size * cfg.samples_per_volume``.
     """
     options = {"class_balanced": True} if cfg.class_balanced else {}
@@ -153,10 +155,13 @@ def train_batches(load: CaseLoader, case_ids: Sequence[str], roi: Sequence[int],
                          pos_fraction=cfg.pos_fraction, seed=cfg.seed, rank=rank, world_size=world_size,
                          sampler=sampler, sampler_kwargs=options or None)
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, rank, 1))
+    local = min(world_size, max(torch.cuda.device_count(), 1)) if device.type == "cuda" else world_size
+    auto = device_defaults(device.type, os.cpu_count() or 1, local)  # processes on this node: one per GPU
+    workers = auto.num_workers if cfg.num_workers == -1 else cfg.num_workers
     loader = torch.utils.data.DataLoader(
         source, batch_size=None, sampler=range(start * cfg.accumulate, cfg.iterations * cfg.accumulate),
-        num_workers=cfg.num_workers, worker_init_fn=seed_worker, generator=g, pin_memory=device.type == "cuda",
-        persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None,
+        num_workers=workers, worker_init_fn=seed_worker, generator=g, pin_memory=auto.pin_memory,
+        persistent_workers=False, prefetch_factor=4 if workers else None,
     )
     yield from loader  # the sampler already spans the whole run
 

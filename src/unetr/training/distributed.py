@@ -14,21 +14,33 @@ Commands::
 
 Each process trains on its own crops (``batch_size`` volumes per process and step), gradients are
 averaged, validation cases are split over the processes and their counts summed, and only rank 0 writes.
-The run directory must be on a file system every node sees (for resume).
+Rank 0 plans and preprocesses first while the others wait on a marker file rather than in a collective
+(:func:`main_first`), so preparation may take longer than the process group's timeout. The run directory
+and the cache must be on a file system every node sees: the waiting ranks read rank 0's marker, plan and
+cache there, and a resume reads ``last.pt`` from it.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
+import socket
+import time
+import uuid
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional
+from pathlib import Path
+from typing import Any, Callable, List, Mapping, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from unetr.device import resolve_device
+from unetr.errors import UnetrError
+from unetr.fsutil import atomic_write_text
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +140,101 @@ def broadcast_object(obj: Any, env: DistEnv, src: int = 0) -> Any:
     box: List[Any] = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def gather_object(obj: Any, env: DistEnv, dst: int = 0) -> Optional[List[Any]]:
+    """Every rank's ``obj`` in rank order on rank ``dst``, None on the others (``[obj]`` with one process)."""
+    if not env.distributed:
+        return [obj]
+    out: Optional[List[Any]] = [None] * env.world_size if env.rank == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+def main_first(work: Callable[[], T], env: DistEnv, marker: Path, *, describe_wait: Callable[[], str] = str,
+               poll_s: float = 2.0, report_s: float = 60.0, visible_s: float = 120.0) -> T:
+    """Run ``work`` on rank 0 while the other ranks wait for it outside every collective, however long it takes.
+
+    A rank waiting in a collective (a broadcast, a barrier) is aborted by the process group's timeout
+    (30 minutes), and planning and preprocessing a large dataset take longer. So the waiting ranks watch the
+    file ``marker`` instead, which rank 0 writes as it starts, and again with ``work``'s result (or its
+    error) when it ends; they log what they are waiting for every ``report_s`` seconds. The only collective
+    is one quick broadcast of a token naming this launch, so a marker left by an earlier launch is never
+    taken for this one's, and one barrier once every rank has the result, after which rank 0 removes the
+    marker (a failed ``work`` leaves it, with the error). ``marker`` must be on a file system every node sees
+    (as the run directory must).
+
+    Args:
+        work: what rank 0 does; its result must be JSON-serialisable (every rank gets it).
+        env: the distributed environment (with one process, ``work()`` is simply called).
+        marker: the file rank 0 writes (JSON).
+        describe_wait: a phrase on the progress so far, for the waiting ranks' log (``"12 of 40 cases
+            cached"``).
+        poll_s / report_s: how often the waiting ranks look at the marker / log.
+        visible_s: how long a waiting rank gives rank 0's first marker to appear before it concludes that
+            ``marker`` is not on a shared file system.
+
+    Returns:
+        ``work()``'s result, on every rank.
+
+    Raises:
+        UnetrError: on the waiting ranks, when rank 0's ``work`` failed, or when its marker never shows up.
+    """
+    if not env.distributed:
+        return work()
+    marker = Path(marker)
+    token = None
+    if env.is_main:
+        token = uuid.uuid4().hex
+        _write_marker(marker, {"token": token, "state": "running", "host": socket.gethostname()})
+    token = broadcast_object(token, env)
+    if env.is_main:
+        try:
+            result = work()
+        except BaseException as e:
+            _write_marker(marker, {"token": token, "state": "failed", "error": f"{type(e).__name__}: {e}"})
+            raise
+        _write_marker(marker, {"token": token, "state": "done", "result": result})
+    else:
+        result = _wait_for_marker(marker, token, env.rank, describe_wait, poll_s, report_s, visible_s)
+    barrier(env)  # quick: every rank has seen "done" within poll_s
+    if env.is_main:
+        marker.unlink(missing_ok=True)
+    return result
+
+
+def _write_marker(path: Path, doc: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc) + "\n")
+
+
+def _read_marker(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # not there yet (atomic writes never leave half a file)
+        return None
+
+
+def _wait_for_marker(marker: Path, token: str, rank: int, describe_wait: Callable[[], str], poll_s: float,
+                     report_s: float, visible_s: float) -> Any:
+    t0 = time.monotonic()
+    last_report = t0
+    seen = False
+    while True:
+        doc = _read_marker(marker)
+        if doc is not None and doc.get("token") == token:
+            seen = True
+            if doc.get("state") == "done":
+                return doc.get("result")
+            if doc.get("state") == "failed":
+                raise UnetrError(f"rank 0 failed to prepare the data ({doc.get('error')}); rank {rank} stops too")
+        now = time.monotonic()
+        if not seen and now - t0 > visible_s:
+            raise UnetrError(f"rank {rank} cannot see {marker}, which rank 0 wrote {visible_s:.0f} s ago: the run "
+                             "directory must be on a file system every node shares")
+        if now - last_report >= report_s:
+            what = describe_wait()
+            log.info("rank %d: waiting for rank 0 to prepare the data%s (%.0f min so far)", rank,
+                     f": {what}" if what else "", (now - t0) / 60)
+            last_report = now
+        time.sleep(poll_s)

@@ -20,6 +20,7 @@ from unetr.errors import DataError, UnetrError
 from unetr.recipes import resolve_epochs
 from unetr.training import distributed as D
 from unetr.training.batches import CachedCases
+from unetr.training.budget import TimeBudget
 from unetr.training.run_dir import check_same_settings, move_run_aside, run_config, stored_config
 from unetr.training.trainer import TrainResult, effective_model_config, fit, run_lock
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN_PLAN_KEYS = ("roi", "preset")  # plan settings that do not change the preprocessed arrays
+PREPARE_MARKER = ".prepare.json"  # in the run directory: rank 0's preparation, watched by the other ranks
 
 
 def check_writable(folder: Path) -> None:
@@ -90,6 +92,7 @@ def train_dataset(
     env: Optional[D.DistEnv] = None,
     progress: bool = True,
     restart: bool = False,
+    time_budget: Optional[TimeBudget] = None,
 ) -> TrainResult:
     """Plan and preprocess a dataset when needed (both cached), check it, then :func:`fit`.
 
@@ -111,6 +114,8 @@ def train_dataset(
         env: the distributed environment (one process when omitted).
         progress: progress bars.
         restart: move an earlier run in ``out`` aside (:func:`move_run_aside`) and start a new one.
+        time_budget: the wall time of the whole command (planning and preprocessing included); the
+            iteration count is lowered to what fits (:mod:`unetr.training.budget`).
 
     Raises:
         DataError: the dataset cannot be trained on (nothing is written then).
@@ -152,7 +157,8 @@ def train_dataset(
                 config = run_config(effective_model_config(model_cfg, run_plan, cfg), run_plan, cfg, train_ids, val_ids)
                 check_same_settings(earlier[0], config, earlier[1])
             write_splits(ds, str(dataset), cfg, spath)
-        _cache(list(train_cases) + list(val_cases), plan, cache, env, workers=workers, progress=progress)
+        _cache(list(train_cases) + list(val_cases), plan, cache, env, marker=out / PREPARE_MARKER, workers=workers,
+               progress=progress)
         check_cases(train_ids + val_ids, cache, run_plan, cfg.pad_to_roi)
         if env.is_main:
             log.info("training %s (%s preset, %.1fM parameters) on %d cases, validating on %d; ROI %s; run %s",
@@ -161,7 +167,8 @@ def train_dataset(
             if rot90_note(run_plan.roi, cfg.rot90_prob):
                 log.info("%s", rot90_note(run_plan.roi, cfg.rot90_prob))
         return fit(run_dir=out, train_ids=train_ids, val_ids=val_ids, load=CachedCases(cache), plan=run_plan,
-                   model_cfg=model_cfg, cfg=cfg, env=env, progress=progress, hold_lock=False)
+                   model_cfg=model_cfg, cfg=cfg, env=env, progress=progress, hold_lock=False,
+                   time_budget=time_budget)
 
 
 def splits_path(out: Path, plan_path: Optional[os.PathLike]) -> Path:
@@ -237,8 +244,10 @@ def fold_cases(ds: Dataset, label: str, out: Path, cfg: TrainConfig, *, plan_pat
 def _plan(ds: Dataset, out: Path, env: D.DistEnv, *, plan_path: Optional[os.PathLike],
           plan_overrides: Optional[dict], preset_name: Optional[str], workers: int, progress: bool
           ) -> Tuple[Plan, bool]:
-    """The plan (``plan_path``, else ``out/plan.json``, else a new one saved there), made on rank 0 and sent to
-    every rank.
+    """The plan (``plan_path``, else ``out/plan.json``, else a new one saved there), made on rank 0 while the
+    other ranks wait on the marker ``out/.prepare.json`` outside every collective
+    (:func:`unetr.training.distributed.main_first`: fingerprinting a large dataset may take longer than the
+    process group's timeout); every rank gets it.
 
     Returns:
         ``(plan, whether it existed before this call)``.
@@ -247,30 +256,39 @@ def _plan(ds: Dataset, out: Path, env: D.DistEnv, *, plan_path: Optional[os.Path
 
     own_plan = out / "plan.json"
     plan_existed = plan_path is not None or own_plan.is_file()
-    plan = None
-    if env.is_main:
+
+    def make() -> dict:
         if plan_path is not None:
-            plan = load_plan(plan_path)
-        elif own_plan.is_file():
-            plan = load_plan(own_plan)
+            return load_plan(plan_path).to_dict()
+        if own_plan.is_file():
             log.info("reusing %s", own_plan)
-        else:
-            overrides = dict(plan_overrides or {})
-            if preset_name:
-                overrides.setdefault("preset", preset_name)
-            plan, fp = plan_dataset(ds, workers=workers, progress=progress, **overrides)
-            save_plan(plan, own_plan, fingerprint=fp)
-    plan = Plan.from_dict(D.broadcast_object(plan.to_dict() if plan is not None else None, env))
+            return load_plan(own_plan).to_dict()
+        overrides = dict(plan_overrides or {})
+        if preset_name:
+            overrides.setdefault("preset", preset_name)
+        plan, fp = plan_dataset(ds, workers=workers, progress=progress, **overrides)
+        save_plan(plan, own_plan, fingerprint=fp)
+        return plan.to_dict()
+
+    plan = Plan.from_dict(D.main_first(make, env, out / PREPARE_MARKER,
+                                       describe_wait=lambda: f"planning from {len(ds.train)} cases"))
     return plan, plan_existed
 
 
-def _cache(cases: Sequence[Case], plan: Plan, cache: Path, env: D.DistEnv, *, workers: int, progress: bool) -> None:
-    """The preprocessed cache of ``cases`` (built on rank 0; the other ranks wait for it)."""
-    from unetr.data.cache import build_cache
+def _cache(cases: Sequence[Case], plan: Plan, cache: Path, env: D.DistEnv, *, marker: Path, workers: int,
+           progress: bool) -> None:
+    """The preprocessed cache of ``cases``, built on rank 0 while the other ranks wait on ``marker`` outside
+    every collective (:func:`unetr.training.distributed.main_first`), logging how far the cache has come."""
+    from unetr.data.cache import build_cache, cached_ids
 
-    if env.is_main:
+    def waiting_for() -> str:
+        have = len(set(cached_ids(cache)) & {c.id for c in cases}) if cache.is_dir() else 0
+        return f"{have} of {len(cases)} cases in the cache {cache}"
+
+    def build() -> None:
         build_cache(cases, plan, cache, workers=workers, progress=progress)
-    D.barrier(env)
+
+    D.main_first(build, env, marker, describe_wait=waiting_for)
 
 
 def _run_plan(plan: Plan, plan_overrides: Optional[dict], preset_name: Optional[str], *, plan_existed: bool,

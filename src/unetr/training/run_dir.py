@@ -35,6 +35,7 @@ from torch import nn
 from unetr.config import ModelConfig, Plan, TrainConfig, load_json
 from unetr.errors import UnetrError
 from unetr.fsutil import atomic_write, atomic_write_text
+from unetr.training.batches import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def run_config(model_cfg: ModelConfig, plan: Plan, cfg: TrainConfig, train_ids: 
 # computes. Any other change (model, plan, data, loss, optimizer, augmentation, seed) trains something else.
 RESUMABLE_TRAIN_KEYS = frozenset({
     "iterations", "val_every", "checkpoint_every", "checkpoint_minutes", "log_every", "tensorboard", "num_workers",
-    "device", "precision", "val_overlap", "val_sw_batch", "checkpointing", "channels_last"})
+    "device", "precision", "val_overlap", "val_sw_batch", "checkpointing", "channels_last", "compile"})
 RESUMABLE_MODEL_KEYS = frozenset({"checkpointing"})  # recomputation in the backward pass: memory, not the model
 
 
@@ -187,6 +188,13 @@ class RngState:
         return cls(tuple(data["python"]), dict(data["numpy"]), data["torch"], data.get("cuda"))
 
 
+def seed_generators(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (CUDA's included) from one 63-bit seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 @dataclass
 class Progress:
     """The counters a run carries from step to step and through a resume."""
@@ -228,6 +236,8 @@ class ResumeState:
         model / optimizer / scaler: the ``state_dict`` of each (the model unwrapped from DDP).
         rng: the global generators of rank 0.
         config: the run's ``config.json`` (:func:`run_config`).
+        rank_rngs: the global generators of every rank, in rank order, for a run of several processes
+            (each rank draws its own dropout masks, so each resumes its own generators); empty for one.
     """
 
     progress: Progress
@@ -238,12 +248,15 @@ class ResumeState:
     scaler: Dict[str, Any]
     rng: RngState
     config: Dict[str, Any] = field(default_factory=dict)
+    rank_rngs: Tuple[RngState, ...] = ()
 
     def to_dict(self) -> dict:
         """The on-disk dict (``format`` ``unetr-last`` version 1). ``scheduler`` and ``sampler`` are written
-        for readers of the file; a resume recomputes both from the iteration and the config."""
+        for readers of the file; a resume recomputes both from the iteration and the config. ``rng_ranks``
+        (every rank's generators) is added after the keys of earlier versions, only by runs of several
+        processes, so a one-process ``last.pt`` is what it always was."""
         p, train = self.progress, self.config["train"]
-        return {
+        out = {
             "format": LAST_FORMAT, "version": LAST_VERSION, "iteration": p.iteration, "world_size": self.world_size,
             "model": self.model, "optimizer": self.optimizer,
             "scheduler": {"kind": "warmup_cosine", "step": p.iteration, "total": train["iterations"],
@@ -253,13 +266,24 @@ class ResumeState:
             "sampler": {"seed": train["seed"], "micro_step": p.iteration * train["accumulate"]},
             "config": self.config,
         }
+        if len(self.rank_rngs) > 1:
+            out["rng_ranks"] = [r.to_dict() for r in self.rank_rngs]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> ResumeState:
         progress = Progress(int(data["iteration"]), float(data["best_dice"]), int(data["best_iteration"]),
                             float(data["loss_sum"]), int(data["loss_count"]))
         return cls(progress, float(data["seconds"]), int(data["world_size"]), data["model"], data["optimizer"],
-                   data["scaler"], RngState.from_dict(data["rng"]), data["config"])
+                   data["scaler"], RngState.from_dict(data["rng"]), data["config"],
+                   tuple(RngState.from_dict(r) for r in data.get("rng_ranks", ())))
+
+    def rng_of(self, rank: int) -> Optional[RngState]:
+        """The generators ``rank`` saved, or None when the run that wrote the file had no such rank (or saved
+        rank 0's only, as versions before per-rank states did)."""
+        if rank < len(self.rank_rngs):
+            return self.rank_rngs[rank]
+        return self.rng if rank == 0 else None
 
 
 def save_resume(path: Path, state: ResumeState) -> None:
@@ -312,7 +336,7 @@ def stored_config(run_dir: Path) -> Optional[Tuple[dict, Path]]:
 
 
 def restore_resume(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   config: dict, world_size: int, device: torch.device) -> ResumeState:
+                   config: dict, world_size: int, device: torch.device, rank: int = 0) -> ResumeState:
     """Continue a run from its ``last.pt``: load the weights, optimizer and scaler states and the generators.
 
     Args:
@@ -323,6 +347,9 @@ def restore_resume(path: Path, *, model: nn.Module, optimizer: torch.optim.Optim
             the run computes (:func:`settings_differences`).
         world_size: processes of this run (a different number is allowed, with a warning).
         device: where the generators' CUDA state goes.
+        rank: this process's rank: it takes back the generators it saved. A rank the file has none for (more
+            processes than the run that wrote it) seeds them from ``(seed, rank, iteration)``, so that no two
+            ranks draw the same dropout masks.
 
     Returns:
         The state read (its ``progress`` and ``seconds`` are where the run goes on from).
@@ -339,7 +366,11 @@ def restore_resume(path: Path, *, model: nn.Module, optimizer: torch.optim.Optim
     model.load_state_dict(state.model)
     optimizer.load_state_dict(state.optimizer)
     scaler.load_state_dict(state.scaler)
-    state.rng.restore(device)
+    own = state.rng_of(rank)
+    if own is not None:
+        own.restore(device)
+    else:
+        seed_generators(derive_seed(int(config["train"]["seed"]), rank, state.progress.iteration, 3))
     return state
 
 
@@ -420,4 +451,4 @@ def log_scalars(tb: Any, row: Dict[str, Any], iteration: int) -> None:
 __all__ = ["LAST_FORMAT", "RESUMABLE_MODEL_KEYS", "RESUMABLE_TRAIN_KEYS", "RUN_FORMAT", "MetricsLog", "Progress",
            "ResumeState", "RngState", "RunSettingsError", "check_same_settings", "describe_last", "load_resume",
            "log_scalars", "move_run_aside", "open_tensorboard", "plot_curves", "restore_resume", "run_config", "save_best", "save_resume",
-           "settings_differences", "stored_config"]
+           "seed_generators", "settings_differences", "stored_config"]

@@ -8,6 +8,7 @@ and :func:`_bookkeeping` (metrics row, validation, best weights, checkpoint). It
   ``(seed, rank, micro-step)``, so a resumed run sees the batches of an uninterrupted one);
 - :mod:`unetr.training.validation`: sliding-window validation Dice;
 - :mod:`unetr.training.run_dir`: the files of the run directory and the resume state;
+- :mod:`unetr.training.budget`: the iteration count a time budget allows (``--time-budget``);
 - :mod:`unetr.training.prepare`: dataset -> plan -> cache -> checks -> ``fit``.
 """
 
@@ -25,8 +26,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 
+from unetr.accel import compile_model
 from unetr.config import ModelConfig, Plan, TrainConfig
-from unetr.device import autocast, resolve_device, resolve_precision
+from unetr.device import autocast, explain_precision, resolve_device, resolve_precision
 from unetr.errors import UnetrError
 from unetr.fsutil import remove_stale_temporaries
 from unetr.metrics import mean_foreground
@@ -40,6 +42,7 @@ from unetr.training.batches import (
     derive_seed,
     train_batches,
 )
+from unetr.training.budget import BudgetPlanner, TimeBudget, time_validation, validation_windows
 from unetr.training.lock import RunLock, RunLockedError
 from unetr.training.loss import DiceCELoss
 from unetr.training.optim import build_optimizer, lr_at, set_lr
@@ -107,8 +110,9 @@ class _Run:
     val_ids: Sequence[str]
     load: CaseLoader
     progress: bool  # progress bars
-    ddp: Optional[nn.Module] = None  # the model as the steps call it (DDP-wrapped with several processes)
+    ddp: Optional[nn.Module] = None  # the model as the steps call it (DDP-wrapped with several processes, compiled)
     saved_at: float = field(default_factory=time.monotonic)  # when last.pt was last written (or the run began)
+    resumed_iterations: Optional[int] = None  # the iteration count stored in the last.pt resumed from
 
     @property
     def last_path(self) -> Path:
@@ -130,6 +134,7 @@ def fit(
     augmenter: Optional[Augmenter] = None,
     on_step: Optional[StepHook] = None,
     hold_lock: bool = True,
+    time_budget: Optional[TimeBudget] = None,
 ) -> TrainResult:
     """Train a UNETR on cached cases and write the run directory; resumes from ``run_dir/last.pt``.
 
@@ -147,6 +152,8 @@ def fit(
             ``lambda x, y, g, **kw: (x, y)`` to disable).
         on_step: called as ``on_step(iteration, images, labels)`` with each micro-batch (after augmentation).
         hold_lock: take the run directory's lock (:mod:`unetr.training.lock`); False when the caller holds it.
+        time_budget: lower ``cfg.iterations`` to what fits in it and end the run before its deadline
+            (:mod:`unetr.training.budget`); a resumed run keeps the count stored in its ``last.pt``.
 
     Returns:
         A :class:`TrainResult`.
@@ -159,12 +166,14 @@ def fit(
     env = env or D.DistEnv(device=resolve_device(cfg.device))
     if not train_ids:
         raise ValueError("no training cases")
-    precision = resolve_precision(cfg.precision, env.device)
+    precision, why = explain_precision(cfg.precision, env.device)
+    if env.is_main:
+        log.info("precision %s on %s: %s", precision, env.device, why)
     if precision == "fp16" and env.device.type != "cuda":
         raise ValueError("precision fp16 (with a gradient scaler) needs a CUDA device; use bf16 or fp32")
     with run_lock(Path(run_dir), env, hold_lock):
         run = _setup(Path(run_dir), train_ids, val_ids, load, plan, model_cfg, cfg, env, progress, augmenter)
-        return _train(run, sampler, on_step)
+        return _train(run, sampler, on_step, time_budget)
 
 
 @contextlib.contextmanager
@@ -194,19 +203,26 @@ def run_lock(run_dir: Path, env: D.DistEnv, hold: bool = True) -> Iterator[None]
             lock.release()
 
 
-def _train(run: _Run, sampler: Optional[CropSampler], on_step: Optional[StepHook]) -> TrainResult:
+def _train(run: _Run, sampler: Optional[CropSampler], on_step: Optional[StepHook],
+           time_budget: Optional[TimeBudget] = None) -> TrainResult:
     """Resume, then train from there to ``cfg.iterations`` (the body of :func:`fit`)."""
     from tqdm.auto import tqdm
 
-    env, cfg, plan, val_ids = run.env, run.cfg, run.plan, run.val_ids
+    env, plan, val_ids = run.env, run.plan, run.val_ids
     counters, seconds0 = _resume(run)
     start = counters.iteration
+    planner = _budget_planner(run, time_budget, start)
+    cfg = run.cfg  # a resumed budget run goes to its stored count
     if start >= cfg.iterations:
         if env.is_main:
             log.info("%s already trained for %d iterations; nothing to do", run.run_dir, start)
         return TrainResult(run.run_dir, start, counters.best_dice, counters.best_iteration, seconds=seconds0,
                            resumed_from=start, model=run.model)
     run.ddp = _distributed(run.model, env)
+    if cfg.compile:  # the training step's forward; validation and the saved weights use the plain model
+        run.ddp = compile_model(run.ddp, env.device)
+        if env.is_main:
+            log.info("torch.compile: the first training step compiles the model (minutes on a CPU)")
     batches = train_batches(run.load, run.train_ids, plan.roi, cfg, start=start, rank=env.rank,
                             world_size=env.world_size, device=env.device, sampler=sampler)
     tb = open_tensorboard(run.run_dir) if (cfg.tensorboard and env.is_main) else None
@@ -216,17 +232,25 @@ def _train(run: _Run, sampler: Optional[CropSampler], on_step: Optional[StepHook
     last_dice: List[float] = []
     run.model.train()
     try:
-        for it in range(start, cfg.iterations):
-            lr = lr_at(it, base_lr=cfg.lr, total=cfg.iterations, warmup=cfg.warmup_iterations, min_lr=cfg.min_lr)
+        while counters.iteration < run.cfg.iterations:  # a time budget may lower run.cfg.iterations
+            it = counters.iteration
+            lr = lr_at(it, base_lr=cfg.lr, total=run.cfg.iterations, warmup=cfg.warmup_iterations,
+                       min_lr=cfg.min_lr)
             set_lr(run.optimizer, lr)
+            t_step = time_budget.clock() if time_budget else 0.0
             loss = _train_step(run, batches, it, lr, on_step)
             counters.step_done(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", best=f"{max(counters.best_dice, 0):.3f}",
                             refresh=False)
+            if planner is not None:
+                _follow_budget(run, planner, counters, time_budget.clock() - t_step, t0, bar)
+            t_book = time_budget.clock() if time_budget else 0.0
             dice = _bookkeeping(run, counters, lr, t0, tb)
             if dice is not None:
                 last_dice = dice
+                if planner is not None:
+                    planner.validation_took(time_budget.clock() - t_book)
     finally:
         bar.close()
         if tb is not None:
@@ -296,11 +320,67 @@ def _resume(run: _Run) -> Tuple[Progress, float]:
             check_same_settings(earlier[0], run.config, earlier[1])
         return Progress(), 0.0
     state = restore_resume(run.last_path, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
-                           config=run.config, world_size=run.env.world_size, device=run.env.device)
+                           config=run.config, world_size=run.env.world_size, device=run.env.device,
+                           rank=run.env.rank)
+    run.resumed_iterations = state.config.get("train", {}).get("iterations")
     run.metrics.load(up_to=state.progress.iteration)
     if run.env.is_main:
         log.info("resuming %s from iteration %d", run.run_dir, state.progress.iteration)
     return state.progress, state.seconds
+
+
+def _budget_planner(run: _Run, budget: Optional[TimeBudget], start: int) -> Optional[BudgetPlanner]:
+    """The planner of a time budget (None without one). A resumed run whose ``last.pt`` stores a count below
+    ``--iterations`` (the one its budget planned) keeps that count and is only stopped early; otherwise the
+    count is planned from this process's first iterations."""
+    if budget is None:
+        return None
+    resumed = run.resumed_iterations if start > 0 else None
+    planned = resumed is not None and resumed < run.cfg.iterations
+    if planned:
+        _set_iterations(run, max(int(resumed), start))
+    cfg = run.cfg
+    return BudgetPlanner(budget, first=start, cap=cfg.iterations, val_every=cfg.val_every,
+                         checkpoint_every=cfg.checkpoint_every, validates=bool(run.val_ids), planned=planned)
+
+
+def _set_iterations(run: _Run, total: int, bar: Any = None) -> None:
+    """The run's iteration count becomes ``total`` (stored in ``config.json`` and ``last.pt``)."""
+    run.cfg = run.cfg.replace(iterations=total)
+    run.config["train"]["iterations"] = total
+    if bar is not None:
+        bar.total = total
+        bar.refresh()
+
+
+def _follow_budget(run: _Run, planner: BudgetPlanner, counters: Progress, step_seconds: float, t0: float,
+                   bar: Any) -> None:
+    """After an iteration under a time budget: once enough iterations are timed, plan the count (after timing
+    a checkpoint and a validation batch); later, make this iteration the last when the next would not fit.
+    Every rank takes rank 0's decision."""
+    env, done = run.env, counters.iteration
+    planner.step_took(step_seconds)
+    total = run.cfg.iterations
+    if planner.ready_to_plan():
+        t = planner.clock()
+        _checkpoint(run, counters, time.perf_counter() - t0)  # a resume point, and its cost
+        checkpoint = planner.clock() - t
+        validation = 0.0
+        if run.val_ids:
+            shapes = [run.load(cid)[0].shape[1:] for cid in run.val_ids[env.rank::env.world_size]]
+            batches = validation_windows(shapes, run.plan.roi, run.cfg.val_overlap, run.cfg.val_sw_batch)
+            validation = time_validation(run.model, batches, in_channels=run.plan.in_channels, roi=run.plan.roi,
+                                         sw_batch=run.cfg.val_sw_batch, device=env.device,
+                                         precision=run.precision, clock=planner.clock)
+        total = D.broadcast_object(planner.plan(done, validation=validation, checkpoint=checkpoint,
+                                                report=env.is_main), env)
+    elif D.any_true(planner.stop_after(done, total), env):
+        if env.is_main:
+            log.warning("time budget: %d of %d iterations fit; this is the last (the machine is slower than "
+                        "measured at the start)", done, total)
+        total = done
+    if total != run.cfg.iterations:
+        _set_iterations(run, total, bar)
 
 
 def _train_step(run: _Run, batches: Batches, it: int, lr: float, on_step: Optional[StepHook]) -> float:
@@ -366,7 +446,8 @@ def _bookkeeping(run: _Run, counters: Progress, lr: float, t0: float, tb: Any) -
                 plot_curves(run.metrics.path, run.run_dir / "curves.png")
             if tb is not None:
                 log_scalars(tb, row, it)
-    overdue = cfg.checkpoint_minutes > 0 and time.monotonic() - run.saved_at >= 60.0 * cfg.checkpoint_minutes
+    overdue = cfg.checkpoint_minutes > 0 and D.any_true(  # one decision on every rank: _checkpoint is collective
+        time.monotonic() - run.saved_at >= 60.0 * cfg.checkpoint_minutes, run.env)
     if it % cfg.checkpoint_every == 0 or last or overdue:
         _checkpoint(run, counters, time.perf_counter() - t0)
     return dice
@@ -390,14 +471,16 @@ def _validate(run: _Run, counters: Progress, row: Dict[str, Any]) -> List[float]
 
 
 def _checkpoint(run: _Run, counters: Progress, seconds: float) -> None:
-    """Rank 0 writes ``last.pt``: the resume state after this iteration."""
+    """Rank 0 writes ``last.pt``: the resume state after this iteration, with every rank's generators (a
+    collective: every rank calls this at the same iterations)."""
     run.saved_at = time.monotonic()
+    rngs = D.gather_object(RngState.capture(run.env.device), run.env)
     if not run.env.is_main:
         return
     save_resume(run.last_path, ResumeState(
         progress=counters, seconds=seconds, world_size=run.env.world_size, model=run.model.state_dict(),
-        optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(), rng=RngState.capture(run.env.device),
-        config=run.config))
+        optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(), rng=rngs[0], config=run.config,
+        rank_rngs=tuple(rngs) if run.env.distributed else ()))
 
 
 __all__ = ["NonFiniteLossError", "StepHook", "TrainResult", "effective_model_config", "fit", "run_lock"]
