@@ -100,6 +100,9 @@ def test_entropy_and_disagreement_maps():
 def test_one_member_predicts_as_a_run_always_did(runs, tmp_path):
     folders, image = runs
     a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    stale = a / f".ct.nii.gz.unetr-{2**22 + 7}-0badf00d.tmp.nii.gz"  # a killed writer's (no such process)
+    stale.write_bytes(b"half a file")
     assert main(["predict", "-m", str(folders[0]), "-i", str(image), "-o", str(a), "--precision", "fp32",
                  "--no-progress"]) == 0
     from unetr.inference.predict import load_predictor, predict_files
@@ -107,6 +110,7 @@ def test_one_member_predicts_as_a_run_always_did(runs, tmp_path):
     model, plan = load_predictor(folders[0])
     predict_files(model, plan, image, b, InferConfig(precision="fp32", device="cpu"), progress=False)
     assert nib.load(a / "ct.nii.gz").get_fdata().tolist() == nib.load(b / "ct.nii.gz").get_fdata().tolist()
+    assert not stale.exists()  # an interrupted run's temporaries are removed, as for a checkpoint's prediction
 
 
 def test_several_runs_make_an_ensemble_and_a_folder_of_folds_is_one(runs, tmp_path):
@@ -135,6 +139,8 @@ def test_ensemble_options_that_do_not_apply(runs, tmp_path, capsys):
     args = ["predict", "-m", *map(str, folders[:2]), "-i", str(image), "-o", str(tmp_path / "o")]
     assert main(args + ["--inverse", "labels"]) == 2
     assert "--inverse soft" in capsys.readouterr().err
+    assert main(args + ["--compile"]) == 2
+    assert "drop --compile" in capsys.readouterr().err
     assert main(["predict", "-m", str(folders[0]), "-i", str(image), "-o", str(tmp_path / "p"), "--spacing", "1", "1",
                  "1"]) == 2
     assert "is a run" in capsys.readouterr().err

@@ -156,7 +156,8 @@ def _infer_config(args):
 
     return InferConfig(overlap=args.overlap, mode=args.mode, sw_batch_size=args.batch, tta=args.tta,
                        precision=args.precision, device=args.device, largest_component=args.largest_component,
-                       accum_device=args.accum_device, accum_fp16=args.accum_fp16, inverse=args.inverse)
+                       accum_device=args.accum_device, accum_fp16=args.accum_fp16, inverse=args.inverse,
+                       compile=args.compile)
 
 def _predict_members(args) -> int:
     """``predict`` with runs, folders of folds or packages: one member predicts as usual, several ensemble."""
@@ -164,6 +165,7 @@ def _predict_members(args) -> int:
 
     from unetr.config import Plan
     from unetr.device import resolve_device
+    from unetr.fsutil import remove_stale_temporaries
     from unetr.inference.ensemble import load_member, member_loaders, predict_ensemble_files
     from unetr.inference.postprocess import PostProcessing
     from unetr.inference.predict import predict_files
@@ -194,15 +196,21 @@ def _predict_members(args) -> int:
         log.info("post-processing not applied: it was decided for %s alone, not for this ensemble",
                  ", ".join(str(s.path) for s in decided))
     post = pp.apply if pp is not None and pp.steps else None
-    if len(members) == 1 and not args.uncertainty:
+    ensemble = len(members) > 1 or bool(args.uncertainty)
+    if ensemble and cfg.compile:
+        raise ValueError("--compile: an ensemble builds each member anew for every case and runs it uncompiled; "
+                         "drop --compile (it applies to one model)")
+    if ensemble and args.inverse != "soft":
+        raise ValueError("an ensemble averages probabilities and takes the argmax in the input's space "
+                         "(--inverse soft)")
+    for path in remove_stale_temporaries(args.output, legacy=True):
+        log.info("removed %s, left by an interrupted run", path)
+    if not ensemble:
         model = load_member(members[0], device)
         results = predict_files(model, plan, args.input, args.output, cfg, probabilities=args.probabilities,
                                 overwrite=args.overwrite, rank=rank, world_size=world, progress=not args.no_progress,
                                 postprocess=post)
     else:
-        if args.inverse != "soft":
-            raise ValueError("an ensemble averages probabilities and takes the argmax in the input's space "
-                             "(--inverse soft)")
         log.info("ensemble of %d member(s): %s", len(members), ", ".join(m.name for m in members))
         results = predict_ensemble_files(member_loaders(members, device), plan, args.input, args.output, cfg,
                                          uncertainty=args.uncertainty, probabilities=args.probabilities,
