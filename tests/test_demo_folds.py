@@ -33,7 +33,7 @@ def test_the_demo_reports_each_folds_held_out_dice_beside_the_ensembles(tmp_path
     evaluations a run would."""
     ran = []
 
-    def runner(cmd):
+    def runner(cmd, threads=None):
         ran.append(cmd)
         if cmd[0] == "evaluate":
             out = Path(cmd[cmd.index("-o") + 1])
