@@ -194,6 +194,10 @@ def _predict_members(args) -> int:
         log.info("post-processing not applied: it was decided for %s alone, not for this ensemble",
                  ", ".join(str(s.path) for s in decided))
     post = pp.apply if pp is not None and pp.steps else None
+    from unetr.fsutil import remove_stale_temporaries
+
+    for path in remove_stale_temporaries(args.output, legacy=True):
+        log.info("removed %s, left by an interrupted run", path)
     if len(members) == 1 and not args.uncertainty:
         model = load_member(members[0], device)
         results = predict_files(model, plan, args.input, args.output, cfg, probabilities=args.probabilities,
