@@ -13,9 +13,9 @@ LAYERS = {
     "errors": 0, "fsutil": 0, "device": 0, "allocator": 0, "grid": 0, "labels": 0, "workers": 0,
     "settings": 1, "accel": 1,
     "config": 2,
-    "model": 3, "data": 3, "metrics": 3, "recipes": 3,
+    "model": 3, "data": 3, "metrics": 3, "recipes": 3, "package": 3,
     "inference": 4, "report": 4, "export": 4,
-    "training": 5,
+    "training": 5, "cv": 5,
     "demo": 6,
     "cli": 7, "__main__": 8,
 }

@@ -25,7 +25,9 @@ def test_a_bug_exits_3_with_one_line_and_traceback_only_with_v(monkeypatch, caps
     def boom(args):
         raise KeyError("oops")
 
-    monkeypatch.setattr(cli, "_run_check", boom)
+    from unetr.cli import data as data_commands
+
+    monkeypatch.setattr(data_commands, "_run_check", boom)
     parser = cli.build_parser
     monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), "check", boom))
     assert cli.main(["check", "somewhere"]) == cli.EXIT_BUG

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Optional, Sequence, Tuple, TypeVar, Union
 
 from unetr.settings import coerce_fields, load_json, load_yaml, parse_set, save_json  # noqa: F401 (re-exported)
 
@@ -313,7 +313,7 @@ class TrainConfig(_DictMixin):
     val_sw_batch: int = 4
     num_workers: int = -1  # loader processes; -1 (auto): none on CPUs, up to 4 per GPU (unetr.accel.device_defaults)
     seed: int = 0
-    fold: int = 0
+    fold: Union[int, str] = 0  # the validation fold of splits.json, or "all" (every case trains, no validation)
     num_folds: int = 5
     checkpointing: bool = False
     channels_last: bool = True  # the decoder's activation layout (oneDNN and cuDNN convolve NDHWC natively; accel)
@@ -352,6 +352,12 @@ class TrainConfig(_DictMixin):
             raise ValueError(f"num_workers must be -1 (auto) or non-negative, got {self.num_workers}")
         if self.warmup_iterations < 0 or self.seed < 0:
             raise ValueError("warmup_iterations and seed must be non-negative")
+        if isinstance(self.fold, str) and self.fold.strip().isdigit():
+            object.__setattr__(self, "fold", int(self.fold))
+        if self.fold != "all" and (isinstance(self.fold, bool) or not isinstance(self.fold, int) or self.fold < 0):
+            raise ValueError(f"fold must be a fold number (0, 1, ...) or 'all', got {self.fold!r}")
+        if self.num_folds < 2:
+            raise ValueError(f"num_folds must be at least 2, got {self.num_folds}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.dice_weight < 0 or self.ce_weight < 0 or self.dice_weight + self.ce_weight == 0:

@@ -20,6 +20,10 @@ phantoms trained at 2.0 x 2.0 x 2.67 mm (4/3 of their median spacing) on 48 x 48
 much of each body as 64 x 64 x 48 crops at the median spacing did, for 0.375x the voxels; predictions and
 the evaluation are on the phantoms' own grids. Where the budget does not bind, a demo run is the same on a
 given machine every time (see the README for the figures of both CPU kinds).
+
+With ``folds`` (``unetr demo --folds 3``) step 2 trains every fold (``train --folds``), ``unetr cv`` decides the
+post-processing from the folds' validation predictions, each fold and then the folds' ensemble predict and
+evaluate the held-out cases, and the report shows the ensemble.
 """
 
 from __future__ import annotations
@@ -53,8 +57,9 @@ AFTER_TRAIN_S = 60.0  # kept for predict, evaluate and report (~35 s measured on
 
 
 def demo_commands(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, test_cases: int = 4,
-                  seed: int = 0, train_args: Optional[Sequence[str]] = None) -> List[List[str]]:
-    """The CLI commands (argument lists after ``unetr``) that the demo runs, in order."""
+                  seed: int = 0, train_args: Optional[Sequence[str]] = None, folds: int = 0) -> List[List[str]]:
+    """The CLI commands (argument lists after ``unetr``) that the demo runs, in order (with ``folds``: the
+    cross-validation's, :func:`fold_commands`)."""
     out = Path(out)
     ds, run, preds, ev, rep = (str(out / n) for n in ("data", "run", "predictions", "evaluation", "report"))
     if data == "phantom":
@@ -65,10 +70,10 @@ def demo_commands(out: Union[str, Path], *, data: str = "phantom", cases: int = 
         default_train = BRAIN_TRAIN
     else:
         raise ValueError(f"data must be 'phantom' or 'brain', got {data!r}")
-    folds = max(2, min(5, cases // 2))  # validation on a fifth of the cases, or half of very few
-    train = ["train", ds, "--out", run, "--seed", str(seed), "--set", f"num_folds={folds}",
+    num_folds = max(2, min(5, cases // 2))  # validation on a fifth of the cases, or half of very few
+    train = ["train", ds, "--out", run, "--seed", str(seed), "--set", f"num_folds={num_folds}",
              *(default_train if train_args is None else train_args)]
-    return [
+    commands = [
         make,
         train,
         ["predict", "-m", run, "-i", str(Path(ds) / "imagesTs"), "-o", preds],
@@ -76,6 +81,47 @@ def demo_commands(out: Union[str, Path], *, data: str = "phantom", cases: int = 
         ["report", "-o", rep, "--run", run, "--pred", preds, "--labels", str(Path(ds) / "labelsTs"), "--images",
          str(Path(ds) / "imagesTs"), "--metrics", str(Path(ev) / "metrics.csv")],
     ]
+    return fold_commands(commands, folds) if folds else commands
+
+
+def fold_commands(commands: List[List[str]], folds: int) -> List[List[str]]:
+    """The demo's commands (:func:`demo_commands`) for ``folds``-fold cross-validation: ``train --folds``,
+    ``unetr cv``, each fold's prediction and evaluation of the held-out cases (``predictions/fold_K``,
+    ``evaluation/fold_K``), then the ensemble's (``predictions/ensemble``, ``evaluation``), which the report shows.
+    """
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
+    make, train, predict, evaluate, report = commands
+    run = train[train.index("--out") + 1]
+    keep = [i for i, a in enumerate(train) if not (a.startswith("num_folds=") or
+                                                     (a == "--set" and i + 1 < len(train)
+                                                      and train[i + 1].startswith("num_folds=")))]
+    train = [train[i] for i in keep] + ["--folds", str(folds)]
+    preds, ev = Path(predict[predict.index("-o") + 1]), evaluate[evaluate.index("-o") + 1]
+
+    flags = {"m": "-m", "o": "-o", "run": "--run", "pred": "--pred"}
+
+    def with_(cmd: List[str], **values: str) -> List[str]:
+        """``cmd`` with the values of some of its options replaced."""
+        cmd = list(cmd)
+        for key, value in values.items():
+            cmd[cmd.index(flags[key]) + 1] = value
+        return cmd
+
+    per_fold: List[List[str]] = []
+    for k in range(folds):
+        fold_pred = str(preds / f"fold_{k}")
+        per_fold.append(with_(predict, m=str(Path(run) / f"fold_{k}"), o=fold_pred))
+        per_fold.append(with_([evaluate[0], fold_pred, *evaluate[2:]], o=str(Path(ev) / f"fold_{k}")))
+    ensemble = str(preds / "ensemble")
+    return [make, train, ["cv", run], *per_fold, with_(predict, o=ensemble), [evaluate[0], ensemble, *evaluate[2:]],
+            with_(report, run=str(Path(run) / "fold_0"), pred=ensemble)]
+
+
+def fold_summaries(out: Union[str, Path]) -> dict:
+    """``{fold: summary.json}`` of each fold's held-out evaluation (``evaluation/fold_K``)."""
+    found = sorted(Path(out, "evaluation").glob("fold_*/summary.json"), key=lambda p: int(p.parent.name[5:]))
+    return {int(p.parent.name[5:]): json.loads(p.read_text()) for p in found}
 
 
 def busy_cores(samples: int = 5, interval: float = 0.1) -> int:
@@ -132,10 +178,12 @@ def run_command(argv: Sequence[str], threads: Optional[int] = None) -> int:
 
 def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, test_cases: int = 4, seed: int = 0,
              train_args: Optional[Sequence[str]] = None, fresh: bool = False, iterations: Optional[int] = None,
-             budget_s: Optional[float] = BUDGET_S, runner: Optional[Callable[[List[str]], int]] = None) -> dict:
-    """Run the demo's commands; returns ``{"seconds", "summary", "report", "steps"}`` (``report``: the path of
-    ``report.html``; ``steps``: the ``(command, wall seconds, CPU seconds)`` of each step run; the CPU seconds
-    of a one-thread step are what it takes on an idle core, whatever else the machine runs).
+             budget_s: Optional[float] = BUDGET_S, runner: Optional[Callable[[List[str]], int]] = None,
+             folds: int = 0) -> dict:
+    """Run the demo's commands; returns ``{"seconds", "summary", "report", "steps", "folds"}`` (``report``: the
+    path of ``report.html``; ``steps``: the ``(command, wall seconds, CPU seconds)`` of each step run; the CPU
+    seconds of a one-thread step are what it takes on an idle core, whatever else the machine runs; ``folds``:
+    each fold's held-out summary when ``folds``, and ``summary`` is then the ensemble's).
 
     Args:
         out: the demo folder (``data/``, ``run/``, ``predictions/``, ``evaluation/``, ``report/``).
@@ -157,7 +205,8 @@ def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, t
         every = str(max(1, iterations // 6))
         for flag, value in (("--iterations", str(iterations)), ("--val-every", every), ("--checkpoint-every", every)):
             train_args[train_args.index(flag) + 1] = value
-    cmds = demo_commands(out, data=data, cases=cases, test_cases=test_cases, seed=seed, train_args=train_args)
+    cmds = demo_commands(out, data=data, cases=cases, test_cases=test_cases, seed=seed, train_args=train_args,
+                         folds=folds)
     cores, busy = usable_cores(), busy_cores()
     threads = demo_threads(cores, busy)
     log.info("[demo] %s; %d of %d cores free: training and prediction with %d thread(s)", describe_cpu(),
@@ -182,4 +231,5 @@ def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, t
     summary_path = out / "evaluation" / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "summary": summary, "report": out / "report" / "report.html", "steps": steps}
+    return {"seconds": seconds, "summary": summary, "report": out / "report" / "report.html", "steps": steps,
+            "folds": fold_summaries(out) if folds else {}}

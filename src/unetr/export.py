@@ -1,9 +1,14 @@
-"""Export a trained model to ONNX or TorchScript, and check that the export computes what PyTorch does.
+"""Export a trained model to ONNX or TorchScript, and check that the export computes what PyTorch does; or
+write the one-file model package (``zip``) that ``unetr predict -m`` reads on another machine.
 
 The exported graph takes one window ``(B, C, *roi)`` and returns logits ``(B, K, *roi)``; the sliding
 window, pre- and post-processing stay outside: the run's ``config.json`` (model and plan) is written beside
 the export as ``<export name>.json`` (``model.onnx`` -> ``model.json``). Export writes only these two files
 and replaces neither when it exists, unless asked to (``overwrite``); it never replaces the run's own files. ONNX needs the optional extra ``unetr[export]`` (onnx, onnxruntime) for the check.
+
+The ``zip`` format (:mod:`unetr.package`) holds every member of a run or a folder of folds (safetensors),
+the plan, the class names, the post-processing, the versions and a checksum of each member; after writing,
+each member is read back through its checksum and compared with the source weights, tensor by tensor.
 
 Example:
     >>> export_model("runs/spleen", format="onnx")   # doctest: +SKIP
@@ -26,7 +31,7 @@ from unetr.fsutil import atomic_path, atomic_write_text
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "zip")
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,8 @@ def export_model(
 
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if format == "zip":
+        return export_package(model_path, out, overwrite=overwrite, check=check)
     model_path = Path(model_path)
     model, info = load_model(model_path, map_location="cpu")
     model.eval()
@@ -164,4 +171,43 @@ def export_model(
     return ExportResult(target, format, diff, scale)
 
 
-__all__ = ["export_model", "ExportResult", "FORMATS"]
+def export_package(model_path: PathLike, out: Optional[PathLike] = None, *, overwrite: bool = False,
+                   check: bool = True) -> ExportResult:
+    """Write a run or a folder of folds as one package (:func:`unetr.package.write_package`).
+
+    Args:
+        model_path: a run directory or a folder of folds.
+        out: the zip (default ``<model_path>/<folder name>.unetr.zip``).
+        overwrite: replace an existing package.
+        check: read every member back from the zip (through its checksum) and compare it with the source
+            weights; a difference raises and leaves no file.
+
+    Returns:
+        An :class:`ExportResult` (``max_abs_diff``: the largest difference of any weight, 0 when exact).
+    """
+    from safetensors.torch import load
+
+    from unetr.package import open_model, read_package, write_package
+
+    source = open_model(model_path)
+    base = Path(model_path)
+    target = Path(out) if out is not None else base / f"{base.resolve().name}.unetr.zip"
+    write_package(target, [source], overwrite=overwrite)
+    diff = 0.0
+    if check:
+        try:
+            for a, b in zip(source.members, read_package(target).members):
+                sa, sb = load(a.read_bytes()), load(b.read_bytes())
+                if sa.keys() != sb.keys():
+                    raise UnetrError(f"{target}: member {b.name} holds other tensors than {a.name}")
+                diff = max([diff] + [float((sa[k].float() - sb[k].float()).abs().max()) for k in sa if sa[k].numel()])
+            if diff != 0.0:
+                raise UnetrError(f"{target}: the packaged weights differ from the run's by up to {diff:.3g}")
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+    log.info("wrote %s: %d member(s)%s", target, len(source.members), ", checked" if check else "")
+    return ExportResult(target, "zip", diff if check else float("nan"), float("nan"))
+
+
+__all__ = ["export_model", "export_package", "ExportResult", "FORMATS"]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from data_helpers import save_nifti
 
-from unetr.data.cases import Case, check_dataset, dataset_split, load_dataset, split_cases
+from unetr.data.cases import check_dataset, load_dataset
+from unetr.data.splits import dataset_splits
 from unetr.errors import DataError
 
 SHAPE = (32, 32, 48)
@@ -76,8 +77,8 @@ def test_monai_datalist(tmp_path):
     ds = load_dataset(tmp_path / "dataset_0.json")
     assert ds.layout == "datalist" and ds.name == "btcv"
     assert [c.id for c in ds.train] == ["img0000", "img0001", "img0002"] and ds.validation[0].id == "img0003"
-    train, val = dataset_split(ds, fold=3, num_folds=5)  # the datalist's own split wins
-    assert [c.id for c in val] == ["img0003"] and len(train) == 3
+    splits = dataset_splits(ds, num_folds=5)  # the datalist's own split wins: one fold
+    assert splits.source == "datalist" and splits.fold(0) == (("img0000", "img0001", "img0002"), ("img0003",))
     assert check_dataset(tmp_path / "dataset_0.json") == []
 
 
@@ -141,33 +142,6 @@ def test_check_lists_every_problem_at_once(phantom_dir, tmp_path):
                      "phantom_004: .*NaN or Inf",
                      "phantom_005: \\S*imagesTr/phantom_005_0000.nii.gz: 2 channel\\(s\\), the dataset declares 1"]:
         assert __import__("re").search(expected, problems), (expected, problems)
-
-
-def _cases(n):
-    return [Case(f"c{i:02d}", (f"c{i:02d}.nii.gz",), f"l{i:02d}.nii.gz") for i in range(n)]
-
-
-def test_split_is_deterministic_and_covers_each_case_once():
-    cases = _cases(11)
-    vals = []
-    for fold in range(5):
-        train, val = split_cases(cases, fold, 5, seed=3)
-        assert not set(train) & set(val) and len(train) + len(val) == 11
-        assert split_cases(list(reversed(cases)), fold, 5, seed=3) == (train, val)  # order-free
-        vals.extend(val)
-    assert sorted(c.id for c in vals) == [c.id for c in cases]
-    assert split_cases(cases, 0, 5, seed=3) != split_cases(cases, 0, 5, seed=4)
-
-
-@pytest.mark.parametrize("fold,num_folds,n", [(5, 5, 10), (-1, 5, 10), (0, 1, 10), (0, 5, 3)])
-def test_split_bad_arguments(fold, num_folds, n):
-    with pytest.raises(ValueError, match="fold|case"):
-        split_cases(_cases(n), fold, num_folds)
-
-
-def test_dataset_split_without_validation_list(phantom_dir):
-    train, val = dataset_split(load_dataset(phantom_dir), fold=1, num_folds=3, seed=0)
-    assert len(val) == 2 and len(train) == 4
 
 
 @pytest.mark.parametrize("shift_mm,ok", [(0.05, True), (0.2, False)])

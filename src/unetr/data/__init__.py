@@ -4,10 +4,11 @@ Never imports ``unetr.model`` or ``unetr.training``. Submodules are imported laz
 ``import unetr.data`` stays cheap; the names below are the public API.
 """
 
-from unetr.data.cases import Case, Dataset, check_dataset, dataset_split, load_dataset, split_cases
+from unetr.data.cases import Case, Dataset, check_dataset, load_dataset
 from unetr.data.io import Geometry, read_image, read_label, write_image, write_label
+from unetr.data.splits import Splits, split_cases
 
 __all__ = [
-    "Case", "Dataset", "Geometry", "check_dataset", "dataset_split", "load_dataset", "read_image", "read_label",
+    "Case", "Dataset", "Geometry", "Splits", "check_dataset", "load_dataset", "read_image", "read_label",
     "split_cases", "write_image", "write_label",
 ]

@@ -1,4 +1,4 @@
-"""Finding the cases of a dataset, naming them, checking them, and splitting them into folds.
+"""Finding the cases of a dataset, naming them and checking them (their folds: :mod:`unetr.data.splits`).
 
 The layouts read, and the public datasets each one matches:
 
@@ -32,8 +32,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
-
-import numpy as np
 
 from unetr.config import MODALITIES, load_json, save_json
 from unetr.data.io import IMAGE_ENDINGS, PathLike, file_ending
@@ -535,41 +533,6 @@ def check_dataset(path: PathLike, workers: int = 2) -> List[str]:
     return problems
 
 
-# ------------------------------------------------------------------------------------------------ split
-
-
-def split_cases(cases: Sequence[Case], fold: int = 0, num_folds: int = 5, seed: int = 0
-                ) -> Tuple[Tuple[Case, ...], Tuple[Case, ...]]:
-    """Deterministic k-fold split: cases sorted by id, shuffled with ``seed``, cut into ``num_folds`` parts.
-
-    Returns:
-        ``(train, val)``: fold ``fold`` is the validation part. The same arguments always give the same split,
-        whatever the order of ``cases``.
-    """
-    if num_folds < 2:
-        raise ValueError(f"num_folds must be at least 2, got {num_folds}")
-    if not 0 <= fold < num_folds:
-        raise ValueError(f"fold must be in 0..{num_folds - 1}, got {fold}")
-    if len(cases) < num_folds:
-        raise ValueError(f"{len(cases)} case(s) cannot be split into {num_folds} folds")
-    ordered = sorted(cases, key=lambda c: c.id)
-    perm = np.random.default_rng(seed).permutation(len(ordered))
-    parts = np.array_split(perm, num_folds)
-    val_idx = set(int(i) for i in parts[fold])
-    train = tuple(ordered[i] for i in range(len(ordered)) if i not in val_idx)
-    val = tuple(ordered[i] for i in sorted(val_idx))
-    return train, val
-
-
-def dataset_split(dataset: Dataset, fold: int = 0, num_folds: int = 5, seed: int = 0
-                  ) -> Tuple[Tuple[Case, ...], Tuple[Case, ...]]:
-    """The training/validation cases of a dataset: the datalist's own ``validation`` list when it has one,
-    else :func:`split_cases` over the labelled training cases."""
-    if dataset.validation:
-        return tuple(c for c in dataset.train if c.label), tuple(c for c in dataset.validation if c.label)
-    return split_cases([c for c in dataset.train if c.label], fold, num_folds, seed)
-
-
 def write_dataset_json(folder: Path, *, name: str, description: str, channels: Sequence[str],
                        class_names: Sequence[str], num_training: int) -> Path:
     """Write an MSD/nnU-Net v2 style ``dataset.json`` (channel names, labels, counts) into ``folder``."""
@@ -586,5 +549,5 @@ def write_dataset_json(folder: Path, *, name: str, description: str, channels: S
 
 
 __all__ = ["Case", "Dataset", "MODALITIES", "CHANNEL_SUFFIX", "channel_files", "modality_of", "name_cases",
-           "volume_stem", "load_dataset", "check_dataset", "split_cases", "dataset_split", "write_dataset_json"]
+           "volume_stem", "load_dataset", "check_dataset", "write_dataset_json"]
 

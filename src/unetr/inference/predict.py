@@ -291,6 +291,7 @@ def predict_case(
     probabilities: bool = False,
     overwrite: bool = False,
     window_progress: bool = False,
+    postprocess: Optional[Callable[[np.ndarray, Sequence[float]], np.ndarray]] = None,
 ) -> CaseResult:
     """Predict one case from its files and write ``<out_dir>/<name>.nii.gz`` (and ``_probabilities``).
 
@@ -305,6 +306,8 @@ def predict_case(
             stored as float32 because NIfTI-1 readers have no float16 type).
         overwrite: redo a case whose output exists.
         window_progress: show a progress bar over the windows.
+        postprocess: ``(labels, spacing) -> labels`` on the input file's grid (e.g. a run's
+            :class:`unetr.inference.postprocess.PostProcessing`), after ``largest_component``.
 
     Returns:
         A :class:`CaseResult`; problems with the input are reported there (status ``failed``), not raised.
@@ -352,6 +355,8 @@ def predict_case(
         if config.largest_component:
             keep_largest_component(labels_np)
         geom = record.geometry
+        if postprocess is not None:
+            labels_np = postprocess(labels_np, geom.spacing)
         out_dir.mkdir(parents=True, exist_ok=True)
         if probs is not None:
             p = invert_to_original(probs.float().numpy(), record, is_label=False)  # (K, X, Y, Z)
@@ -390,6 +395,7 @@ def predict_files(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    postprocess: Optional[Callable[[np.ndarray, Sequence[float]], np.ndarray]] = None,
 ) -> List[CaseResult]:
     """Predict every case of ``inputs`` into ``out_dir``; this rank takes every ``world_size``-th case.
 
@@ -403,6 +409,7 @@ def predict_files(
         overwrite: redo finished cases.
         rank / world_size: this process's share under ``torchrun``.
         progress: progress bars over cases and windows.
+        postprocess: applied to each label map (see :func:`predict_case`).
 
     Returns:
         One :class:`CaseResult` per case of this rank; a failed case does not stop the others.
@@ -423,7 +430,7 @@ def predict_files(
     with _progress_bar(len(cases), "cases", True, 0) if progress else contextlib.nullcontext(None) as bar:
         for name, files in cases:
             r = predict_case(model, plan, files, out_dir, config, name=name, probabilities=probabilities,
-                             overwrite=overwrite, window_progress=progress)
+                             overwrite=overwrite, window_progress=progress, postprocess=postprocess)
             (log.error if r.status == "failed" else log.info)(r.line())
             results.append(r)
             if bar is not None:

@@ -36,6 +36,8 @@ class SoftInverse:
     padding around the crop, border clamped). Memory: the label map, the slabs not yet used up and a few
     output planes at a time.
 
+    With ``probabilities`` the slabs are probabilities (an ensemble's mean) and go back as they are.
+
     Example:
         >>> inv = SoftInverse(record, num_classes=4)
         >>> for slab in slabs:  # (K, n, Y, Z) float32, first-axis order
@@ -45,9 +47,10 @@ class SoftInverse:
 
     _CHUNK = 1 << 22  # floats per working array of a chunk of output planes
 
-    def __init__(self, record: PreprocessRecord, num_classes: int) -> None:
+    def __init__(self, record: PreprocessRecord, num_classes: int, probabilities: bool = False) -> None:
         self.record = record
         self.k = int(num_classes)
+        self.probabilities = probabilities  # the slabs are probabilities already (an ensemble's mean): no softmax
         if not 1 <= self.k < _PAD_LABEL:
             raise ValueError(f"SoftInverse handles 1 to {_PAD_LABEL - 1} classes, got {self.k}")
         n = record.shape
@@ -101,13 +104,13 @@ class SoftInverse:
         return self.cells[p]
 
     def push(self, slab: torch.Tensor) -> None:
-        """Add the next planes ``(K, m, Y, Z)`` (logits) of the preprocessed grid."""
+        """Add the next planes ``(K, m, Y, Z)`` (logits, or probabilities) of the preprocessed grid."""
         slab = torch.as_tensor(slab, dtype=torch.float32)
         if slab.dim() != 4 or slab.shape[0] != self.k or tuple(slab.shape[2:]) != self.n[1:]:
             raise ValueError(f"slab must be ({self.k}, m, {self.n[1]}, {self.n[2]}), got {tuple(slab.shape)}")
         if self.received + slab.shape[1] > self.n[0]:
             raise ValueError(f"more than {self.n[0]} planes pushed")
-        if not self.monai:
+        if not self.monai and not self.probabilities:
             slab = torch.softmax(slab, 0)
         labels = slab.max(0).indices.to(torch.uint8)  # (m, Y, Z) argmax (max's indices: 4-5x faster on CPUs)
         if self.monai:  # the zero padding around the crop is a label of its own: cells touching it are mixed

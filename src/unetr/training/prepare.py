@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -122,7 +122,7 @@ def train_dataset(
         RunLockedError: another process trains in ``out``.
         RunSettingsError: ``out`` holds a run of other settings (without ``restart``).
     """
-    from unetr.data.cases import dataset_split, load_dataset
+    from unetr.data.cases import load_dataset
 
     env = env or D.DistEnv(device=resolve_device(cfg.device))
     out = Path(out)
@@ -132,10 +132,11 @@ def train_dataset(
     ds = load_dataset(dataset)
     if not ds.labelled:
         raise DataError(f"{dataset}: no labelled training cases")
-    try:
-        train_cases, val_cases = dataset_split(ds, cfg.fold, cfg.num_folds, cfg.seed)
-    except ValueError as e:
-        raise DataError(f"{dataset}: {e}") from None
+    spath = splits_path(out, plan_path)
+    anew = restart and spath.parent.resolve() == out.resolve()  # the run's own splits.json goes aside with it
+    if not anew:
+        cfg = folds_of_splits(cfg, spath)
+    train_cases, val_cases = fold_cases(ds, str(dataset), out, cfg, plan_path=plan_path, write=False, anew=anew)
     if not train_cases:
         raise DataError(f"{dataset}: no training cases after the split (fold {cfg.fold} of {cfg.num_folds})")
     cfg = resolve_epochs(cfg, len(train_cases), env.world_size)  # counts in epochs (--recipe btcv) -> iterations
@@ -155,6 +156,7 @@ def train_dataset(
             if earlier is not None:
                 config = run_config(effective_model_config(model_cfg, run_plan, cfg), run_plan, cfg, train_ids, val_ids)
                 check_same_settings(earlier[0], config, earlier[1])
+            write_splits(ds, str(dataset), cfg, spath)
         _cache(list(train_cases) + list(val_cases), plan, cache, env, marker=out / PREPARE_MARKER, workers=workers,
                progress=progress)
         check_cases(train_ids + val_ids, cache, run_plan, cfg.pad_to_roi)
@@ -167,6 +169,76 @@ def train_dataset(
         return fit(run_dir=out, train_ids=train_ids, val_ids=val_ids, load=CachedCases(cache), plan=run_plan,
                    model_cfg=model_cfg, cfg=cfg, env=env, progress=progress, hold_lock=False,
                    time_budget=time_budget)
+
+
+def splits_path(out: Path, plan_path: Optional[os.PathLike]) -> Path:
+    """Where a run's ``splits.json`` lives: next to its plan (``--plan``'s, else the run's own)."""
+    from unetr.data.splits import SPLITS_NAME
+
+    return (Path(plan_path).parent if plan_path is not None else Path(out)) / SPLITS_NAME
+
+
+def folds_of_splits(cfg: TrainConfig, path: Path) -> TrainConfig:
+    """``cfg`` with the number of folds of an existing ``splits.json`` (the file decides it once written)."""
+    from unetr.data.splits import load_splits
+
+    if not path.is_file():
+        return cfg
+    splits = load_splits(path)
+    if splits.source == "kfold" and splits.num_folds != cfg.num_folds:
+        log.info("%s has %d folds; num_folds %d does not apply", path, splits.num_folds, cfg.num_folds)
+        return cfg.replace(num_folds=splits.num_folds)
+    return cfg
+
+
+def write_splits(ds: Dataset, label: str, cfg: TrainConfig, path: Path) -> None:
+    """Write the dataset's ``splits.json`` at ``path`` unless it is there (once the run's inputs are checked,
+    next to its plan); ``fold="all"`` needs none."""
+    from unetr.data.splits import resolve_splits
+
+    if cfg.fold != "all" and not path.is_file():
+        resolve_splits(ds, path, cfg.num_folds, write=True, label=label)
+
+
+def fold_cases(ds: Dataset, label: str, out: Path, cfg: TrainConfig, *, plan_path: Optional[os.PathLike] = None,
+               write: bool = True, anew: bool = False) -> Tuple[List[Case], List[Case]]:
+    """The training and validation cases of ``cfg.fold`` from the dataset's one ``splits.json`` (next to the
+    plan; written on first use, then only read). ``fold="all"``: every labelled case trains, none validates.
+    ``write``: write a new ``splits.json`` now (:func:`train_dataset` writes it later, with the plan);
+    ``anew``: a ``--restart`` moves the run and its ``splits.json`` aside, so a new split is made.
+
+    Raises:
+        DataError: the splits file does not match the dataset or the folds asked for; too few cases for the
+            folds (the message says to use ``--fold all`` or fewer folds); or ``out`` holds a run begun before
+            its splits were written down (a resume could see another split). A resume of another fold is
+            refused by the run's settings check (:func:`unetr.training.run_dir.check_same_settings`).
+    """
+    from unetr.data.splits import dataset_splits, resolve_splits, save_splits
+
+    path = splits_path(out, plan_path)
+    exists = path.is_file() and not anew
+    if cfg.fold == "all" and not exists:
+        ids: Sequence[str] = [c.id for c in ds.labelled]
+        train_ids, val_ids = sorted(ids), ()
+    else:
+        if not exists and (out / "last.pt").is_file() and not anew:
+            raise DataError(f"{out} holds a run begun without {path}: its validation cases were drawn with its "
+                            "--seed, and a resume could see other ones; start anew in another --out (or --restart)")
+        if exists:
+            splits = resolve_splits(ds, path, cfg.num_folds, write=False, label=label)
+        else:
+            try:
+                splits = dataset_splits(ds, cfg.num_folds)
+            except DataError as e:
+                raise DataError(f"{label}: {e}") from None
+            if write:
+                save_splits(path, splits)
+        if cfg.fold != "all" and cfg.fold >= splits.num_folds:
+            raise DataError(f"fold {cfg.fold}: {path} has {splits.num_folds} fold(s) (0..{splits.num_folds - 1})"
+                            + (" from the datalist's own validation list" if splits.source == "datalist" else ""))
+        train_ids, val_ids = splits.fold(cfg.fold)
+    by_id = {c.id: c for c in ds.labelled}
+    return [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
 
 
 def _plan(ds: Dataset, out: Path, env: D.DistEnv, *, plan_path: Optional[os.PathLike],
@@ -242,4 +314,5 @@ def _count_params(model_cfg: ModelConfig) -> int:
         return sum(p.numel() for p in build_model(model_cfg).parameters())
 
 
-__all__ = ["check_cases", "check_writable", "train_dataset"]
+__all__ = ["check_cases", "check_writable", "fold_cases", "folds_of_splits", "splits_path", "train_dataset",
+           "write_splits"]
