@@ -101,6 +101,8 @@ def _run_train(args) -> int:
 
         torch.set_num_threads(args.threads)
     if args.folds is not None:
+        if budget is not None:
+            raise ValueError("--time-budget times one run; with --folds, give the folds' --iterations instead")
         return _train_folds(args, cfg, plan_over, model_over)
     if args.fold_parallel or args.save_probabilities:
         raise ValueError("--fold-parallel and --save-probabilities go with --folds")
