@@ -60,3 +60,9 @@ def test_failed_step_names_the_command(tmp_path):
 def test_unknown_data_is_refused(tmp_path):
     with pytest.raises(ValueError, match="phantom"):
         demo.demo_commands(tmp_path, data="lungs")
+
+
+def test_folds_train_without_a_budget(tmp_path):
+    seen, _ = _recorded(tmp_path, folds=3)
+    train = next(c for c in seen if c[0] == "train")
+    assert "--folds" in train and "--time-budget" not in train  # `train --folds` refuses a budget

@@ -150,7 +150,7 @@ def test_a_zip_that_is_not_a_package(tmp_path):
         z.writestr("readme.txt", "hello")
     with pytest.raises(CheckpointError, match="not a unetr model package"):
         open_model(tmp_path / "other.zip")
-    with pytest.raises(CheckpointError, match="not a run directory"):
+    with pytest.raises(CheckpointError, match="not a run directory .*, nor a folder of folds"):
         open_model(tmp_path)
 
 

@@ -219,7 +219,7 @@ def run_demo(out: Union[str, Path], *, data: str = "phantom", cases: int = 20, t
             continue
         if cmd[0] == "train":
             cmd = [*cmd, "--threads", str(threads)] if "--threads" not in cmd else cmd
-            if budget_s is not None:
+            if budget_s is not None and "--folds" not in cmd:  # the budget times one run, not the folds
                 cmd = train_budget(cmd, budget_s - (time.perf_counter() - t0) - AFTER_TRAIN_S)
         log.info("[demo] step %d/%d: unetr %s", i + 1, len(cmds), " ".join(cmd))
         t_step, cpu_step = time.perf_counter(), _children_cpu()

@@ -149,16 +149,3 @@ def test_an_unfinished_fold_resumes_and_a_longer_one_predicts_again(five, tmp_pa
         train_folds(five, out, TrainConfig(**FAST), [0, 1, 2], num_folds=3, **{k: v for k, v in kw.items()
                                                                                  if k != "num_folds"})
 
-
-def test_each_fold_gets_an_equal_share_of_what_is_left_of_the_budget():
-    from unetr.training.budget import TimeBudget
-    from unetr.training.folds import fold_budget
-
-    now = [10.0]
-    budget = TimeBudget(100.0, start=0.0, clock=lambda: now[0])
-    first = fold_budget(budget, 3)
-    assert (first.seconds, first.start) == (30.0, 10.0)
-    now[0] = 50.0  # the first fold took 40 s, predictions included
-    assert fold_budget(budget, 2).seconds == 25.0
-    now[0] = 120.0  # past the deadline: the last fold plans on a second and stops at once
-    assert fold_budget(budget, 1).seconds == 1.0 and fold_budget(None, 2) is None

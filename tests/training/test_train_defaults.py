@@ -35,3 +35,9 @@ def test_bad_time_budget_is_one_line(phantom, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "time budget" in err and "soon" in err and "Traceback" not in err
     assert not (tmp_path / "c").exists()  # refused before anything is written
+
+
+def test_time_budget_is_for_one_run_not_folds(phantom, tmp_path, capsys):
+    argv = _argv(phantom, tmp_path / "d", "--time-budget", "10m", "--folds", "2")
+    assert main(argv) == 2
+    assert "--time-budget" in capsys.readouterr().err

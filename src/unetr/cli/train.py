@@ -101,7 +101,9 @@ def _run_train(args) -> int:
 
         torch.set_num_threads(args.threads)
     if args.folds is not None:
-        return _train_folds(args, cfg, plan_over, model_over, budget)
+        if budget is not None:
+            raise ValueError("--time-budget times one run; with --folds, give the folds' --iterations instead")
+        return _train_folds(args, cfg, plan_over, model_over)
     if args.fold_parallel or args.save_probabilities:
         raise ValueError("--fold-parallel and --save-probabilities go with --folds")
     env = distributed.setup(cfg.device)
@@ -124,7 +126,7 @@ def _run_train(args) -> int:
                  result.iteration, result.best_dice, result.best_iteration, result.seconds)
     return 0
 
-def _train_folds(args, cfg, plan_over: dict, model_over: dict, budget=None) -> int:
+def _train_folds(args, cfg, plan_over: dict, model_over: dict) -> int:
     from unetr.training import distributed
     from unetr.training.folds import parse_folds, train_folds
 
@@ -138,8 +140,7 @@ def _train_folds(args, cfg, plan_over: dict, model_over: dict, budget=None) -> i
         results = train_folds(args.dataset, args.out, cfg, folds, num_folds=count, fold_parallel=args.fold_parallel,
                               save_probabilities=args.save_probabilities, preset_name=args.preset,
                               plan_path=args.plan, plan_overrides=plan_over, model_overrides=model_over,
-                              cache_dir=args.cache, workers=args.workers, env=env, progress=not args.no_progress,
-                              time_budget=budget)
+                              cache_dir=args.cache, workers=args.workers, env=env, progress=not args.no_progress)
     finally:
         distributed.teardown(env)
     for k, r in results.items():

@@ -26,7 +26,6 @@ from unetr.config import InferConfig, Plan, TrainConfig, load_json, save_json
 from unetr.device import resolve_device
 from unetr.errors import DataError
 from unetr.training import distributed as D
-from unetr.training.budget import TimeBudget
 from unetr.training.prepare import RUN_PLAN_KEYS, check_writable, splits_path, train_dataset
 from unetr.training.trainer import TrainResult
 
@@ -84,7 +83,6 @@ def train_folds(
     workers: int = 2,
     env: Optional[D.DistEnv] = None,
     progress: bool = True,
-    time_budget: Optional[TimeBudget] = None,
 ) -> Dict[int, TrainResult]:
     """Train ``folds`` of the dataset's splits into ``out/fold_K`` and predict each fold's validation cases.
 
@@ -99,9 +97,6 @@ def train_folds(
         preset_name / plan_path / plan_overrides / model_overrides / cache_dir / workers / progress: as for
             :func:`unetr.training.prepare.train_dataset`; the plan and the cache are shared by the folds.
         env: the distributed environment.
-        time_budget: the wall time of the whole command: each fold this process trains gets an equal share of
-            what is left when it starts (:mod:`unetr.training.budget`; its validation predictions come out of
-            the later folds' shares).
 
     Returns:
         ``{fold: TrainResult}`` of the folds this process trained.
@@ -147,27 +142,17 @@ def train_folds(
         log.info("process %d of %d trains fold(s) %s on %s", env.rank, env.world_size, mine, env.device)
     fold_over = {k: v for k, v in (plan_overrides or {}).items() if k in RUN_PLAN_KEYS}
     results: Dict[int, TrainResult] = {}
-    for i, k in enumerate(mine):
+    for k in mine:
         fdir = fold_dir(out, k)
         if run_env.is_main:
             log.info("fold %d of %d (%d validation cases) -> %s", k, num_folds, len(splits.fold(k)[1]), fdir)
         result = train_dataset(dataset, fdir, cfg.replace(fold=k, num_folds=num_folds), preset_name=preset_name,
                                plan_path=plan_file, plan_overrides=fold_over, model_overrides=model_overrides,
-                               cache_dir=cache, workers=workers, env=run_env, progress=progress,
-                               time_budget=fold_budget(time_budget, len(mine) - i))
+                               cache_dir=cache, workers=workers, env=run_env, progress=progress)
         finish_fold(fdir, result, [c for c in ds.labelled if c.id in set(splits.fold(k)[1])], cfg=cfg, env=run_env,
                     save_probabilities=save_probabilities, progress=progress)
         results[k] = result
     return results
-
-
-def fold_budget(budget: Optional[TimeBudget], folds_left: int) -> Optional[TimeBudget]:
-    """The share of ``budget`` the next of ``folds_left`` folds gets: what is left, split equally (at least
-    a second, so that a fold past the deadline still plans and stops at once)."""
-    if budget is None:
-        return None
-    share = max(budget.left() / max(folds_left, 1), 1.0)
-    return TimeBudget(share, start=budget.clock(), clock=budget.clock)
 
 
 def _shared_plan_and_cache(ds, plan_file: Path, cache: Path, plan_overrides: Optional[dict],
@@ -254,5 +239,4 @@ def _predict_validation_case(model, plan: Plan, case, vdir: Path, infer: InferCo
     return vdir / f"{case.id}.nii.gz"
 
 
-__all__ = ["FOLDS_FORMAT", "VALIDATION_DIR", "finish_fold", "fold_budget", "fold_dir", "folds_for_rank", "parse_folds",
-           "train_folds"]
+__all__ = ["FOLDS_FORMAT", "VALIDATION_DIR", "finish_fold", "fold_dir", "folds_for_rank", "parse_folds", "train_folds"]
