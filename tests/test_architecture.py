@@ -14,6 +14,7 @@ LAYERS = {
     "settings": 1, "accel": 1,
     "config": 2,
     "model": 3, "data": 3, "metrics": 3, "recipes": 3, "package": 3,
+    "evaluation": 3.5,
     "inference": 4, "report": 4, "export": 4,
     "training": 5, "cv": 5,
     "demo": 6,

@@ -1,4 +1,4 @@
-"""Metrics: definitions against MONAI, the conventions for empty masks, files and table, bad arguments."""
+"""Metrics (definitions against MONAI, empty masks, bad arguments) and evaluation (files, table, folders)."""
 
 import math
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from unetr import evaluation as E
 from unetr import metrics as M
 
 SPACING = (0.8, 1.3, 2.5)
@@ -158,17 +159,17 @@ def test_bad_inputs():
 
 def test_csv_json_table_round_trip(tmp_path):
     per_case = {"a": M.evaluate_case(_blobs(7), _blobs(8), SPACING, 4), "b": M.evaluate_case(_blobs(9), _blobs(9), SPACING, 4)}
-    M.write_csv(tmp_path / "m.csv", per_case, ["bg", "liver", "spleen", "kidney"])
-    back = M.read_csv(tmp_path / "m.csv")
+    E.write_csv(tmp_path / "m.csv", per_case, ["bg", "liver", "spleen", "kidney"])
+    back = E.read_csv(tmp_path / "m.csv")
     assert back.keys() == per_case.keys()
     assert back["a"][2].dice == pytest.approx(per_case["a"][2].dice, rel=1e-5)
     summary = M.summarize(per_case)
-    M.write_summary_json(tmp_path / "s.json", summary, ["bg", "liver", "spleen", "kidney"])
+    E.write_summary_json(tmp_path / "s.json", summary, ["bg", "liver", "spleen", "kidney"])
     import json
 
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["classes"]["spleen"]["dice"]["n"] == 2
-    table = M.format_table(summary, ["bg", "liver", "spleen", "kidney"])
+    table = E.format_table(summary, ["bg", "liver", "spleen", "kidney"])
     assert "kidney" in table and "mean" in table.splitlines()[-1]
 
 
@@ -182,7 +183,7 @@ def test_read_class_names(tmp_path, content, expected):
     import json
 
     (tmp_path / "d.json").write_text(json.dumps(content))
-    assert M.read_class_names(tmp_path / "d.json") == expected
+    assert E.read_class_names(tmp_path / "d.json") == expected
 
 
 @pytest.mark.parametrize("content,match", [({"name": "x"}, "labels"), ({"labels": {"0": "bg", "2": "b"}}, "gaps")])
@@ -191,7 +192,7 @@ def test_read_class_names_bad(tmp_path, content, match):
 
     (tmp_path / "d.json").write_text(json.dumps(content))
     with pytest.raises(ValueError, match=match):
-        M.read_class_names(tmp_path / "d.json")
+        E.read_class_names(tmp_path / "d.json")
 
 
 def _write_label(path, lab, spacing=(1.0, 1.0, 2.0), affine=None):
@@ -217,7 +218,7 @@ def test_evaluate_folders_and_cli_problems(tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 1  # problems are reported, the good case scored
     assert "mean" in captured.out
-    rows = M.read_csv(tmp_path / "ev" / "metrics.csv")
+    rows = E.read_csv(tmp_path / "ev" / "metrics.csv")
     assert list(rows) == ["a"] and rows["a"][1].dice == 1.0
     import json
 
@@ -234,7 +235,7 @@ def test_evaluate_folders_and_cli_problems(tmp_path, capsys):
     assert main(["evaluate", str(pred), str(ref), "--allow-missing"]) == 0
     (ref / "c.nii.gz").unlink()
     assert main(["evaluate", str(pred), str(ref)]) == 0
-    assert M.read_csv(pred / "metrics.csv")["a"][1].hd95 == pytest.approx(2.0)
+    assert E.read_csv(pred / "metrics.csv")["a"][1].hd95 == pytest.approx(2.0)
     assert main(["evaluate", str(tmp_path / "nope"), str(ref)]) == 2
 
 
@@ -250,7 +251,7 @@ def test_missing_prediction_is_a_miss_not_dropped(tmp_path, capsys):
     _write_label(ref / "b.nii.gz", a)  # never predicted
     assert main(["evaluate", str(pred), str(ref), "-o", str(tmp_path / "ev")]) == 1
     assert "no prediction" in capsys.readouterr().err
-    rows = M.read_csv(tmp_path / "ev" / "metrics.csv")
+    rows = E.read_csv(tmp_path / "ev" / "metrics.csv")
     assert sorted(rows) == ["a", "b"]
     diag = M.diagonal_mm((20, 16, 12), (1.0, 1.0, 2.0))
     assert all(rows["b"][k].dice == 0.0 and rows["b"][k].hd95 == pytest.approx(diag, rel=1e-4) for k in (1, 2))
@@ -284,6 +285,6 @@ def test_workers_give_the_same_figures(tmp_path):
         _write_label(ref / f"c{i}.nii.gz", _blobs(i + 10, 3, shape=(20, 16, 12)))
     from unetr.cli import read_label_for_metrics
 
-    one, s1, _ = M.evaluate_folders(pred, ref, read_label=read_label_for_metrics, out_dir=tmp_path / "a")
-    two, s2, _ = M.evaluate_folders(pred, ref, read_label=read_label_for_metrics, out_dir=tmp_path / "b", workers=2)
+    one, s1, _ = E.evaluate_folders(pred, ref, read_label=read_label_for_metrics, out_dir=tmp_path / "a")
+    two, s2, _ = E.evaluate_folders(pred, ref, read_label=read_label_for_metrics, out_dir=tmp_path / "b", workers=2)
     assert s1 == s2 and list(one) == list(two)

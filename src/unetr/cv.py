@@ -29,18 +29,10 @@ import numpy as np
 
 from unetr.config import load_json
 from unetr.errors import UnetrError
+from unetr.evaluation import format_table, write_csv, write_summary_json
 from unetr.fsutil import atomic_write_text
 from unetr.inference.postprocess import PostProcessing, case_candidates, decide, merge_candidates
-from unetr.metrics import (
-    METRICS,
-    ClassScore,
-    evaluate_case,
-    format_table,
-    mean_over_classes,
-    summarize,
-    write_csv,
-    write_summary_json,
-)
+from unetr.metrics import METRICS, ClassScore, evaluate_case, mean_over_classes, summarize
 
 log = logging.getLogger(__name__)
 

@@ -235,7 +235,7 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=_run_evaluate)
 
 def read_label_for_metrics(path):
-    """``path -> (labels, spacing, affine)`` for :func:`unetr.metrics.evaluate_folders` (picklable)."""
+    """``path -> (labels, spacing, affine)`` for :func:`unetr.evaluation.evaluate_folders` (picklable)."""
     from unetr.data.io import read_label
 
     arr, geom = read_label(path)
@@ -273,7 +273,7 @@ def _is_dataset(path: str) -> bool:
 def _run_evaluate(args) -> int:
     from pathlib import Path
 
-    from unetr.metrics import evaluate_folders, format_table, read_class_names
+    from unetr.evaluation import evaluate_folders, format_table, read_class_names
 
     names = read_class_names(args.labels) if args.labels else None
     refs = args.ref_dir

@@ -23,7 +23,7 @@ _IMAGE_ENDINGS = (".nii.gz", "_0000.nii.gz", ".nii", "_0000.nii")
 def class_names_for(classes: Optional[PathLike], run: Optional[PathLike], labels: Optional[PathLike]) -> Optional[List[str]]:
     """Class names, background first: from ``classes`` (a dataset.json or config.json; must be readable), else
     the run's ``config.json``, else the ``dataset.json`` beside the labels folder (None when none has them)."""
-    from unetr.metrics import read_class_names
+    from unetr.evaluation import read_class_names
 
     if classes is not None:
         if not Path(classes).is_file():
@@ -86,7 +86,7 @@ def report_from_folders(
         ``(report.html, report.md)``.
     """
     from unetr.data.io import read_label
-    from unetr.metrics import evaluate_folders, read_csv
+    from unetr.evaluation import evaluate_folders, read_csv
     from unetr.report.attention import attention_for_case
     from unetr.report.html import write_html_report
     from unetr.report.markdown import make_report, rank_cases
