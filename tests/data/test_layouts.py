@@ -17,7 +17,8 @@ from data_helpers import save_nifti
 from layout_builders import AMOS_MR, BUILDERS, LPS, TOTALSEG_STRUCTURES, scene, totalsegmentator
 
 from unetr.cli import main
-from unetr.data.cases import channel_files, load_dataset, name_cases
+from unetr.data.cases import load_dataset
+from unetr.data.naming import channel_files, name_cases
 from unetr.errors import DataError
 
 

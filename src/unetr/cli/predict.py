@@ -246,7 +246,8 @@ def _dataset_references(dataset: str, pred_dir: str):
     prediction of (``<case id>.nii.gz``, as ``unetr predict`` names them), and the class names it gives."""
     from pathlib import Path
 
-    from unetr.data.cases import load_dataset, volume_stem
+    from unetr.data.cases import load_dataset
+    from unetr.data.naming import volume_stem
 
     ds = load_dataset(dataset)
     folder = Path(pred_dir)

@@ -32,9 +32,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from unetr.data.cases import volume_stem, write_dataset_json
 from unetr.data.checks import grid_problem
+from unetr.data.dataset_json import write_dataset_json
 from unetr.data.io import Geometry, PathLike, read_geometry, read_label, write_label
+from unetr.data.naming import volume_stem
 from unetr.errors import DataError
 from unetr.fsutil import atomic_path, temporary_name
 

@@ -19,7 +19,7 @@ from typing import Tuple, Union
 import numpy as np
 from scipy import ndimage as ndi
 
-from unetr.data.cases import write_dataset_json
+from unetr.data.dataset_json import write_dataset_json
 from unetr.errors import DataError
 
 log = logging.getLogger(__name__)

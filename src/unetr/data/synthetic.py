@@ -24,7 +24,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-from unetr.data.cases import write_dataset_json
+from unetr.data.dataset_json import write_dataset_json
 from unetr.data.io import PathLike
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ _ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 def case_name(path: PathLike) -> str:
     """The file name without its volume ending (``a/b/case_01.nii.gz`` -> ``case_01``)."""
-    from unetr.data.cases import volume_stem
+    from unetr.data.naming import volume_stem
 
     return volume_stem(Path(path).name)
 
@@ -49,7 +49,7 @@ def case_name(path: PathLike) -> str:
 def find_inputs(spec: Union[PathLike, Sequence[PathLike]], in_channels: int = 1) -> List[Tuple[str, List[Path]]]:
     """Resolve ``FILE | FOLDER | GLOB`` (or a list of them) into cases.
 
-    Cases are named and grouped by the datasets' rule (:func:`unetr.data.cases.name_cases`): files named
+    Cases are named and grouped by the datasets' rule (:func:`unetr.data.naming.name_cases`): files named
     ``<case>_0000`` .. ``<case>_NNNN`` (nnU-Net's channel files) are the channels of ``<case>`` when every
     file follows that convention with the model's ``in_channels`` channels (so a one-channel nnU-Net
     ``imagesTs`` gives ``<case>``, while AMOS's ``amos_0001``, ``amos_0004`` stay themselves); otherwise each
@@ -82,7 +82,7 @@ def find_inputs(spec: Union[PathLike, Sequence[PathLike]], in_channels: int = 1)
             files += [m for m in matches if m.is_file()]
     if not files:
         raise FileNotFoundError(f"{', '.join(map(str, specs))}: no image files (.nii.gz, .nii, .nrrd, .mha)")
-    from unetr.data.cases import CHANNEL_SUFFIX, name_cases
+    from unetr.data.naming import CHANNEL_SUFFIX, name_cases
 
     cases = name_cases(files, in_channels)
     if len(cases) == len(files) and any(c.endswith("_0000") and CHANNEL_SUFFIX.match(c) for c, _ in cases):
