@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from unetr.config import MODALITIES
 from unetr.data.io import IMAGE_ENDINGS, PathLike, file_ending
-from unetr.data.naming import _channel_count, channel_files, name_cases, volume_stem
+from unetr.data.naming import channel_count, channel_files, name_cases, volume_stem
 from unetr.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def _cases(named: Sequence[Tuple[str, List[Path]]], labels: Dict[str, Path]) -> 
                  for cid, files in named)
 
 
-def _nnunet_folder(images_dir: Path, labels_dir: Optional[Path], channels: Optional[int]) -> Tuple[Case, ...]:
+def nnunet_folder(images_dir: Path, labels_dir: Optional[Path], channels: Optional[int]) -> Tuple[Case, ...]:
     """An nnU-Net v2 image folder: ``CASE_XXXX`` channel files, grouped when every file follows the rule.
 
     The layout defines the channel files, so a case with channels ``0000 .. k-1`` for another ``k`` than the
@@ -141,7 +141,7 @@ def _nnunet_folder(images_dir: Path, labels_dir: Optional[Path], channels: Optio
     first file is not ``_0000``) are each one case, with a warning."""
     files = _volumes(images_dir)
     stems = [volume_stem(p.name) for p in files]
-    n = _channel_count(stems, channels)
+    n = channel_count(stems, channels)
     if n is None and channel_files(stems, same_count=False) is not None:
         return _cases(name_cases(files, 0, same_count=False), _labels_by_id(labels_dir))  # any count
     if files and n is None:
@@ -156,7 +156,7 @@ def _folder_channels(files: Sequence[Path], labels: Dict[str, Path]) -> Optional
     ``x`` when the names are consistently channel files and the labels are named ``x`` rather than
     ``x_0000`` (a folder converted for nnU-Net without its ``dataset.json``)."""
     stems = [volume_stem(p.name) for p in files]
-    n = _channel_count(stems)
+    n = channel_count(stems)
     if n is None or not labels:
         return None
     ids = {c for c, _ in channel_files(stems) or ()}
@@ -209,7 +209,7 @@ def load_dataset(path: PathLike) -> Dataset:
         DataError: the path holds none of the layouts (a KiTS23 or TotalSegmentator folder: the message gives
             the ``unetr convert`` command), or its JSON is malformed.
     """
-    from unetr.data.dataset_json import _load_datalist, _load_dataset_json  # here: it imports this module
+    from unetr.data.dataset_json import read_datalist, read_dataset_json  # here: it imports this module
 
     path = Path(path)
     if not path.exists():
@@ -218,10 +218,10 @@ def load_dataset(path: PathLike) -> Dataset:
         if path.suffix.lower() != ".json":
             raise DataError(f"{path}: expected a dataset folder or a .json file")
         if path.name == "dataset.json":
-            return _load_dataset_json(path.parent, path)
-        return _load_datalist(path)
+            return read_dataset_json(path.parent, path)
+        return read_datalist(path)
     if (path / "dataset.json").is_file():
-        return _load_dataset_json(path, path / "dataset.json")
+        return read_dataset_json(path, path / "dataset.json")
     found = _load_folders(path)
     if found is not None:
         return found

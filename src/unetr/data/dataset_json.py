@@ -4,7 +4,7 @@
   / ``test`` lists of ``./imagesTr/x.nii.gz`` paths.
 - nnU-Net v2 raw ``dataset.json``: ``channel_names``, ``labels`` as ``{"background": 0}``, ``file_ending``;
   the cases come from its ``imagesTr`` / ``labelsTr`` (``imagesTs`` / ``labelsTs``) folders
-  (:func:`unetr.data.cases._nnunet_folder`), or from its explicit ``dataset`` lists.
+  (:func:`unetr.data.cases.nnunet_folder`), or from its explicit ``dataset`` lists.
 - MONAI datalist JSON files (BTCV's ``dataset_0.json``): ``training`` / ``validation`` / ``test`` lists of
   ``{"image", "label"}`` (or plain image paths), paths relative to the file's folder.
 
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from unetr.config import load_json, save_json
-from unetr.data.cases import Case, Dataset, _nnunet_folder
+from unetr.data.cases import Case, Dataset, nnunet_folder
 from unetr.data.io import file_ending
-from unetr.data.naming import _unique_ids, channel_files, volume_stem
+from unetr.data.naming import channel_files, unique_ids, volume_stem
 from unetr.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def _entry_images(root: Path, image, msd: bool, source: Path, where: str) -> Tup
 
 def _list_cases(root: Path, meta: dict, source: Path, msd: bool) -> Dict[str, Tuple[Case, ...]]:
     """The ``training`` / ``validation`` / ``test`` lists of an MSD ``dataset.json`` or a MONAI datalist, with
-    ids unique over all three (:func:`_unique_ids`)."""
+    ids unique over all three (:func:`unique_ids`)."""
     rows: List[Tuple[str, str, Tuple[str, ...], Optional[str]]] = []
     for key in ("training", "validation", "test"):
         entries = _expect(meta.get(key, []), (list,), f"'{key}'", source,
@@ -118,14 +118,14 @@ def _list_cases(root: Path, meta: dict, source: Path, msd: bool) -> Dict[str, Tu
             if label:
                 _expect(label, (str,), f"{where} 'label'", source, '"labelsTr/case_001.nii.gz"')
             rows.append((key, cid, images, str(_resolve(root, str(label))) if label else None))
-    ids = _unique_ids([r[1] for r in rows], [r[2][0] for r in rows])
+    ids = unique_ids([r[1] for r in rows], [r[2][0] for r in rows])
     out: Dict[str, List[Case]] = {"training": [], "validation": [], "test": []}
     for (key, _, images, label), cid in zip(rows, ids):
         out[key].append(Case(cid, images, label))
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _load_dataset_json(root: Path, source: Path) -> Dataset:
+def read_dataset_json(root: Path, source: Path) -> Dataset:
     meta = load_json(source)
     if not isinstance(meta, dict):
         raise DataError(f"{source}: expected a JSON object")
@@ -150,11 +150,11 @@ def _load_dataset_json(root: Path, source: Path) -> Dataset:
                                   str(_resolve(root, label)) if label else None))
             train_t: Tuple[Case, ...] = tuple(train)
         else:
-            train_t = _nnunet_folder(root / "imagesTr", root / "labelsTr", len(channels) or None)
+            train_t = nnunet_folder(root / "imagesTr", root / "labelsTr", len(channels) or None)
             missing = [c.id for c in train_t if c.label is None]
             if missing:
                 log.warning("%s: %d training image(s) without a label: %s", source, len(missing), missing[:5])
-        test = _nnunet_folder(root / "imagesTs", root / "labelsTs", len(channels) or None)
+        test = nnunet_folder(root / "imagesTs", root / "labelsTs", len(channels) or None)
         where = "dataset.json 'channel_names'" if channels else ""
         return Dataset(str(root), name, train_t, test, (), classes, channels, ending, "nnunet", where)
     if "training" in meta and ("modality" in meta or "labels" in meta):  # MSD v1
@@ -165,12 +165,12 @@ def _load_dataset_json(root: Path, source: Path) -> Dataset:
         return Dataset(str(root), name, lists["training"], lists["test"], lists["validation"], classes, channels,
                        ".nii.gz", "msd", where)
     if "training" in meta:  # a MONAI datalist named dataset.json
-        return _load_datalist(source)
+        return read_datalist(source)
     raise DataError(f"{source}: neither an MSD/nnU-Net dataset.json nor a MONAI datalist (no 'training' list, "
                     "no 'channel_names')")
 
 
-def _load_datalist(source: Path) -> Dataset:
+def read_datalist(source: Path) -> Dataset:
     meta = load_json(source)
     if not isinstance(meta, dict) or "training" not in meta:
         raise DataError(f"{source}: a MONAI datalist needs a 'training' list")

@@ -57,13 +57,13 @@ def channel_files(stems: Sequence[str], channels: Optional[int] = None, same_cou
     return [(m.group("case"), int(m.group("channel"))) for m in parsed]  # type: ignore[union-attr]
 
 
-def _channel_count(stems: Sequence[str], channels: Optional[int] = None) -> Optional[int]:
+def channel_count(stems: Sequence[str], channels: Optional[int] = None) -> Optional[int]:
     """The ``n`` of :func:`channel_files` when the names are channel files, else None."""
     parsed = channel_files(stems, channels)
     return None if parsed is None else max(ch for _, ch in parsed) + 1
 
 
-def _unique_ids(ids: Sequence[str], paths: Sequence[PathLike]) -> List[str]:
+def unique_ids(ids: Sequence[str], paths: Sequence[PathLike]) -> List[str]:
     """``ids``, except that different files of one id get their folder's name in front
     (``case_00000/imaging.nii.gz`` -> ``case_00000_imaging``); one file listed twice keeps its id."""
     owners: Dict[str, set] = defaultdict(set)
@@ -92,7 +92,7 @@ def name_cases(files: Sequence[PathLike], channels: Optional[int] = None, same_c
     stems = [volume_stem(p.name) for p in paths]
     parsed = channel_files(stems, channels, same_count) if channels is not None else None
     if parsed is None:
-        return sorted((i, [p]) for i, p in zip(_unique_ids(stems, paths), paths))
+        return sorted((i, [p]) for i, p in zip(unique_ids(stems, paths), paths))
     groups: Dict[str, List[Tuple[int, Path]]] = defaultdict(list)
     for (cid, ch), p in zip(parsed, paths):
         groups[cid].append((ch, p))
