@@ -37,7 +37,8 @@ from torch import nn
 from unetr.config import InferConfig, ModelConfig, Plan
 from unetr.device import autocast, resolve_device
 from unetr.errors import CheckpointError, UnetrError
-from unetr.inference.predict import CaseResult, case_name, check_output_folder, find_inputs
+from unetr.inference.inputs import case_name, check_output_folder, find_inputs
+from unetr.inference.predict import CaseResult
 from unetr.inference.sliding_window import sliding_window
 from unetr.package import Member
 
