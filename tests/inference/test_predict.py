@@ -8,6 +8,7 @@ from unetr.config import InferConfig
 from unetr.errors import CheckpointError
 from unetr.inference import predict as P
 from unetr.inference.inputs import find_inputs
+from unetr.inference.postprocess import keep_largest_component
 
 ROI = (32, 32, 32)
 
@@ -143,7 +144,7 @@ def test_keep_largest_component():
     lab[1:4, 1:4, 1:4] = 1
     lab[8:10, 7:9, 5:7] = 1  # smaller island
     lab[6:8, 1:3, 1:3] = 2
-    out = P.keep_largest_component(lab.copy())
+    out = keep_largest_component(lab.copy())
     assert (out == 1).sum() == 27 and (out == 2).sum() == 8
 
 

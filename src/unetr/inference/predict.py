@@ -28,6 +28,7 @@ from unetr.config import InferConfig, Plan
 from unetr.device import autocast, explain_precision, resolve_device
 from unetr.errors import CheckpointError, UnetrError, out_of_memory
 from unetr.inference.inputs import case_name, check_output_folder, find_inputs
+from unetr.inference.postprocess import keep_largest_component
 from unetr.inference.sliding_window import count_windows, sliding_window
 
 log = logging.getLogger(__name__)
@@ -165,30 +166,6 @@ def predict_volume(
     logits = sliding_window(x, fn, roi, output="probabilities", out_dtype=torch.float32, **common)  # (K, X, Y, Z)
     probs = torch.softmax(logits, 0).to(torch.float16).cpu()
     return logits.max(0).indices.to(torch.uint8).cpu(), probs
-
-
-def keep_largest_component(labels: np.ndarray, classes: Optional[Sequence[int]] = None) -> np.ndarray:
-    """For each class, keep only its largest 26-connected component (the rest becomes background).
-
-    Args:
-        labels: ``(X, Y, Z)`` integer map; changed in place and returned.
-        classes: the classes to clean (default: all foreground classes present).
-    """
-    from scipy import ndimage
-
-    present = [int(c) for c in np.unique(labels) if c != 0] if classes is None else list(classes)
-    boxes = ndimage.find_objects(labels.astype(np.int32, copy=False))
-    for c in present:
-        if c < 1 or c > len(boxes) or boxes[c - 1] is None:
-            continue
-        box = boxes[c - 1]
-        sub = labels[box]
-        comp, n = ndimage.label(sub == c, structure=np.ones((3, 3, 3), bool))
-        if n > 1:
-            sizes = np.bincount(comp.ravel())
-            sizes[0] = 0
-            sub[(comp != 0) & (comp != int(sizes.argmax()))] = 0
-    return labels
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -387,6 +364,5 @@ def iter_failed(results: Sequence[CaseResult]) -> Iterator[CaseResult]:
 
 
 __all__ = [
-    "load_predictor", "make_predictor", "predict_volume", "predict_case", "predict_files", "keep_largest_component",
-    "CaseResult",
+    "load_predictor", "make_predictor", "predict_volume", "predict_case", "predict_files", "CaseResult",
 ]
