@@ -27,7 +27,7 @@ from unetr.accel import check_compiler, compile_model, device_defaults, full_bat
 from unetr.config import InferConfig, Plan
 from unetr.device import autocast, explain_precision, resolve_device
 from unetr.errors import CheckpointError, UnetrError, out_of_memory
-from unetr.inference.inputs import case_name, check_output_folder, find_inputs
+from unetr.inference.inputs import case_name, check_output_folder, find_inputs, output_paths
 from unetr.inference.postprocess import keep_largest_component
 from unetr.inference.sliding_window import count_windows, sliding_window
 
@@ -191,6 +191,13 @@ class CaseResult:
             return f"{self.case}: skipped ({self.output} exists; --overwrite to redo)"
         return f"{self.case}: FAILED: {self.message}"
 
+    @classmethod
+    def finished(cls, case: str, output: Path, t0: float, labels: np.ndarray) -> CaseResult:
+        """A case whose label map ``labels`` was written to ``output``, timed from ``time.perf_counter()``
+        ``t0``."""
+        classes = [int(c) for c in np.unique(labels) if c != 0]
+        return cls(case, "done", output, time.perf_counter() - t0, tuple(labels.shape), classes)
+
 
 def _progress_bar(total: int, desc: str, leave: bool, position: int):
     try:
@@ -233,61 +240,92 @@ def predict_case(
     Returns:
         A :class:`CaseResult`; problems with the input are reported there (status ``failed``), not raised.
     """
-    from unetr.data.io import write_image, write_label
-    from unetr.data.preprocess import invert_to_original, preprocess_image_file
-    from unetr.inference.soft_inverse import SoftInverse
-
     config = config or InferConfig()
     files = [Path(f) for f in files]
     name = name or case_name(files[0])
     out_dir = Path(out_dir)
-    out = out_dir / f"{name}.nii.gz"
-    prob_out = out_dir / f"{name}_probabilities.nii.gz"
+    out, prob_out = output_paths(name, out_dir, probabilities=True)
     if not overwrite and out.exists() and (not probabilities or prob_out.exists()):
         return CaseResult(name, "skipped", out)
     t0 = time.perf_counter()
     try:
-        image, record = preprocess_image_file(files if len(files) > 1 else files[0], plan)
-        roi = tuple(int(r) for r in getattr(model, "img_size", plan.roi))
-        n_win = count_windows(image.shape[1:], roi, config.overlap)
-        probs = None
-        with _progress_bar(n_win, name, False, 1) if window_progress else contextlib.nullcontext(None) as bar:
-            tick = bar.update if bar is not None else None
-            if config.inverse == "soft":  # the logits stream into the inverse; no float volume is held
-                inverse = SoftInverse(record, plan.num_classes)
-                filled = 0
-
-                def keep_probabilities(slab: torch.Tensor) -> None:  # ... unless asked for
-                    nonlocal filled
-                    probs[:, filled:filled + slab.shape[1]] = torch.softmax(slab, 0)
-                    filled += slab.shape[1]
-                    inverse.push(slab)
-
-                if probabilities:
-                    probs = torch.empty((plan.num_classes, *image.shape[1:]), dtype=torch.float16)
-                predict_volume(model, image, roi, config, sink=keep_probabilities if probabilities else inverse.push,
-                               progress=tick)
-                labels_np = inverse.result()
-            else:  # argmax on the preprocessed grid, then the label map goes back
-                labels, probs = predict_volume(model, image, roi, config, probabilities=probabilities, progress=tick)
-                labels_np = invert_to_original(labels.numpy(), record, is_label=True)
-                del labels
+        image, record = read_case(files, plan)
+        labels_np, probs = _segment(model, plan, image, record, config, name=name, probabilities=probabilities,
+                                    window_progress=window_progress)
         del image
         if config.largest_component:
             keep_largest_component(labels_np)
-        geom = record.geometry
         if postprocess is not None:
-            labels_np = postprocess(labels_np, geom.spacing)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if probs is not None:
-            p = invert_to_original(probs.float().numpy(), record, is_label=False)  # (K, X, Y, Z)
-            write_image(prob_out, p, geom, dtype="float32")  # NIfTI-1 (nibabel) has no float16 code
-            del p
-        write_label(out, labels_np, geom)  # last: its existence marks the case as finished
+            labels_np = postprocess(labels_np, record.geometry.spacing)
+        _write_case(out_dir, out, prob_out, labels_np, probs, record)
     except (UnetrError, ValueError, OSError, RuntimeError, MemoryError) as e:  # the other cases go on
         return CaseResult(name, "failed", message=_failure_text(e), seconds=time.perf_counter() - t0)
-    classes = [int(c) for c in np.unique(labels_np) if c != 0]
-    return CaseResult(name, "done", out, time.perf_counter() - t0, tuple(labels_np.shape), classes)
+    return CaseResult.finished(name, out, t0, labels_np)
+
+
+def read_case(files: Sequence[Path], plan: Plan):
+    """A case's image file (or its files, one per channel) preprocessed with ``plan``: ``(image (C, X, Y, Z),
+    PreprocessRecord)``."""
+    from unetr.data.preprocess import preprocess_image_file
+
+    return preprocess_image_file(files if len(files) > 1 else files[0], plan)
+
+
+def _segment(model: torch.nn.Module, plan: Plan, image: np.ndarray, record, config: InferConfig, *, name: str,
+             probabilities: bool, window_progress: bool) -> Tuple[np.ndarray, Optional[torch.Tensor]]:
+    """The label map of a preprocessed case on its input file's grid, and (when asked for) its softmax
+    probabilities ``(K, X, Y, Z)`` float16 on the preprocessed grid (else None)."""
+    from unetr.data.preprocess import invert_to_original
+
+    roi = tuple(int(r) for r in getattr(model, "img_size", plan.roi))
+    n_win = count_windows(image.shape[1:], roi, config.overlap)
+    with _progress_bar(n_win, name, False, 1) if window_progress else contextlib.nullcontext(None) as bar:
+        tick = bar.update if bar is not None else None
+        if config.inverse == "soft":  # the logits stream into the inverse; no float volume is held
+            return _soft_segment(model, plan, image, record, roi, config, probabilities=probabilities, tick=tick)
+        # argmax on the preprocessed grid, then the label map goes back
+        labels, probs = predict_volume(model, image, roi, config, probabilities=probabilities, progress=tick)
+        labels_np = invert_to_original(labels.numpy(), record, is_label=True)
+        del labels
+    return labels_np, probs
+
+
+def _soft_segment(model: torch.nn.Module, plan: Plan, image: np.ndarray, record, roi: Tuple[int, ...],
+                  config: InferConfig, *, probabilities: bool, tick: Optional[Callable[[int], None]]
+                  ) -> Tuple[np.ndarray, Optional[torch.Tensor]]:
+    """:func:`_segment` with the logits streamed, slab by slab, into the soft inverse (``--inverse soft``)."""
+    from unetr.inference.soft_inverse import SoftInverse
+
+    probs = None
+    inverse = SoftInverse(record, plan.num_classes)
+    filled = 0
+
+    def keep_probabilities(slab: torch.Tensor) -> None:  # ... unless asked for
+        nonlocal filled
+        probs[:, filled:filled + slab.shape[1]] = torch.softmax(slab, 0)
+        filled += slab.shape[1]
+        inverse.push(slab)
+
+    if probabilities:
+        probs = torch.empty((plan.num_classes, *image.shape[1:]), dtype=torch.float16)
+    predict_volume(model, image, roi, config, sink=keep_probabilities if probabilities else inverse.push,
+                   progress=tick)
+    return inverse.result(), probs
+
+
+def _write_case(out_dir: Path, out: Path, prob_out: Path, labels: np.ndarray, probs: Optional[torch.Tensor],
+                record) -> None:
+    """Write a case's probabilities (when there are any) on its input file's grid, then its label map."""
+    from unetr.data.io import write_image, write_label
+    from unetr.data.preprocess import invert_to_original
+
+    geom = record.geometry
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if probs is not None:
+        p = invert_to_original(probs.float().numpy(), record, is_label=False)  # (K, X, Y, Z)
+        write_image(prob_out, p, geom, dtype="float32")  # NIfTI-1 (nibabel) has no float16 code
+        del p
+    write_label(out, labels, geom)  # last: its existence marks the case as finished
 
 
 def _failure_text(e: BaseException) -> str:
