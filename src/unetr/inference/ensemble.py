@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +39,13 @@ from unetr.errors import CheckpointError, UnetrError
 from unetr.inference.inputs import case_name, check_output_folder, find_inputs
 from unetr.inference.predict import CaseResult
 from unetr.inference.sliding_window import sliding_window
+from unetr.inference.uncertainty import UNCERTAINTY, uncertainty_map
 from unetr.package import Member
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 ModelLoader = Callable[[], nn.Module]
-UNCERTAINTY = ("entropy", "disagreement")
 MIRRORINGS: Tuple[Tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
 
 
@@ -217,31 +216,6 @@ def ensemble_probabilities(loaders: Iterable[ModelLoader], image: Union[np.ndarr
     return EnsembleResult(acc, count_votes, count)
 
 
-def entropy_map(mean: torch.Tensor) -> torch.Tensor:
-    """The entropy of the mean probabilities ``(K, X, Y, Z)`` divided by ``log K``: ``(X, Y, Z)`` in [0, 1]
-    (0: every prediction certain of one class; 1: uniform)."""
-    k = mean.shape[0]
-    plogp = torch.where(mean > 0, mean * torch.log(mean.clamp_min(1e-30)), torch.zeros((), dtype=mean.dtype))
-    return (-plogp.sum(0) / math.log(k)).clamp_(0.0, 1.0)
-
-
-def disagreement_map(votes: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
-    """The fraction ``(X, Y, Z)`` of the ``count`` predictions whose argmax is not the ensemble's ``labels``."""
-    agree = votes.gather(0, labels[None].long())[0].float()  # (X, Y, Z)
-    return 1.0 - agree / count
-
-
-def uncertainty_map(result: EnsembleResult, kind: str) -> torch.Tensor:
-    """``entropy`` (:func:`entropy_map`) or ``disagreement`` (:func:`disagreement_map`), on the preprocessed grid."""
-    if kind == "entropy":
-        return entropy_map(result.mean)
-    if kind == "disagreement":
-        if result.votes is None:
-            raise ValueError("disagreement needs the votes (ensemble_probabilities(votes=True))")
-        return disagreement_map(result.votes, result.mean.max(0).indices, result.count)
-    raise ValueError(f"uncertainty must be one of {UNCERTAINTY}, got {kind!r}")
-
-
 def labels_in_input_space(mean: torch.Tensor, record) -> np.ndarray:
     """The argmax of the mean probabilities ``(K, X', Y', Z')``, taken on the input file's grid through the
     streamed soft inverse (the whole mean is handed over at once, so the result never depends on slabs)."""
@@ -387,6 +361,6 @@ def predict_ensemble_files(
     return results
 
 
-__all__ = ["UNCERTAINTY", "EnsembleResult", "disagreement_map", "ensemble_outputs", "ensemble_probabilities",
-           "entropy_map", "labels_in_input_space", "load_member", "member_loaders", "member_probabilities",
-           "predict_ensemble_case", "predict_ensemble_files", "stream_probabilities", "uncertainty_map"]
+__all__ = ["EnsembleResult", "ensemble_outputs", "ensemble_probabilities", "labels_in_input_space", "load_member",
+           "member_loaders", "member_probabilities", "predict_ensemble_case", "predict_ensemble_files",
+           "stream_probabilities"]
