@@ -37,7 +37,7 @@ from unetr.config import InferConfig, ModelConfig, Plan
 from unetr.device import autocast, resolve_device
 from unetr.errors import CheckpointError, UnetrError
 from unetr.inference.inputs import case_name, check_output_folder, find_inputs
-from unetr.inference.predict import CaseResult
+from unetr.inference.predict import CaseResult, read_case
 from unetr.inference.sliding_window import sliding_window
 from unetr.inference.uncertainty import UNCERTAINTY, uncertainty_map
 from unetr.package import Member
@@ -265,7 +265,7 @@ def predict_ensemble_case(
         A :class:`CaseResult`; problems with the input are reported there (status ``failed``), not raised.
     """
     from unetr.data.io import write_image, write_label
-    from unetr.data.preprocess import invert_to_original, preprocess_image_file
+    from unetr.data.preprocess import invert_to_original
 
     config = config or InferConfig()
     files = [Path(f) for f in files]
@@ -276,7 +276,7 @@ def predict_ensemble_case(
         return CaseResult(name, "skipped", outputs[0])
     t0 = time.perf_counter()
     try:
-        image, record = preprocess_image_file(files if len(files) > 1 else files[0], plan)
+        image, record = read_case(files, plan)
         result = ensemble_probabilities(loaders, image, plan.num_classes, config,
                                         votes=uncertainty == "disagreement")
         del image
@@ -297,8 +297,7 @@ def predict_ensemble_case(
         write_label(outputs[0], labels, geom)  # last: its existence marks the case as finished
     except (UnetrError, ValueError, OSError, RuntimeError) as e:
         return CaseResult(name, "failed", message=str(e) or type(e).__name__, seconds=time.perf_counter() - t0)
-    classes = [int(c) for c in np.unique(labels) if c != 0]
-    return CaseResult(name, "done", outputs[0], time.perf_counter() - t0, tuple(labels.shape), classes)
+    return CaseResult.finished(name, outputs[0], t0, labels)
 
 
 def _write_probabilities(path: Path, probs: np.ndarray, geom, plan: Plan) -> None:
