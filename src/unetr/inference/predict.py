@@ -361,7 +361,7 @@ def predict_files(
     Args:
         model: the network (eval mode, on ``config.device``).
         plan: the preprocessing the model was trained with.
-        inputs: ``FILE | FOLDER | GLOB`` or a list of them (see :func:`find_inputs`).
+        inputs: ``FILE | FOLDER | GLOB`` or a list of them (see :func:`unetr.inference.inputs.find_inputs`).
         out_dir: output folder.
         config: sliding-window and post-processing settings.
         probabilities: also write the probabilities (see :func:`predict_case`).
