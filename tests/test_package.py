@@ -12,7 +12,8 @@ from unetr.cli import main
 from unetr.config import Plan, preset
 from unetr.errors import CheckpointError
 from unetr.export import export_model
-from unetr.inference.ensemble import describe_model, load_member
+from unetr.inference.describe import describe_model
+from unetr.inference.ensemble import load_member
 from unetr.model import build_model, save_run
 from unetr.package import MANIFEST, open_model, read_package, write_package
 

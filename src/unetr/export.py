@@ -21,7 +21,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -132,6 +132,28 @@ def export_model(
     cfg = info["model"]
     roi = tuple(int(s) for s in cfg["img_size"])
     base = model_path if model_path.is_dir() else model_path.parent
+    target, sidecar = _export_paths(model_path, base, out, format, overwrite)
+    g = torch.Generator().manual_seed(0)
+    trace_input = torch.randn((1, int(cfg["in_channels"])) + roi, generator=g)
+    check_input = torch.randn((batch, int(cfg["in_channels"])) + roi, generator=g)
+    with atomic_path(target, target.suffix) as tmp:
+        with torch.no_grad():
+            if not _write_export(model, trace_input, tmp, format, opset):
+                check_input = check_input[:1]  # the graph's batch is fixed at 1
+            diff, scale = float("nan"), float("nan")
+            if check:
+                diff, scale = _check_export(model, tmp, check_input, format, atol)
+    cfg_src = base / "config.json"
+    doc = json.loads(cfg_src.read_text()) if cfg_src.is_file() else {"model": cfg}
+    atomic_write_text(sidecar, json.dumps({**doc, "export": {"format": format, "file": target.name}}, indent=2) + "\n")
+    log.info("wrote %s (%s); max |export - PyTorch| = %.3g on logits up to %.3g", target, format, diff, scale)
+    return ExportResult(target, format, diff, scale)
+
+
+def _export_paths(model_path: Path, base: Path, out: Optional[PathLike], format: str,
+                  overwrite: bool) -> Tuple[Path, Path]:
+    """The export's file and its ``.json``, refused when either is one of the model's own files, or exists
+    (unless ``overwrite``)."""
     target = Path(out) if out is not None else base / ("model.onnx" if format == "onnx" else "model.torchscript.pt")
     sidecar = config_path_for(target)
     protected = {p.resolve() for p in (base / "config.json", base / "model.safetensors", base / "last.pt", model_path)}
@@ -140,35 +162,42 @@ def export_model(
             raise UnetrError(f"{path}: this is the model's own file; export to another name (-o)")
         if path.exists() and not overwrite:
             raise UnetrError(f"{path}: exists; export elsewhere or add --overwrite to replace it")
-    g = torch.Generator().manual_seed(0)
-    trace_input = torch.randn((1, int(cfg["in_channels"])) + roi, generator=g)
-    check_input = torch.randn((batch, int(cfg["in_channels"])) + roi, generator=g)
-    with atomic_path(target, target.suffix) as tmp:
-        with torch.no_grad():
-            if format == "onnx":
-                if not _export_onnx(model, trace_input, tmp, opset):
-                    check_input = check_input[:1]  # the graph's batch is fixed at 1
-            else:
-                traced = torch.jit.trace(model, trace_input, check_trace=False)
-                torch.jit.save(traced, str(tmp))
-            diff, scale = float("nan"), float("nan")
-            if check:
-                ref = model(check_input)
-                if format == "onnx":
-                    got = _run_onnx(tmp, check_input)
-                else:
-                    got = torch.jit.load(str(tmp), map_location="cpu")(check_input)
-                if got.shape != ref.shape:
-                    raise UnetrError(f"the {format} export returns shape {tuple(got.shape)}, PyTorch {tuple(ref.shape)}")
-                diff = float((got - ref).abs().max())
-                scale = float(ref.abs().max())
-                if not diff <= atol:
-                    raise UnetrError(f"the {format} export differs from PyTorch by up to {diff:.3g} (> {atol})")
-    cfg_src = base / "config.json"
-    doc = json.loads(cfg_src.read_text()) if cfg_src.is_file() else {"model": cfg}
-    atomic_write_text(sidecar, json.dumps({**doc, "export": {"format": format, "file": target.name}}, indent=2) + "\n")
-    log.info("wrote %s (%s); max |export - PyTorch| = %.3g on logits up to %.3g", target, format, diff, scale)
-    return ExportResult(target, format, diff, scale)
+    return target, sidecar
+
+
+def _write_export(model: torch.nn.Module, example: torch.Tensor, path: Path, format: str, opset: int) -> bool:
+    """Write ``model`` traced on ``example`` to ``path`` as ONNX or TorchScript.
+
+    Returns:
+        True when the export's batch axis is dynamic (always for TorchScript; see :func:`_export_onnx`).
+    """
+    if format == "onnx":
+        return _export_onnx(model, example, path, opset)
+    traced = torch.jit.trace(model, example, check_trace=False)
+    torch.jit.save(traced, str(path))
+    return True
+
+
+def _check_export(model: torch.nn.Module, path: Path, example: torch.Tensor, format: str,
+                  atol: float) -> Tuple[float, float]:
+    """Run the export at ``path`` and ``model`` on ``example``: ``(max |export - PyTorch|, max |PyTorch|)`` of
+    the logits.
+
+    Raises:
+        UnetrError: another output shape, or a difference above ``atol``.
+    """
+    ref = model(example)
+    if format == "onnx":
+        got = _run_onnx(path, example)
+    else:
+        got = torch.jit.load(str(path), map_location="cpu")(example)
+    if got.shape != ref.shape:
+        raise UnetrError(f"the {format} export returns shape {tuple(got.shape)}, PyTorch {tuple(ref.shape)}")
+    diff = float((got - ref).abs().max())
+    scale = float(ref.abs().max())
+    if not diff <= atol:
+        raise UnetrError(f"the {format} export differs from PyTorch by up to {diff:.3g} (> {atol})")
+    return diff, scale
 
 
 def export_package(model_path: PathLike, out: Optional[PathLike] = None, *, overwrite: bool = False,

@@ -101,7 +101,7 @@ def test_datalist_files_of_one_name_are_told_apart_by_their_folder(tmp_path):
 
 
 def test_predict_names_inputs_by_the_same_rule(built):
-    from unetr.inference.predict import find_inputs
+    from unetr.inference.inputs import find_inputs
 
     assert [c for c, _ in find_inputs(built["amos"] / "imagesTr", 1)] == [
         "amos_0001", "amos_0004", "amos_0005", "amos_0507", "amos_0508"]

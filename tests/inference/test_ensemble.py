@@ -12,12 +12,11 @@ from unetr.config import InferConfig, Plan, preset
 from unetr.errors import CheckpointError
 from unetr.inference.ensemble import (
     MIRRORINGS,
-    disagreement_map,
     ensemble_probabilities,
-    entropy_map,
     load_member,
     member_probabilities,
 )
+from unetr.inference.uncertainty import disagreement_map, entropy_map
 from unetr.model import build_model, save_run
 from unetr.package import open_model, shared_plan
 

@@ -7,6 +7,8 @@ import torch
 from unetr.config import InferConfig
 from unetr.errors import CheckpointError
 from unetr.inference import predict as P
+from unetr.inference.inputs import find_inputs
+from unetr.inference.postprocess import keep_largest_component
 
 ROI = (32, 32, 32)
 
@@ -22,14 +24,14 @@ def test_find_inputs_file_folder_glob_and_channels(tmp_path):
     for n in ("b_0000", "b_0001", "a_0000", "a_0001"):
         (tmp_path / f"{n}.nii.gz").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("x")
-    assert [c for c, _ in P.find_inputs(tmp_path, 2)] == ["a", "b"]
-    assert [len(f) for _, f in P.find_inputs(tmp_path, 2)] == [2, 2]
-    single = P.find_inputs(tmp_path, 1)  # two channel files per case are no one-channel cases: names kept
+    assert [c for c, _ in find_inputs(tmp_path, 2)] == ["a", "b"]
+    assert [len(f) for _, f in find_inputs(tmp_path, 2)] == [2, 2]
+    single = find_inputs(tmp_path, 1)  # two channel files per case are no one-channel cases: names kept
     assert [c for c, _ in single] == ["a_0000", "a_0001", "b_0000", "b_0001"]
-    assert [c for c, _ in P.find_inputs(str(tmp_path / "a_*.nii.gz"), 2)] == ["a"]
-    assert [c for c, _ in P.find_inputs(tmp_path / "b_0000.nii.gz", 1)] == ["b"]
+    assert [c for c, _ in find_inputs(str(tmp_path / "a_*.nii.gz"), 2)] == ["a"]
+    assert [c for c, _ in find_inputs(tmp_path / "b_0000.nii.gz", 1)] == ["b"]
     with pytest.raises(FileNotFoundError):
-        P.find_inputs(tmp_path / "nothing*.nii.gz")
+        find_inputs(tmp_path / "nothing*.nii.gz")
 
 
 def test_predict_volume_argmax_equals_probabilities_path(run_dir):
@@ -142,7 +144,7 @@ def test_keep_largest_component():
     lab[1:4, 1:4, 1:4] = 1
     lab[8:10, 7:9, 5:7] = 1  # smaller island
     lab[6:8, 1:3, 1:3] = 2
-    out = P.keep_largest_component(lab.copy())
+    out = keep_largest_component(lab.copy())
     assert (out == 1).sum() == 27 and (out == 2).sum() == 8
 
 

@@ -58,7 +58,7 @@ def _add_info(sub) -> None:
     p.set_defaults(func=_run_info)
 
 def _run_info(args) -> int:
-    from unetr.inference.ensemble import describe_model
+    from unetr.inference.describe import describe_model
 
     print(describe_model(args.model))
     return 0

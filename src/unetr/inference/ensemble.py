@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,15 +36,16 @@ from torch import nn
 from unetr.config import InferConfig, ModelConfig, Plan
 from unetr.device import autocast, resolve_device
 from unetr.errors import CheckpointError, UnetrError
-from unetr.inference.predict import CaseResult, case_name, check_output_folder, find_inputs
+from unetr.inference.inputs import case_name, check_output_folder, find_inputs
+from unetr.inference.predict import CaseResult, read_case
 from unetr.inference.sliding_window import sliding_window
+from unetr.inference.uncertainty import UNCERTAINTY, uncertainty_map
 from unetr.package import Member
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 ModelLoader = Callable[[], nn.Module]
-UNCERTAINTY = ("entropy", "disagreement")
 MIRRORINGS: Tuple[Tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
 
 
@@ -216,31 +216,6 @@ def ensemble_probabilities(loaders: Iterable[ModelLoader], image: Union[np.ndarr
     return EnsembleResult(acc, count_votes, count)
 
 
-def entropy_map(mean: torch.Tensor) -> torch.Tensor:
-    """The entropy of the mean probabilities ``(K, X, Y, Z)`` divided by ``log K``: ``(X, Y, Z)`` in [0, 1]
-    (0: every prediction certain of one class; 1: uniform)."""
-    k = mean.shape[0]
-    plogp = torch.where(mean > 0, mean * torch.log(mean.clamp_min(1e-30)), torch.zeros((), dtype=mean.dtype))
-    return (-plogp.sum(0) / math.log(k)).clamp_(0.0, 1.0)
-
-
-def disagreement_map(votes: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
-    """The fraction ``(X, Y, Z)`` of the ``count`` predictions whose argmax is not the ensemble's ``labels``."""
-    agree = votes.gather(0, labels[None].long())[0].float()  # (X, Y, Z)
-    return 1.0 - agree / count
-
-
-def uncertainty_map(result: EnsembleResult, kind: str) -> torch.Tensor:
-    """``entropy`` (:func:`entropy_map`) or ``disagreement`` (:func:`disagreement_map`), on the preprocessed grid."""
-    if kind == "entropy":
-        return entropy_map(result.mean)
-    if kind == "disagreement":
-        if result.votes is None:
-            raise ValueError("disagreement needs the votes (ensemble_probabilities(votes=True))")
-        return disagreement_map(result.votes, result.mean.max(0).indices, result.count)
-    raise ValueError(f"uncertainty must be one of {UNCERTAINTY}, got {kind!r}")
-
-
 def labels_in_input_space(mean: torch.Tensor, record) -> np.ndarray:
     """The argmax of the mean probabilities ``(K, X', Y', Z')``, taken on the input file's grid through the
     streamed soft inverse (the whole mean is handed over at once, so the result never depends on slabs)."""
@@ -290,7 +265,7 @@ def predict_ensemble_case(
         A :class:`CaseResult`; problems with the input are reported there (status ``failed``), not raised.
     """
     from unetr.data.io import write_image, write_label
-    from unetr.data.preprocess import invert_to_original, preprocess_image_file
+    from unetr.data.preprocess import invert_to_original
 
     config = config or InferConfig()
     files = [Path(f) for f in files]
@@ -301,7 +276,7 @@ def predict_ensemble_case(
         return CaseResult(name, "skipped", outputs[0])
     t0 = time.perf_counter()
     try:
-        image, record = preprocess_image_file(files if len(files) > 1 else files[0], plan)
+        image, record = read_case(files, plan)
         result = ensemble_probabilities(loaders, image, plan.num_classes, config,
                                         votes=uncertainty == "disagreement")
         del image
@@ -322,8 +297,7 @@ def predict_ensemble_case(
         write_label(outputs[0], labels, geom)  # last: its existence marks the case as finished
     except (UnetrError, ValueError, OSError, RuntimeError) as e:
         return CaseResult(name, "failed", message=str(e) or type(e).__name__, seconds=time.perf_counter() - t0)
-    classes = [int(c) for c in np.unique(labels) if c != 0]
-    return CaseResult(name, "done", outputs[0], time.perf_counter() - t0, tuple(labels.shape), classes)
+    return CaseResult.finished(name, outputs[0], t0, labels)
 
 
 def _write_probabilities(path: Path, probs: np.ndarray, geom, plan: Plan) -> None:
@@ -386,83 +360,6 @@ def predict_ensemble_files(
     return results
 
 
-# ------------------------------------------------------------------------------------------ info
-
-
-def _params(model_cfg: dict) -> int:
-    from unetr.model import build_model
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in build_model(ModelConfig.from_dict(model_cfg)).parameters())
-
-
-def _architecture(m: dict) -> str:
-    if m.get("variant") == "tutorial":
-        head = "UNETR (tutorial variant)"
-    else:
-        head = (f"UNETR (paper variant), {m['norm']} norm, {'residual' if m['res_block'] else 'plain'} decoder blocks, "
-                f"feature size {m['feature_size']}")
-    return (f"{head}; ViT hidden {m['hidden_size']}, {m['num_layers']} layers, {m['num_heads']} heads, MLP "
-            f"{m['mlp_dim']}, patch {m['patch_size']}, skips {tuple(m['skip_layers'])}; {_params(m) / 1e6:.2f}M "
-            "parameters")
-
-
-def describe_model(path: PathLike) -> str:
-    """What a model is (``unetr info``): architecture, input and preprocessing, classes, members,
-    post-processing, cross-validation figures and versions (a package's), read without running anything.
-
-    Args:
-        path: a run directory, a folder of folds, a package, or a checkpoint file.
-    """
-    from unetr.package import is_package, open_model, shared_plan
-
-    p = Path(path)
-    if p.is_file() and not is_package(p):
-        from unetr.model import load_model
-
-        _, info = load_model(p)
-        lines = [f"model: {p} (checkpoint from {info['source']})", f"architecture: {_architecture(info['model'])}",
-                 f"input: {info['model']['in_channels']} channel(s), ROI {tuple(info['model']['img_size'])}; "
-                 f"{info['model']['out_channels']} outputs"]
-        if info.get("plan"):
-            lines.append(f"classes: {list(info['plan']['class_names'])}")
-        return "\n".join(lines)
-    src = open_model(p)
-    plan = shared_plan(src.members)
-    kinds = {"run": "run directory", "folds": f"folder of {len(src.members)} folds", "package": "package"}
-    lines = [f"model: {p} ({kinds[src.kind]})"]
-    archs = sorted({_architecture(m.model) for m in src.members})
-    lines += [f"architecture: {a}" for a in archs]
-    lines.append(f"input: {plan['in_channels']} channel(s) {list(plan['channel_names'])}, spacing "
-                 f"{' x '.join(f'{v:g}' for v in plan['target_spacing'])} mm, intensity {plan['intensity']}"
-                 + (f" window {tuple(plan['window'])}" if plan['intensity'] == "ct_window" else "")
-                 + f", geometry {plan['geometry']}, crop to the body: {'yes' if plan['crop_foreground'] else 'no'}")
-    lines.append("classes: " + ", ".join(f"{i} {n}" for i, n in enumerate(plan["class_names"])))
-    lines.append(f"members ({len(src.members)}): " + ", ".join(
-        f"{m.name} (ROI {'x'.join(str(r) for r in m.model['img_size'])}"
-        + (f", sha256 {m.sha256[:12]}" if m.sha256 else "")
-        + (f", {m.weights.name}" if m.weights is not None else "") + ")" for m in src.members))
-    if src.postprocessing:
-        from unetr.inference.postprocess import PostProcessing
-
-        pp = PostProcessing.from_dict(src.postprocessing)
-        after = pp.record.get("dice_after", {}).get("mean")
-        before = pp.record.get("dice_before", {}).get("mean")
-        lines.append(f"post-processing: {pp.describe(plan['class_names'])}"
-                     + (f" (cross-validated mean Dice {before} -> {after})" if before is not None else ""))
-    else:
-        lines.append("post-processing: none decided (unetr cv decides it)")
-    if src.cv:
-        classes = src.cv.get("classes", {})
-        per = ", ".join(f"{n} {v['dice']['mean']:.3f}" for n, v in classes.items() if v["dice"]["mean"] is not None)
-        mean = src.cv.get("mean_dice")
-        lines.append(f"cross-validation: mean Dice {mean if mean is None else round(mean, 4)} over "
-                     f"{src.cv.get('cases')} case(s) ({per})")
-    if src.versions:
-        lines.append("made with: " + ", ".join(f"{k} {v}" for k, v in src.versions.items()))
-    return "\n".join(lines)
-
-
-__all__ = ["UNCERTAINTY", "EnsembleResult", "disagreement_map", "ensemble_outputs", "ensemble_probabilities",
-           "describe_model", "entropy_map", "labels_in_input_space", "load_member", "member_loaders", "member_probabilities",
-           "predict_ensemble_case", "predict_ensemble_files", "stream_probabilities", "uncertainty_map"]
+__all__ = ["EnsembleResult", "ensemble_outputs", "ensemble_probabilities", "labels_in_input_space", "load_member",
+           "member_loaders", "member_probabilities", "predict_ensemble_case", "predict_ensemble_files",
+           "stream_probabilities"]

@@ -41,6 +41,30 @@ def keep_largest(mask: np.ndarray) -> np.ndarray:
     return comp == int(sizes.argmax())
 
 
+def keep_largest_component(labels: np.ndarray, classes: Optional[Sequence[int]] = None) -> np.ndarray:
+    """For each class, keep only its largest 26-connected component (the rest becomes background).
+
+    Args:
+        labels: ``(X, Y, Z)`` integer map; changed in place and returned.
+        classes: the classes to clean (default: all foreground classes present).
+    """
+    from scipy import ndimage
+
+    present = [int(c) for c in np.unique(labels) if c != 0] if classes is None else list(classes)
+    boxes = ndimage.find_objects(labels.astype(np.int32, copy=False))
+    for c in present:
+        if c < 1 or c > len(boxes) or boxes[c - 1] is None:
+            continue
+        box = boxes[c - 1]
+        sub = labels[box]
+        comp, n = ndimage.label(sub == c, structure=_STRUCTURE)
+        if n > 1:
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            sub[(comp != 0) & (comp != int(sizes.argmax()))] = 0
+    return labels
+
+
 def drop_small(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     """``mask`` without its 26-connected components of fewer than ``min_voxels`` voxels (a new array)."""
     from scipy import ndimage
@@ -335,4 +359,4 @@ def merge_candidates(per_case: Mapping[str, Tuple[Dict, Dict, Dict]]) -> Candida
 
 
 __all__ = ["OPS", "PP_FORMAT", "Candidates", "PostProcessing", "Step", "case_candidates", "class_means", "decide",
-           "drop_small", "keep_largest", "mean_dice", "merge_candidates", "min_voxels"]
+           "drop_small", "keep_largest", "keep_largest_component", "mean_dice", "merge_candidates", "min_voxels"]

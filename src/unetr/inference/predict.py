@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
 import time
@@ -28,67 +27,13 @@ from unetr.accel import check_compiler, compile_model, device_defaults, full_bat
 from unetr.config import InferConfig, Plan
 from unetr.device import autocast, explain_precision, resolve_device
 from unetr.errors import CheckpointError, UnetrError, out_of_memory
+from unetr.inference.inputs import case_name, check_output_folder, find_inputs, output_paths
+from unetr.inference.postprocess import keep_largest_component
 from unetr.inference.sliding_window import count_windows, sliding_window
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
-_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-
-
-# ------------------------------------------------------------------------------------------ inputs
-
-
-def case_name(path: PathLike) -> str:
-    """The file name without its volume ending (``a/b/case_01.nii.gz`` -> ``case_01``)."""
-    from unetr.data.naming import volume_stem
-
-    return volume_stem(Path(path).name)
-
-
-def find_inputs(spec: Union[PathLike, Sequence[PathLike]], in_channels: int = 1) -> List[Tuple[str, List[Path]]]:
-    """Resolve ``FILE | FOLDER | GLOB`` (or a list of them) into cases.
-
-    Cases are named and grouped by the datasets' rule (:func:`unetr.data.naming.name_cases`): files named
-    ``<case>_0000`` .. ``<case>_NNNN`` (nnU-Net's channel files) are the channels of ``<case>`` when every
-    file follows that convention with the model's ``in_channels`` channels (so a one-channel nnU-Net
-    ``imagesTs`` gives ``<case>``, while AMOS's ``amos_0001``, ``amos_0004`` stay themselves); otherwise each
-    file is one case named by its file name (a 4D file holds its channels). Files of one name in different
-    folders get their folder's name in front.
-
-    Args:
-        spec: a file, a folder (its image files, not recursive), a glob pattern, or a list of these.
-        in_channels: the model's image channels.
-
-    Returns:
-        ``[(case name, [channel files])]`` sorted by name.
-
-    Raises:
-        FileNotFoundError: nothing matches.
-    """
-    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    files: List[Path] = []
-    for s in specs:
-        p = Path(s)
-        if p.is_dir():
-            files += sorted(q for q in p.iterdir() if q.is_file() and q.name.lower().endswith(_ENDINGS)
-                            and not q.name.startswith("."))
-        elif p.exists():
-            files.append(p)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(str(s)))
-            if not matches:
-                raise FileNotFoundError(f"{s}: no such file, folder or matching pattern")
-            files += [m for m in matches if m.is_file()]
-    if not files:
-        raise FileNotFoundError(f"{', '.join(map(str, specs))}: no image files (.nii.gz, .nii, .nrrd, .mha)")
-    from unetr.data.naming import CHANNEL_SUFFIX, name_cases
-
-    cases = name_cases(files, in_channels)
-    if len(cases) == len(files) and any(c.endswith("_0000") and CHANNEL_SUFFIX.match(c) for c, _ in cases):
-        log.info("the input names are not consistently nnU-Net channel files <case>_0000 .. <case>_%04d; "
-                 "each file is one case named by its file name", in_channels - 1)
-    return cases
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -223,30 +168,6 @@ def predict_volume(
     return logits.max(0).indices.to(torch.uint8).cpu(), probs
 
 
-def keep_largest_component(labels: np.ndarray, classes: Optional[Sequence[int]] = None) -> np.ndarray:
-    """For each class, keep only its largest 26-connected component (the rest becomes background).
-
-    Args:
-        labels: ``(X, Y, Z)`` integer map; changed in place and returned.
-        classes: the classes to clean (default: all foreground classes present).
-    """
-    from scipy import ndimage
-
-    present = [int(c) for c in np.unique(labels) if c != 0] if classes is None else list(classes)
-    boxes = ndimage.find_objects(labels.astype(np.int32, copy=False))
-    for c in present:
-        if c < 1 or c > len(boxes) or boxes[c - 1] is None:
-            continue
-        box = boxes[c - 1]
-        sub = labels[box]
-        comp, n = ndimage.label(sub == c, structure=np.ones((3, 3, 3), bool))
-        if n > 1:
-            sizes = np.bincount(comp.ravel())
-            sizes[0] = 0
-            sub[(comp != 0) & (comp != int(sizes.argmax()))] = 0
-    return labels
-
-
 # ------------------------------------------------------------------------------------------ files
 
 
@@ -269,6 +190,13 @@ class CaseResult:
         if self.status == "skipped":
             return f"{self.case}: skipped ({self.output} exists; --overwrite to redo)"
         return f"{self.case}: FAILED: {self.message}"
+
+    @classmethod
+    def finished(cls, case: str, output: Path, t0: float, labels: np.ndarray) -> CaseResult:
+        """A case whose label map ``labels`` was written to ``output``, timed from ``time.perf_counter()``
+        ``t0``."""
+        classes = [int(c) for c in np.unique(labels) if c != 0]
+        return cls(case, "done", output, time.perf_counter() - t0, tuple(labels.shape), classes)
 
 
 def _progress_bar(total: int, desc: str, leave: bool, position: int):
@@ -312,61 +240,92 @@ def predict_case(
     Returns:
         A :class:`CaseResult`; problems with the input are reported there (status ``failed``), not raised.
     """
-    from unetr.data.io import write_image, write_label
-    from unetr.data.preprocess import invert_to_original, preprocess_image_file
-    from unetr.inference.soft_inverse import SoftInverse
-
     config = config or InferConfig()
     files = [Path(f) for f in files]
     name = name or case_name(files[0])
     out_dir = Path(out_dir)
-    out = out_dir / f"{name}.nii.gz"
-    prob_out = out_dir / f"{name}_probabilities.nii.gz"
+    out, prob_out = output_paths(name, out_dir, probabilities=True)
     if not overwrite and out.exists() and (not probabilities or prob_out.exists()):
         return CaseResult(name, "skipped", out)
     t0 = time.perf_counter()
     try:
-        image, record = preprocess_image_file(files if len(files) > 1 else files[0], plan)
-        roi = tuple(int(r) for r in getattr(model, "img_size", plan.roi))
-        n_win = count_windows(image.shape[1:], roi, config.overlap)
-        probs = None
-        with _progress_bar(n_win, name, False, 1) if window_progress else contextlib.nullcontext(None) as bar:
-            tick = bar.update if bar is not None else None
-            if config.inverse == "soft":  # the logits stream into the inverse; no float volume is held
-                inverse = SoftInverse(record, plan.num_classes)
-                filled = 0
-
-                def keep_probabilities(slab: torch.Tensor) -> None:  # ... unless asked for
-                    nonlocal filled
-                    probs[:, filled:filled + slab.shape[1]] = torch.softmax(slab, 0)
-                    filled += slab.shape[1]
-                    inverse.push(slab)
-
-                if probabilities:
-                    probs = torch.empty((plan.num_classes, *image.shape[1:]), dtype=torch.float16)
-                predict_volume(model, image, roi, config, sink=keep_probabilities if probabilities else inverse.push,
-                               progress=tick)
-                labels_np = inverse.result()
-            else:  # argmax on the preprocessed grid, then the label map goes back
-                labels, probs = predict_volume(model, image, roi, config, probabilities=probabilities, progress=tick)
-                labels_np = invert_to_original(labels.numpy(), record, is_label=True)
-                del labels
+        image, record = read_case(files, plan)
+        labels_np, probs = _segment(model, plan, image, record, config, name=name, probabilities=probabilities,
+                                    window_progress=window_progress)
         del image
         if config.largest_component:
             keep_largest_component(labels_np)
-        geom = record.geometry
         if postprocess is not None:
-            labels_np = postprocess(labels_np, geom.spacing)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if probs is not None:
-            p = invert_to_original(probs.float().numpy(), record, is_label=False)  # (K, X, Y, Z)
-            write_image(prob_out, p, geom, dtype="float32")  # NIfTI-1 (nibabel) has no float16 code
-            del p
-        write_label(out, labels_np, geom)  # last: its existence marks the case as finished
+            labels_np = postprocess(labels_np, record.geometry.spacing)
+        _write_case(out_dir, out, prob_out, labels_np, probs, record)
     except (UnetrError, ValueError, OSError, RuntimeError, MemoryError) as e:  # the other cases go on
         return CaseResult(name, "failed", message=_failure_text(e), seconds=time.perf_counter() - t0)
-    classes = [int(c) for c in np.unique(labels_np) if c != 0]
-    return CaseResult(name, "done", out, time.perf_counter() - t0, tuple(labels_np.shape), classes)
+    return CaseResult.finished(name, out, t0, labels_np)
+
+
+def read_case(files: Sequence[Path], plan: Plan):
+    """A case's image file (or its files, one per channel) preprocessed with ``plan``: ``(image (C, X, Y, Z),
+    PreprocessRecord)``."""
+    from unetr.data.preprocess import preprocess_image_file
+
+    return preprocess_image_file(files if len(files) > 1 else files[0], plan)
+
+
+def _segment(model: torch.nn.Module, plan: Plan, image: np.ndarray, record, config: InferConfig, *, name: str,
+             probabilities: bool, window_progress: bool) -> Tuple[np.ndarray, Optional[torch.Tensor]]:
+    """The label map of a preprocessed case on its input file's grid, and (when asked for) its softmax
+    probabilities ``(K, X, Y, Z)`` float16 on the preprocessed grid (else None)."""
+    from unetr.data.preprocess import invert_to_original
+
+    roi = tuple(int(r) for r in getattr(model, "img_size", plan.roi))
+    n_win = count_windows(image.shape[1:], roi, config.overlap)
+    with _progress_bar(n_win, name, False, 1) if window_progress else contextlib.nullcontext(None) as bar:
+        tick = bar.update if bar is not None else None
+        if config.inverse == "soft":  # the logits stream into the inverse; no float volume is held
+            return _soft_segment(model, plan, image, record, roi, config, probabilities=probabilities, tick=tick)
+        # argmax on the preprocessed grid, then the label map goes back
+        labels, probs = predict_volume(model, image, roi, config, probabilities=probabilities, progress=tick)
+        labels_np = invert_to_original(labels.numpy(), record, is_label=True)
+        del labels
+    return labels_np, probs
+
+
+def _soft_segment(model: torch.nn.Module, plan: Plan, image: np.ndarray, record, roi: Tuple[int, ...],
+                  config: InferConfig, *, probabilities: bool, tick: Optional[Callable[[int], None]]
+                  ) -> Tuple[np.ndarray, Optional[torch.Tensor]]:
+    """:func:`_segment` with the logits streamed, slab by slab, into the soft inverse (``--inverse soft``)."""
+    from unetr.inference.soft_inverse import SoftInverse
+
+    probs = None
+    inverse = SoftInverse(record, plan.num_classes)
+    filled = 0
+
+    def keep_probabilities(slab: torch.Tensor) -> None:  # ... unless asked for
+        nonlocal filled
+        probs[:, filled:filled + slab.shape[1]] = torch.softmax(slab, 0)
+        filled += slab.shape[1]
+        inverse.push(slab)
+
+    if probabilities:
+        probs = torch.empty((plan.num_classes, *image.shape[1:]), dtype=torch.float16)
+    predict_volume(model, image, roi, config, sink=keep_probabilities if probabilities else inverse.push,
+                   progress=tick)
+    return inverse.result(), probs
+
+
+def _write_case(out_dir: Path, out: Path, prob_out: Path, labels: np.ndarray, probs: Optional[torch.Tensor],
+                record) -> None:
+    """Write a case's probabilities (when there are any) on its input file's grid, then its label map."""
+    from unetr.data.io import write_image, write_label
+    from unetr.data.preprocess import invert_to_original
+
+    geom = record.geometry
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if probs is not None:
+        p = invert_to_original(probs.float().numpy(), record, is_label=False)  # (K, X, Y, Z)
+        write_image(prob_out, p, geom, dtype="float32")  # NIfTI-1 (nibabel) has no float16 code
+        del p
+    write_label(out, labels, geom)  # last: its existence marks the case as finished
 
 
 def _failure_text(e: BaseException) -> str:
@@ -402,7 +361,7 @@ def predict_files(
     Args:
         model: the network (eval mode, on ``config.device``).
         plan: the preprocessing the model was trained with.
-        inputs: ``FILE | FOLDER | GLOB`` or a list of them (see :func:`find_inputs`).
+        inputs: ``FILE | FOLDER | GLOB`` or a list of them (see :func:`unetr.inference.inputs.find_inputs`).
         out_dir: output folder.
         config: sliding-window and post-processing settings.
         probabilities: also write the probabilities (see :func:`predict_case`).
@@ -438,38 +397,10 @@ def predict_files(
     return results
 
 
-def output_paths(name: str, out_dir: PathLike, probabilities: bool = False) -> List[Path]:
-    """The files :func:`predict_case` writes for case ``name``."""
-    out_dir = Path(out_dir)
-    return [out_dir / f"{name}.nii.gz"] + ([out_dir / f"{name}_probabilities.nii.gz"] if probabilities else [])
-
-
-def check_output_folder(cases: Sequence[Tuple[str, Sequence[Path]]], out_dir: PathLike, probabilities: bool) -> None:
-    """Refuse, before any work, outputs that would replace an input (whatever ``--overwrite`` says) and an
-    output folder that cannot be written."""
-    from unetr.fsutil import temporary_name
-
-    inputs = {Path(f).resolve() for _, files in cases for f in files}
-    for name, _ in cases:
-        for path in output_paths(name, out_dir, probabilities):
-            if path.resolve() in inputs:
-                raise UnetrError(f"{path}: the prediction would replace this input image; choose another "
-                                 "output folder (-o)")
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = temporary_name(out_dir / "write-test")
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        probe.unlink()
-    except OSError as e:
-        raise UnetrError(f"{out_dir}: cannot write predictions there ({e.strerror or e})") from None
-
-
 def iter_failed(results: Sequence[CaseResult]) -> Iterator[CaseResult]:
     return (r for r in results if r.status == "failed")
 
 
 __all__ = [
-    "find_inputs", "case_name", "load_predictor", "make_predictor", "predict_volume", "predict_case",
-    "predict_files", "keep_largest_component", "CaseResult",
+    "load_predictor", "make_predictor", "predict_volume", "predict_case", "predict_files", "CaseResult",
 ]

@@ -72,27 +72,15 @@ def make_report(
         The path of ``report.md``.
     """
     from unetr.fsutil import atomic_write_text
-    from unetr.settings import load_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", ""]
     if run_dir is not None:
         run = Path(run_dir)
-        if class_names is None and (run / "config.json").is_file():
-            plan = load_json(run / "config.json").get("plan") or {}
-            class_names = plan.get("class_names")
-        csv_path = run / "metrics.csv"
-        if csv_path.is_file():
-            rows = read_metrics_csv(csv_path)
-            plot_training_curves(csv_path, out / "training_curves.png")
-            lines += ["## Training", "", f"Run: `{run}`, {len(rows)} logged rows, last iteration "
-                      f"{int(rows[-1]['iteration'])}.", "", "![training curves](training_curves.png)", ""]
-            vals = [r["val_mean_dice"] for r in rows if not math.isnan(r.get("val_mean_dice", math.nan))]
-            if vals:
-                lines += [f"Best validation mean Dice: **{max(vals):.4f}**.", ""]
-        else:
-            log.warning("%s has no metrics.csv; no training curves", run)
+        if class_names is None:
+            class_names = _run_class_names(run)
+        lines += _training_section(run, out)
     if per_case:
         summary = summarize(per_case)
         k = max(summary) + 1 if summary else 2
@@ -102,29 +90,62 @@ def make_report(
         ranked = [r for r in rank_cases(per_case) if not math.isnan(r[1])]
         lines += ["### Cases by mean Dice", "", "| case | mean Dice |", "|---|---|"]
         lines += [f"| {c} | {d:.3f} |" for c, d in ranked] + [""]
-        show: List[Tuple[str, str]] = [(c, "best") for c, _ in ranked[:n_show]]
-        show += [(c, "worst") for c, _ in ranked[::-1][:n_show] if c not in {s for s, _ in show}]
-        drawn = []
-        for case, kind in show:
-            data = (case_images or {}).get(case)
-            if data is None and load_case is not None:
-                try:
-                    data = load_case(case)
-                except Exception as e:  # noqa: BLE001 - a missing picture must not sink the report
-                    log.warning("%s: no picture (%s)", case, e)
-            if data is None:
-                continue
-            image, ref, pred, spacing = data
-            png = overlay_figure(image, out / f"{case}.png", reference=ref, prediction=pred, spacing=spacing,
-                                 class_names=names, title=f"{case} ({kind}, mean Dice "
-                                 f"{dict(ranked)[case]:.3f})")
-            drawn.append((case, kind, png.name))
-        if drawn:
-            lines += ["## Best and worst cases", ""]
-            lines += [f"**{case}** ({kind})\n\n![{case}]({png})\n" for case, kind, png in drawn]
+        lines += _best_and_worst_section(out, ranked, names, n_show, case_images, load_case)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _run_class_names(run: Path) -> Optional[Sequence[str]]:
+    """The class names in the plan of a run's ``config.json`` (None without the file or the names)."""
+    from unetr.settings import load_json
+
+    if not (run / "config.json").is_file():
+        return None
+    plan = load_json(run / "config.json").get("plan") or {}
+    return plan.get("class_names")
+
+
+def _training_section(run: Path, out: Path) -> List[str]:
+    """The report's lines on a run's training (its curves drawn into ``out``); none without ``metrics.csv``."""
+    csv_path = run / "metrics.csv"
+    if not csv_path.is_file():
+        log.warning("%s has no metrics.csv; no training curves", run)
+        return []
+    rows = read_metrics_csv(csv_path)
+    plot_training_curves(csv_path, out / "training_curves.png")
+    lines = ["## Training", "", f"Run: `{run}`, {len(rows)} logged rows, last iteration "
+             f"{int(rows[-1]['iteration'])}.", "", "![training curves](training_curves.png)", ""]
+    vals = [r["val_mean_dice"] for r in rows if not math.isnan(r.get("val_mean_dice", math.nan))]
+    if vals:
+        lines += [f"Best validation mean Dice: **{max(vals):.4f}**.", ""]
+    return lines
+
+
+def _best_and_worst_section(out: Path, ranked: List[Tuple[str, float]], names: Sequence[str], n_show: int,
+                            case_images, load_case) -> List[str]:
+    """The report's lines showing the ``n_show`` best and worst of the ``ranked`` cases, drawn into ``out``
+    (see :func:`make_report` for ``case_images`` and ``load_case``); none when no case could be drawn."""
+    show: List[Tuple[str, str]] = [(c, "best") for c, _ in ranked[:n_show]]
+    show += [(c, "worst") for c, _ in ranked[::-1][:n_show] if c not in {s for s, _ in show}]
+    drawn = []
+    for case, kind in show:
+        data = (case_images or {}).get(case)
+        if data is None and load_case is not None:
+            try:
+                data = load_case(case)
+            except Exception as e:  # noqa: BLE001 - a missing picture must not sink the report
+                log.warning("%s: no picture (%s)", case, e)
+        if data is None:
+            continue
+        image, ref, pred, spacing = data
+        png = overlay_figure(image, out / f"{case}.png", reference=ref, prediction=pred, spacing=spacing,
+                             class_names=names, title=f"{case} ({kind}, mean Dice "
+                             f"{dict(ranked)[case]:.3f})")
+        drawn.append((case, kind, png.name))
+    if not drawn:
+        return []
+    return ["## Best and worst cases", ""] + [f"**{case}** ({kind})\n\n![{case}]({png})\n" for case, kind, png in drawn]
 
 
 __all__ = ["make_report", "rank_cases"]
