@@ -291,6 +291,11 @@ CASES: Dict[str, Bad] = {
         ["phantom_005", "out of memory", "63.6 GiB", "--batch"], code=1,
         setup=_out_of_memory_for("phantom_005", "unetr.data.preprocess.preprocess_image_file"),
         creates=("p2", "p2/phantom_006.nii.gz"), uses=("ds", "run")),
+    "predict with an ensemble: out of memory on one case": Bad(
+        "predict -m {t}/run {t}/run -i {t}/ds/imagesTs -o {t}/p3 --no-progress",
+        ["phantom_005", "out of memory", "63.6 GiB", "--batch"], code=1,
+        setup=_out_of_memory_for("phantom_005", "unetr.data.preprocess.preprocess_image_file"),
+        creates=("p3", "p3/phantom_006.nii.gz"), uses=("ds", "run")),
     "preprocess: out of memory on one case": Bad(
         "preprocess {t}/ds --plan {t}/run/plan.json --cache {t}/c --workers 0",
         ["phantom_002", "phantom_002_0000.nii.gz", "did not fit in memory", "63.6 GiB", "--workers"],

@@ -37,7 +37,7 @@ from unetr.config import InferConfig, ModelConfig, Plan
 from unetr.device import autocast, resolve_device
 from unetr.errors import CheckpointError, UnetrError
 from unetr.inference.inputs import case_name, check_output_folder, find_inputs
-from unetr.inference.predict import CaseResult, read_case
+from unetr.inference.predict import CaseResult, failure_text, read_case, window_settings
 from unetr.inference.sliding_window import sliding_window
 from unetr.inference.uncertainty import UNCERTAINTY, uncertainty_map
 from unetr.package import Member
@@ -100,13 +100,6 @@ def _predictor(model: nn.Module, device: torch.device, precision: str, axes: Tup
     return predict
 
 
-def _window_kwargs(config: InferConfig, device: torch.device) -> dict:
-    accum = device if config.accum_device == "auto" else resolve_device(config.accum_device)
-    return dict(overlap=config.overlap, mode=config.mode, sigma_scale=config.sigma_scale,
-                batch_size=config.sw_batch_size or (1 if device.type == "cpu" else 4), device=device,
-                accum_device=accum, accum_dtype=torch.float16 if config.accum_fp16 else torch.float32)
-
-
 def softmax_(logits: torch.Tensor) -> torch.Tensor:
     """The softmax over the first axis of ``logits`` ``(K, ...)``, computed in place (no second volume)."""
     logits.sub_(logits.amax(0, keepdim=True)).exp_()
@@ -138,7 +131,7 @@ def stream_probabilities(model: nn.Module, image: torch.Tensor, config: InferCon
         pos += probs.shape[1]
 
     sliding_window(image, _predictor(model, device, config.precision, axes), roi, output="stream", sink=take,
-                   progress=progress, **_window_kwargs(config, device))
+                   progress=progress, **window_settings(config, device))
     assert pos == image.shape[1]
 
 
@@ -295,8 +288,8 @@ def predict_ensemble_case(
                                                                               is_label=False), geom, plan)
         del result
         write_label(outputs[0], labels, geom)  # last: its existence marks the case as finished
-    except (UnetrError, ValueError, OSError, RuntimeError) as e:
-        return CaseResult(name, "failed", message=str(e) or type(e).__name__, seconds=time.perf_counter() - t0)
+    except (UnetrError, ValueError, OSError, RuntimeError, MemoryError) as e:  # the other cases go on
+        return CaseResult(name, "failed", message=failure_text(e), seconds=time.perf_counter() - t0)
     return CaseResult.finished(name, outputs[0], t0, labels)
 
 

@@ -55,13 +55,9 @@ def keep_largest_component(labels: np.ndarray, classes: Optional[Sequence[int]] 
     for c in present:
         if c < 1 or c > len(boxes) or boxes[c - 1] is None:
             continue
-        box = boxes[c - 1]
-        sub = labels[box]
-        comp, n = ndimage.label(sub == c, structure=_STRUCTURE)
-        if n > 1:
-            sizes = np.bincount(comp.ravel())
-            sizes[0] = 0
-            sub[(comp != 0) & (comp != int(sizes.argmax()))] = 0
+        sub = labels[boxes[c - 1]]
+        mask = sub == c
+        sub[mask & ~keep_largest(mask)] = 0
     return labels
 
 

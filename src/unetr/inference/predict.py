@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -111,6 +111,20 @@ def make_predictor(
     return predict
 
 
+def window_settings(config: InferConfig, device: torch.device) -> dict:
+    """The sliding window's keyword arguments for ``config`` on ``device``: blending, windows per batch and
+    where the sums are kept, with ``auto`` and 0 meaning :func:`unetr.accel.device_defaults` for the device
+    (the single model and the ensemble both take them from here)."""
+    auto = device_defaults(device.type, os.cpu_count() or 1)
+    if config.accum_device != "auto":
+        accum = resolve_device(config.accum_device)
+    else:
+        accum = device if auto.accum_on_device else torch.device("cpu")
+    return dict(overlap=config.overlap, mode=config.mode, sigma_scale=config.sigma_scale,
+                batch_size=config.sw_batch_size or auto.sw_batch_size, device=device, accum_device=accum,
+                accum_dtype=torch.float16 if config.accum_fp16 else torch.float32)
+
+
 def predict_volume(
     model: torch.nn.Module,
     image: Union[np.ndarray, torch.Tensor],
@@ -139,24 +153,18 @@ def predict_volume(
     """
     config = config or InferConfig()
     device = resolve_device(config.device)
-    auto = device_defaults(device.type, os.cpu_count() or 1)  # what `auto` and 0 mean on this device, and why
-    if config.accum_device != "auto":
-        accum = resolve_device(config.accum_device)
-    else:
-        accum = device if auto.accum_on_device else torch.device("cpu")
-    batch = config.sw_batch_size or auto.sw_batch_size
+    common = window_settings(config, device)
+    batch = common["batch_size"]
     x = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
     if x.dim() != 4:
         raise ValueError(f"image must be (C, X, Y, Z), got shape {tuple(x.shape)}")
-    if auto.volume_on_device and accum == device:  # one copy; the windows are cut on the device
-        x = x.to(device)
+    if device_defaults(device.type, os.cpu_count() or 1).volume_on_device and common["accum_device"] == device:
+        x = x.to(device)  # one copy; the windows are cut on the device
     fn = make_predictor(compile_model(model, device) if config.compile else model, device, config.precision,
                         config.tta)
     if config.compile:
         fn = full_batches(fn, batch)  # one compiled graph: a slab's short last batch is padded
-    common = dict(overlap=config.overlap, mode=config.mode, sigma_scale=config.sigma_scale, batch_size=batch,
-                  device=device, accum_device=accum, accum_dtype=torch.float16 if config.accum_fp16 else torch.float32,
-                  progress=progress)
+    common.update(progress=progress)
     if sink is not None:
         sliding_window(x, fn, roi, output="stream", sink=lambda slab: sink(slab.cpu()), **common)
         return None, None
@@ -259,7 +267,7 @@ def predict_case(
             labels_np = postprocess(labels_np, record.geometry.spacing)
         _write_case(out_dir, out, prob_out, labels_np, probs, record)
     except (UnetrError, ValueError, OSError, RuntimeError, MemoryError) as e:  # the other cases go on
-        return CaseResult(name, "failed", message=_failure_text(e), seconds=time.perf_counter() - t0)
+        return CaseResult(name, "failed", message=failure_text(e), seconds=time.perf_counter() - t0)
     return CaseResult.finished(name, out, t0, labels_np)
 
 
@@ -328,7 +336,7 @@ def _write_case(out_dir: Path, out: Path, prob_out: Path, labels: np.ndarray, pr
     write_label(out, labels, geom)  # last: its existence marks the case as finished
 
 
-def _failure_text(e: BaseException) -> str:
+def failure_text(e: BaseException) -> str:
     """One line for a case that failed: how much memory it asked for and what lowers it, a full disk and its
     file, or the error's own message."""
     import errno
@@ -395,12 +403,3 @@ def predict_files(
             if bar is not None:
                 bar.update(1)
     return results
-
-
-def iter_failed(results: Sequence[CaseResult]) -> Iterator[CaseResult]:
-    return (r for r in results if r.status == "failed")
-
-
-__all__ = [
-    "load_predictor", "make_predictor", "predict_volume", "predict_case", "predict_files", "CaseResult",
-]
