@@ -25,7 +25,7 @@ from unetr.metrics import ClassScore, mean_over_classes, summarize
 from unetr.report.markdown import rank_cases
 from unetr.report.palette import DISAGREEMENT, class_hex
 from unetr.report.png import read_metrics_csv
-from unetr.report.volumes import DEFAULT_MAX_VOXELS, case_volume
+from unetr.report.volumes import DEFAULT_MAX_VOXELS, case_or_none, case_volume
 
 log = logging.getLogger(__name__)
 
@@ -267,13 +267,9 @@ def write_html_report(
     notes = list(notes)
     volumes: Dict[str, Dict[str, Any]] = {}
     for case in names:
-        data = (case_images or {}).get(case)
-        if data is None and load_case is not None:
-            try:
-                data = load_case(case)
-            except Exception as e:  # noqa: BLE001 - one unreadable case must not sink the report
-                log.warning("%s: not in the viewer (%s)", case, e)
-                notes.append(f"{case}: not in the viewer ({e})")
+        data, problem = case_or_none(case, case_images, load_case, "not in the viewer")
+        if problem:
+            notes.append(problem)
         if data is None:
             continue
         image, ref, pred, spacing = data

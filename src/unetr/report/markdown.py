@@ -15,6 +15,7 @@ import numpy as np
 
 from unetr.metrics import METRICS, ClassScore, mean_foreground, mean_over_classes, summarize
 from unetr.report.png import overlay_figure, plot_training_curves, read_metrics_csv
+from unetr.report.volumes import case_or_none
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,7 @@ def _best_and_worst_section(out: Path, ranked: List[Tuple[str, float]], names: S
     show += [(c, "worst") for c, _ in ranked[::-1][:n_show] if c not in {s for s, _ in show}]
     drawn = []
     for case, kind in show:
-        data = (case_images or {}).get(case)
-        if data is None and load_case is not None:
-            try:
-                data = load_case(case)
-            except Exception as e:  # noqa: BLE001 - a missing picture must not sink the report
-                log.warning("%s: no picture (%s)", case, e)
+        data, _ = case_or_none(case, case_images, load_case, "no picture")
         if data is None:
             continue
         image, ref, pred, spacing = data

@@ -66,6 +66,20 @@ def _planes(vol: np.ndarray, point: Sequence[int]) -> List[np.ndarray]:
     return [vol[:, :, z].T, vol[:, y, :].T, vol[x, :, :].T]
 
 
+def shown_image(image, reference=None, prediction=None) -> np.ndarray:
+    """The ``(X, Y, Z)`` volume a picture or the page shows of ``image`` (a ``(C, X, Y, Z)`` image shows its
+    first channel), checked against the shapes of the label maps drawn over it (None: no map)."""
+    img = np.asarray(image)
+    if img.ndim == 4:
+        img = img[0]
+    if img.ndim != 3:
+        raise ValueError(f"image must be (X, Y, Z) or (C, X, Y, Z), got shape {img.shape}")
+    for name, lab in (("reference", reference), ("prediction", prediction)):
+        if lab is not None and tuple(lab.shape) != img.shape:
+            raise ValueError(f"{name} shape {tuple(lab.shape)} differs from image shape {img.shape}")
+    return img
+
+
 def overlay_figure(
     image: np.ndarray,
     path: PathLike,
@@ -98,14 +112,7 @@ def overlay_figure(
     from matplotlib.patches import Patch
 
     plt = _plt()
-    img = np.asarray(image)
-    if img.ndim == 4:
-        img = img[0]
-    if img.ndim != 3:
-        raise ValueError(f"image must be (X, Y, Z) or (C, X, Y, Z), got shape {img.shape}")
-    for name, lab in (("reference", reference), ("prediction", prediction)):
-        if lab is not None and lab.shape != img.shape:
-            raise ValueError(f"{name} shape {lab.shape} differs from image shape {img.shape}")
+    img = shown_image(image, reference, prediction)
     maps = [m for m in (reference, prediction) if m is not None]
     k = max([int(m.max()) + 1 for m in maps] + [len(class_names) if class_names else 2])
     colors = class_colors(k)

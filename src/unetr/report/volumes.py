@@ -15,10 +15,11 @@ coarser grid (:func:`display_factors`: the finest axes are coarsened first), wit
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import zlib
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -27,6 +28,11 @@ PathLike = Union[str, Path]
 DEFAULT_MAX_VOXELS = 4_000_000
 """Voxels per case in the HTML report (about 171 x 171 x 120): a 512 x 512 x 120 CT is shown at a third of its
 in-plane resolution, and one case costs about 1-3 MB of the page."""
+
+log = logging.getLogger(__name__)
+
+CaseData = Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray], Sequence[float]]
+"""A case to draw: ``(image, reference or None, prediction or None, spacing)``."""
 
 CT_WINDOWS = (("soft tissue", 40.0, 400.0), ("lung", -600.0, 1500.0), ("bone", 400.0, 1800.0))
 """CT window presets ``(name, level, width)`` in HU."""
@@ -60,6 +66,21 @@ def load_case_from_files(
             raise ValueError(f"{p}: shape {lgeom.shape} differs from the image's {geom.shape}")
         labs.append(apply_ornt(lab, ornt))
     return img, labs[0], labs[1], spacing
+
+
+def case_or_none(case: str, case_images: Optional[Mapping[str, CaseData]], load_case: Optional[Callable[[str], CaseData]],
+                 missing: str) -> Tuple[Optional[CaseData], Optional[str]]:
+    """A case's ``(image, reference, prediction, spacing)`` from ``case_images``, else from ``load_case``:
+    ``(data or None, None)``, or ``(None, "<case>: <missing> (<error>)")`` when it could not be read (logged as
+    a warning: one unreadable case must not sink a report)."""
+    data = (case_images or {}).get(case)
+    if data is None and load_case is not None:
+        try:
+            data = load_case(case)
+        except Exception as e:  # noqa: BLE001 - reported to the caller as a note, the report goes on
+            log.warning("%s: %s (%s)", case, missing, e)
+            return None, f"{case}: {missing} ({e})"
+    return data, None
 
 
 def display_factors(shape: Sequence[int], spacing: Sequence[float], max_voxels: int) -> Tuple[int, int, int]:
@@ -217,16 +238,10 @@ def case_volume(
         ``reference``/``prediction`` (encoded or None), ``windows`` (presets, default first), ``modality``
         and ``point`` (the initial crosshair: the centre of the largest structure).
     """
-    from unetr.report.png import focus_point
+    from unetr.report.png import focus_point, shown_image
 
-    img = np.asarray(image)
-    if img.ndim == 4:
-        img = img[0]
-    if img.ndim != 3:
-        raise ValueError(f"image must be (X, Y, Z) or (C, X, Y, Z), got shape {img.shape}")
+    img = shown_image(image, reference, prediction)
     for name, lab in (("reference", reference), ("prediction", prediction)):
-        if lab is not None and tuple(lab.shape) != img.shape:
-            raise ValueError(f"{name} shape {tuple(lab.shape)} differs from image shape {img.shape}")
         if lab is not None and lab.size and (int(lab.max()) > 255 or int(lab.min()) < 0):
             raise ValueError(f"{name} labels must lie in 0..255, got {int(lab.min())}..{int(lab.max())}")
     if len(spacing) != 3 or any(float(s) <= 0 for s in spacing):
@@ -256,5 +271,5 @@ def case_volume(
     }
 
 
-__all__ = ["DEFAULT_MAX_VOXELS", "CT_WINDOWS", "load_case_from_files", "display_factors", "downsample_labels",
+__all__ = ["DEFAULT_MAX_VOXELS", "CT_WINDOWS", "load_case_from_files", "case_or_none", "display_factors", "downsample_labels",
            "downsample_image", "quantize", "encode", "decode", "guess_modality", "window_presets", "case_volume"]
