@@ -7,7 +7,8 @@ and :func:`_bookkeeping` (metrics row, validation, best weights, checkpoint). It
 - :mod:`unetr.training.batches`: seeds, crops and the loader (the batches are a pure function of
   ``(seed, rank, micro-step)``, so a resumed run sees the batches of an uninterrupted one);
 - :mod:`unetr.training.validation`: sliding-window validation Dice;
-- :mod:`unetr.training.run_dir`: the files of the run directory and the resume state;
+- :mod:`unetr.training.run_dir`: the files of the run directory;
+- :mod:`unetr.training.resume`: the resume state, ``last.pt``;
 - :mod:`unetr.training.budget`: the iteration count a time budget allows (``--time-budget``);
 - :mod:`unetr.training.prepare`: dataset -> plan -> cache -> checks -> ``fit``.
 """
@@ -46,21 +47,23 @@ from unetr.training.budget import BudgetPlanner, TimeBudget, time_validation, va
 from unetr.training.lock import RunLock, RunLockedError
 from unetr.training.loss import DiceCELoss
 from unetr.training.optim import build_optimizer, lr_at, set_lr
-from unetr.training.run_dir import (
-    MetricsLog,
+from unetr.training.resume import (
     Progress,
     ResumeState,
     RngState,
-    check_same_settings,
     describe_last,
+    restore_resume,
+    save_resume,
+    stored_config,
+)
+from unetr.training.run_dir import (
+    MetricsLog,
+    check_same_settings,
     log_scalars,
     open_tensorboard,
     plot_curves,
-    restore_resume,
     run_config,
     save_best,
-    save_resume,
-    stored_config,
 )
 from unetr.training.validation import validate
 
