@@ -21,9 +21,10 @@ from unetr.recipes import resolve_epochs
 from unetr.training import distributed as D
 from unetr.training.batches import CachedCases
 from unetr.training.budget import TimeBudget
+from unetr.training.lock import run_lock
 from unetr.training.resume import stored_config
-from unetr.training.run_dir import check_same_settings, move_run_aside, run_config
-from unetr.training.trainer import TrainResult, effective_model_config, fit, run_lock
+from unetr.training.run_dir import check_same_settings, effective_model_config, move_run_aside, run_config
+from unetr.training.trainer import TrainResult, fit
 
 if TYPE_CHECKING:
     from unetr.data.cases import Case, Dataset

@@ -27,6 +27,7 @@ from torch import nn
 from unetr.config import load_json
 from unetr.errors import UnetrError
 from unetr.fsutil import atomic_write
+from unetr.training import distributed as D
 from unetr.training.batches import derive_seed
 from unetr.training.run_dir import check_same_settings
 
@@ -265,6 +266,39 @@ def restore_resume(path: Path, *, model: nn.Module, optimizer: torch.optim.Optim
     return state
 
 
+def resume_run(run_dir: Path, config: dict, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, env: D.DistEnv) -> Optional[ResumeState]:
+    """The state of ``run_dir/last.pt``, restored into ``model``, ``optimizer``, ``scaler`` and this rank's
+    generators (:func:`restore_resume`), or None for a fresh start; a run stopped before its first checkpoint
+    must have been started with the settings of ``config`` too.
+
+    Raises:
+        UnetrError: ``last.pt`` is not a resume checkpoint (truncated, corrupt, another file).
+        RunSettingsError: the run there was trained with settings that differ.
+    """
+    last = run_dir / "last.pt"
+    if not last.exists():
+        earlier = stored_config(run_dir)  # a run stopped before its first checkpoint
+        if earlier is not None:
+            check_same_settings(earlier[0], config, earlier[1])
+        return None
+    return restore_resume(last, model=model, optimizer=optimizer, scaler=scaler, config=config,
+                          world_size=env.world_size, device=env.device, rank=env.rank)
+
+
+def save_checkpoint(path: Path, progress: Progress, seconds: float, *, env: D.DistEnv, model: nn.Module,
+                    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, config: dict) -> None:
+    """Rank 0 writes ``last.pt`` at ``path``: the resume state after this iteration, with every rank's
+    generators (a collective: every rank calls this at the same iterations)."""
+    rngs = D.gather_object(RngState.capture(env.device), env)
+    if not env.is_main:
+        return
+    save_resume(path, ResumeState(
+        progress=progress, seconds=seconds, world_size=env.world_size, model=model.state_dict(),
+        optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rngs[0], config=config,
+        rank_rngs=tuple(rngs) if env.distributed else ()))
+
+
 def describe_last(path: Path) -> str:
     """``last.pt`` and its iteration, for messages (never raises)."""
     if not path.exists():
@@ -277,4 +311,4 @@ def describe_last(path: Path) -> str:
 
 
 __all__ = ["LAST_FORMAT", "Progress", "ResumeState", "RngState", "describe_last", "load_resume",
-           "restore_resume", "save_resume", "seed_generators", "stored_config"]
+           "restore_resume", "resume_run", "save_checkpoint", "save_resume", "seed_generators", "stored_config"]

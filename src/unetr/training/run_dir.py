@@ -50,6 +50,15 @@ def run_config(model_cfg: ModelConfig, plan: Plan, cfg: TrainConfig, train_ids: 
     return config
 
 
+def effective_model_config(model_cfg: ModelConfig, plan: Plan, cfg: TrainConfig) -> ModelConfig:
+    """The network a run trains: ``model_cfg`` built for the plan's ROI, with gradient checkpointing when the
+    training settings ask for it (what ``config.json`` records)."""
+    if cfg.checkpointing and not model_cfg.checkpointing:
+        model_cfg = model_cfg.replace(checkpointing=True)
+    roi = tuple(plan.roi)
+    return model_cfg.replace(img_size=roi) if tuple(model_cfg.img_size) != roi else model_cfg
+
+
 # Settings a rerun may change: how long, how often it validates and checkpoints, and where and how fast it
 # computes. Any other change (model, plan, data, loss, optimizer, augmentation, seed) trains something else.
 RESUMABLE_TRAIN_KEYS = frozenset({
@@ -199,5 +208,5 @@ def log_scalars(tb: Any, row: Dict[str, Any], iteration: int) -> None:
 
 
 __all__ = ["RESUMABLE_MODEL_KEYS", "RESUMABLE_TRAIN_KEYS", "RUN_FORMAT", "MetricsLog", "RunSettingsError",
-           "check_same_settings", "log_scalars", "move_run_aside", "open_tensorboard", "plot_curves", "run_config",
+           "check_same_settings", "effective_model_config", "log_scalars", "move_run_aside", "open_tensorboard", "plot_curves", "run_config",
            "save_best", "settings_differences"]
