@@ -13,7 +13,8 @@ from unetr.device import resolve_device
 from unetr.model import build_model
 from unetr.training import distributed as D
 from unetr.training.optim import build_optimizer
-from unetr.training.run_dir import Progress, ResumeState, RngState, restore_resume, run_config, save_resume
+from unetr.training.resume import Progress, ResumeState, RngState, restore_resume, save_resume
+from unetr.training.run_dir import run_config
 
 HERE = Path(__file__).parent
 

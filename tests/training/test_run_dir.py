@@ -11,19 +11,17 @@ from train_helpers import tiny_setup
 from unetr.errors import UnetrError
 from unetr.model import build_model
 from unetr.training.optim import build_optimizer
-from unetr.training.run_dir import (
+from unetr.training.resume import (
     Progress,
     ResumeState,
     RngState,
-    RunSettingsError,
     describe_last,
     load_resume,
     restore_resume,
-    run_config,
     save_resume,
-    settings_differences,
     stored_config,
 )
+from unetr.training.run_dir import RunSettingsError, run_config, settings_differences
 
 # the keys of last.pt as every earlier version wrote and read them, in order
 LAST_KEYS = ["format", "version", "iteration", "world_size", "model", "optimizer", "scheduler", "scaler", "best_dice",

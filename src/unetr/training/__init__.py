@@ -1,8 +1,8 @@
 """Training: Dice + CE loss, AdamW with warm-up + cosine, the resumable loop, and the torchrun helpers.
 
-Modules: ``loss``, ``optim``, ``batches`` (seeds, crops, loader), ``validation``, ``run_dir`` (files and
-the resume state), ``trainer`` (:func:`fit`), ``prepare`` (dataset -> plan -> cache -> checks -> fit) and
-``distributed``.
+Modules: ``loss``, ``optim``, ``batches`` (seeds, crops, loader), ``validation``, ``run_dir`` (the run
+directory's files), ``resume`` (the resume state, ``last.pt``), ``trainer`` (:func:`fit`), ``prepare``
+(dataset -> plan -> cache -> checks -> fit) and ``distributed``.
 """
 
 from unetr.device import resolve_precision

@@ -32,6 +32,9 @@ from typing import Callable, List, Optional, Sequence
 import torch
 from torch import nn
 
+from unetr.config import TrainConfig
+from unetr.training import distributed as D
+
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
@@ -268,6 +271,46 @@ class BudgetPlanner:
         return step + due_val * validation + due_ckpt * self.checkpoint + final > self.budget.left()
 
 
-__all__ = ["BudgetPlanner", "TimeBudget", "checkpoints_between", "format_duration", "parse_duration",
-           "plan_iterations", "round_down", "run_seconds", "time_validation", "validation_windows",
+
+# ------------------------------------------------------------------------------------------- following a run
+
+
+def budget_planner(budget: Optional[TimeBudget], cfg: TrainConfig, *, start: int, stored: Optional[int],
+                   validates: bool) -> Optional[BudgetPlanner]:
+    """The planner of a time budget for a run that starts (or resumes) at iteration ``start`` (None without a
+    budget). A resumed run whose ``last.pt`` stores a count (``stored``) below ``cfg.iterations`` (the one its
+    budget planned) keeps that count, the planner's ``cap`` (never below ``start``), and is only stopped early
+    (``planned``); otherwise the count is planned from this process's first iterations."""
+    if budget is None:
+        return None
+    resumed = stored if start > 0 else None
+    planned = resumed is not None and resumed < cfg.iterations
+    cap = max(int(resumed), start) if planned else cfg.iterations
+    return BudgetPlanner(budget, first=start, cap=cap, val_every=cfg.val_every,
+                         checkpoint_every=cfg.checkpoint_every, validates=validates, planned=planned)
+
+
+def follow_budget(planner: BudgetPlanner, done: int, total: int, step_seconds: float, env: D.DistEnv, *,
+                  checkpoint: Callable[[], None], validation: Callable[[], float]) -> int:
+    """The run's iteration count after iteration ``done`` of ``total``, which took ``step_seconds``. Once enough
+    iterations are timed: the planned count, after timing ``checkpoint()`` (it writes a resume point) and
+    taking ``validation()`` (the estimated seconds of one validation); later: ``done`` when this iteration
+    must be the last, else ``total``. Every rank takes rank 0's decision (a collective)."""
+    planner.step_took(step_seconds)
+    if planner.ready_to_plan():
+        t = planner.clock()
+        checkpoint()  # a resume point, and its cost
+        seconds = planner.clock() - t
+        return D.broadcast_object(planner.plan(done, validation=validation(), checkpoint=seconds,
+                                               report=env.is_main), env)
+    if D.any_true(planner.stop_after(done, total), env):
+        if env.is_main:
+            log.warning("time budget: %d of %d iterations fit; this is the last (the machine is slower than "
+                        "measured at the start)", done, total)
+        return done
+    return total
+
+
+__all__ = ["BudgetPlanner", "TimeBudget", "budget_planner", "checkpoints_between", "follow_budget",
+           "format_duration", "parse_duration", "plan_iterations", "round_down", "run_seconds", "time_validation", "validation_windows",
            "validations_between"]

@@ -35,6 +35,7 @@ from typing import Any, Callable, List, Mapping, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from unetr.device import resolve_device
 from unetr.errors import UnetrError
@@ -149,6 +150,14 @@ def gather_object(obj: Any, env: DistEnv, dst: int = 0) -> Optional[List[Any]]:
     out: Optional[List[Any]] = [None] * env.world_size if env.rank == dst else None
     dist.gather_object(obj, out, dst=dst)
     return out
+
+
+def data_parallel(model: nn.Module, env: DistEnv) -> nn.Module:
+    """``model`` wrapped in DDP with several processes (gradients averaged at each step), else itself."""
+    if not env.distributed:
+        return model
+    device = env.device
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def main_first(work: Callable[[], T], env: DistEnv, marker: Path, *, describe_wait: Callable[[], str] = str,

@@ -20,14 +20,18 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from unetr.config import InferConfig, Plan, TrainConfig, load_json, save_json
 from unetr.device import resolve_device
 from unetr.errors import DataError
 from unetr.training import distributed as D
-from unetr.training.prepare import RUN_PLAN_KEYS, check_writable, splits_path, train_dataset
+from unetr.training.prepare import RUN_PLAN_KEYS, check_writable, labelled_dataset, splits_path, train_dataset
 from unetr.training.trainer import TrainResult
+
+if TYPE_CHECKING:
+    from unetr.data.cases import Dataset
+    from unetr.data.splits import Splits
 
 log = logging.getLogger(__name__)
 
@@ -104,23 +108,13 @@ def train_folds(
     Raises:
         DataError: a datalist with its own validation list, folds outside the split, or too few cases.
     """
-    from unetr.data.cases import load_dataset
-    from unetr.data.splits import load_splits, resolve_splits, save_splits
+    from unetr.data.splits import resolve_splits
 
     env = env or D.DistEnv(device=resolve_device(cfg.device))
     out = Path(out)
-    ds = load_dataset(dataset)
-    if not ds.labelled:
-        raise DataError(f"{dataset}: no labelled training cases")
-    if ds.validation:
-        raise DataError(f"{dataset}: the datalist names its own validation cases (one fixed split); train it with "
-                        "--fold 0, or cross-validate a dataset without a 'validation' list")
+    ds = _dataset_to_cross_validate(dataset)
     spath = splits_path(out, plan_path)
-    if num_folds is None:
-        num_folds = load_splits(spath).num_folds if spath.is_file() else cfg.num_folds
-    outside = [k for k in folds if not 0 <= k < num_folds]
-    if outside:
-        raise ValueError(f"--folds: fold(s) {outside} outside 0..{num_folds - 1} ({num_folds} folds)")
+    num_folds = _number_of_folds(folds, num_folds, spath, cfg)
     if env.is_main:
         check_writable(out)
     splits = resolve_splits(ds, spath, num_folds, write=False, label=str(dataset))  # checked before anything is written
@@ -128,18 +122,11 @@ def train_folds(
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
     if env.is_main:
         _shared_plan_and_cache(ds, plan_file, cache, plan_overrides, preset_name, workers, progress)
-        if not spath.is_file():
-            save_splits(spath, splits)
-            log.info("wrote %s: %d folds of %d cases (seed %d, independent of the training seed)", spath,
-                     splits.num_folds, len(splits.cases), splits.seed)
+        _save_new_splits(spath, splits)
         _record_folds(out, dataset, spath, num_folds, folds)
     D.barrier(env)
 
-    mine, run_env = list(folds), env
-    if fold_parallel and env.distributed:
-        mine = folds_for_rank(folds, env.rank, env.world_size)
-        run_env = D.DistEnv(rank=0, local_rank=env.local_rank, world_size=1, device=env.device)
-        log.info("process %d of %d trains fold(s) %s on %s", env.rank, env.world_size, mine, env.device)
+    mine, run_env = _folds_of_process(folds, env, fold_parallel)
     fold_over = {k: v for k, v in (plan_overrides or {}).items() if k in RUN_PLAN_KEYS}
     results: Dict[int, TrainResult] = {}
     for k in mine:
@@ -153,6 +140,46 @@ def train_folds(
                     save_probabilities=save_probabilities, progress=progress)
         results[k] = result
     return results
+
+
+def _dataset_to_cross_validate(dataset: os.PathLike) -> Dataset:
+    """The labelled dataset at ``dataset`` (:func:`labelled_dataset`), which names no validation cases of its own.
+
+    Raises:
+        DataError: no labelled cases, or a datalist with its own validation list (one fixed split).
+    """
+    ds = labelled_dataset(dataset)
+    if ds.validation:
+        raise DataError(f"{dataset}: the datalist names its own validation cases (one fixed split); train it with "
+                        "--fold 0, or cross-validate a dataset without a 'validation' list")
+    return ds
+
+
+def _number_of_folds(folds: Sequence[int], num_folds: Optional[int], spath: Path, cfg: TrainConfig) -> int:
+    """``num_folds``, else that of the ``splits.json`` at ``spath`` when it exists, else ``cfg.num_folds``.
+
+    Raises:
+        ValueError: a fold of ``folds`` outside ``0..num_folds - 1``.
+    """
+    from unetr.data.splits import load_splits
+
+    if num_folds is None:
+        num_folds = load_splits(spath).num_folds if spath.is_file() else cfg.num_folds
+    outside = [k for k in folds if not 0 <= k < num_folds]
+    if outside:
+        raise ValueError(f"--folds: fold(s) {outside} outside 0..{num_folds - 1} ({num_folds} folds)")
+    return num_folds
+
+
+def _folds_of_process(folds: Sequence[int], env: D.DistEnv, fold_parallel: bool) -> Tuple[List[int], D.DistEnv]:
+    """The folds this process trains and the environment it trains them in: every fold with every process, or
+    with ``fold_parallel`` under torchrun its share (:func:`folds_for_rank`) alone, as a one-process run."""
+    mine, run_env = list(folds), env
+    if fold_parallel and env.distributed:
+        mine = folds_for_rank(folds, env.rank, env.world_size)
+        run_env = D.DistEnv(rank=0, local_rank=env.local_rank, world_size=1, device=env.device)
+        log.info("process %d of %d trains fold(s) %s on %s", env.rank, env.world_size, mine, env.device)
+    return mine, run_env
 
 
 def _shared_plan_and_cache(ds, plan_file: Path, cache: Path, plan_overrides: Optional[dict],
@@ -172,6 +199,16 @@ def _shared_plan_and_cache(ds, plan_file: Path, cache: Path, plan_overrides: Opt
         plan = make_plan(ds, fp, **overrides)
         save_plan(plan, plan_file, fingerprint=fp)
     build_cache(list(ds.labelled), plan, cache, workers=workers, progress=progress)
+
+
+def _save_new_splits(spath: Path, splits: Splits) -> None:
+    """The dataset's ``splits.json`` at ``spath``, unless it is there (rank 0, before any fold trains)."""
+    from unetr.data.splits import save_splits
+
+    if not spath.is_file():
+        save_splits(spath, splits)
+        log.info("wrote %s: %d folds of %d cases (seed %d, independent of the training seed)", spath,
+                 splits.num_folds, len(splits.cases), splits.seed)
 
 
 def _record_folds(out: Path, dataset: os.PathLike, spath: Path, num_folds: int, folds: Sequence[int]) -> None:

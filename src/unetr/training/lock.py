@@ -5,7 +5,8 @@ lock itself is an exclusive ``flock`` on that file, which the kernel drops when 
 ends (``kill -9`` included): a lock file left by a process that is gone is taken over with a notice, and a
 second live process is refused with a message naming the holder. Where the file system has no ``flock``
 (some network file systems), the recorded host and process id decide: a holder on this host that is no
-longer running is taken over, any other holder refuses.
+longer running is taken over, any other holder refuses. :func:`run_lock` holds it for the processes of one
+run (rank 0 takes it; every rank fails when it is refused).
 
 Example:
     >>> with RunLock("runs/spleen"):       # doctest: +SKIP
@@ -14,16 +15,18 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import os
 import socket
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 from unetr.errors import UnetrError
-from unetr.fsutil import process_alive
+from unetr.fsutil import process_alive, remove_stale_temporaries
+from unetr.training import distributed as D
 
 log = logging.getLogger(__name__)
 
@@ -170,4 +173,31 @@ class RunLock:
         self.release()
 
 
-__all__ = ["LOCK_NAME", "RunLock", "RunLockedError"]
+@contextlib.contextmanager
+def run_lock(run_dir: Path, env: D.DistEnv, hold: bool = True) -> Iterator[None]:
+    """Hold the run directory's lock (rank 0; every rank fails when it is refused) and clean up the temporary
+    files earlier processes left there; a run directory this call created is removed again if it stays empty.
+
+    Raises:
+        RunLockedError: another live process trains in ``run_dir``.
+    """
+    lock, refusal = None, None
+    if hold and env.is_main:
+        try:
+            lock = RunLock(run_dir).acquire()
+        except RunLockedError as e:
+            refusal = e
+    refused = D.broadcast_object(str(refusal) if refusal else None, env)
+    if refused:
+        raise refusal or RunLockedError(refused)
+    try:
+        if lock is not None:
+            for path in remove_stale_temporaries(run_dir, legacy=True):
+                log.info("removed %s, left by an interrupted run", path)
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+__all__ = ["LOCK_NAME", "RunLock", "RunLockedError", "run_lock"]

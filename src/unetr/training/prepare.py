@@ -21,8 +21,10 @@ from unetr.recipes import resolve_epochs
 from unetr.training import distributed as D
 from unetr.training.batches import CachedCases
 from unetr.training.budget import TimeBudget
-from unetr.training.run_dir import check_same_settings, move_run_aside, run_config, stored_config
-from unetr.training.trainer import TrainResult, effective_model_config, fit, run_lock
+from unetr.training.lock import run_lock
+from unetr.training.resume import stored_config
+from unetr.training.run_dir import check_same_settings, effective_model_config, move_run_aside, run_config
+from unetr.training.trainer import TrainResult, fit
 
 if TYPE_CHECKING:
     from unetr.data.cases import Case, Dataset
@@ -122,29 +124,18 @@ def train_dataset(
         RunLockedError: another process trains in ``out``.
         RunSettingsError: ``out`` holds a run of other settings (without ``restart``).
     """
-    from unetr.data.cases import load_dataset
-
     env = env or D.DistEnv(device=resolve_device(cfg.device))
     out = Path(out)
     cache = Path(cache_dir) if cache_dir else out / "cache"
     if env.is_main:
         check_writable(out)
-    ds = load_dataset(dataset)
-    if not ds.labelled:
-        raise DataError(f"{dataset}: no labelled training cases")
+    ds = labelled_dataset(dataset)
     spath = splits_path(out, plan_path)
-    anew = restart and spath.parent.resolve() == out.resolve()  # the run's own splits.json goes aside with it
-    if not anew:
-        cfg = folds_of_splits(cfg, spath)
-    train_cases, val_cases = fold_cases(ds, str(dataset), out, cfg, plan_path=plan_path, write=False, anew=anew)
-    if not train_cases:
-        raise DataError(f"{dataset}: no training cases after the split (fold {cfg.fold} of {cfg.num_folds})")
-    cfg = resolve_epochs(cfg, len(train_cases), env.world_size)  # counts in epochs (--recipe btcv) -> iterations
+    cfg, train_cases, val_cases = _run_fold(ds, dataset, out, cfg, spath, plan_path=plan_path, restart=restart,
+                                            world_size=env.world_size)
     train_ids, val_ids = [c.id for c in train_cases], [c.id for c in val_cases]
     if restart and env.is_main:
-        moved = move_run_aside(out)
-        if moved is not None:
-            log.warning("moved the earlier run in %s to %s; starting a new run", out, moved)
+        _move_earlier_run_aside(out)
 
     with run_lock(out, env):
         plan, plan_existed = _plan(ds, out, env, plan_path=plan_path, plan_overrides=plan_overrides,
@@ -152,23 +143,81 @@ def train_dataset(
         run_plan = _run_plan(plan, plan_overrides, preset_name, plan_existed=plan_existed, env=env)
         model_cfg = run_plan.model_config(**(model_overrides or {}))
         if env.is_main:  # before the cache: a refused rerun changes nothing
-            earlier = stored_config(out)
-            if earlier is not None:
-                config = run_config(effective_model_config(model_cfg, run_plan, cfg), run_plan, cfg, train_ids, val_ids)
-                check_same_settings(earlier[0], config, earlier[1])
+            _refuse_other_settings(out, model_cfg, run_plan, cfg, train_ids, val_ids)
             write_splits(ds, str(dataset), cfg, spath)
         _cache(list(train_cases) + list(val_cases), plan, cache, env, marker=out / PREPARE_MARKER, workers=workers,
                progress=progress)
         check_cases(train_ids + val_ids, cache, run_plan, cfg.pad_to_roi)
         if env.is_main:
-            log.info("training %s (%s preset, %.1fM parameters) on %d cases, validating on %d; ROI %s; run %s",
-                     dataset, run_plan.preset, _count_params(model_cfg) / 1e6, len(train_ids), len(val_ids),
-                     run_plan.roi, out)
-            if rot90_note(run_plan.roi, cfg.rot90_prob):
-                log.info("%s", rot90_note(run_plan.roi, cfg.rot90_prob))
+            _log_start(dataset, out, run_plan, model_cfg, cfg, train_ids, val_ids)
         return fit(run_dir=out, train_ids=train_ids, val_ids=val_ids, load=CachedCases(cache), plan=run_plan,
                    model_cfg=model_cfg, cfg=cfg, env=env, progress=progress, hold_lock=False,
                    time_budget=time_budget)
+
+
+def labelled_dataset(dataset: os.PathLike) -> Dataset:
+    """The dataset at ``dataset`` (folder, ``dataset.json`` or MONAI datalist), which has labelled cases.
+
+    Raises:
+        DataError: it has no labelled training cases.
+    """
+    from unetr.data.cases import load_dataset
+
+    ds = load_dataset(dataset)
+    if not ds.labelled:
+        raise DataError(f"{dataset}: no labelled training cases")
+    return ds
+
+
+def _run_fold(ds: Dataset, dataset: os.PathLike, out: Path, cfg: TrainConfig, spath: Path, *,
+              plan_path: Optional[os.PathLike], restart: bool, world_size: int
+              ) -> Tuple[TrainConfig, List[Case], List[Case]]:
+    """The run's settings (the number of folds of the ``splits.json`` at ``spath``; counts in epochs made
+    iterations for ``world_size`` processes) and the training and validation cases of its fold
+    (:func:`fold_cases`; nothing is written). A ``restart`` that moves the run's own ``splits.json`` aside
+    with the run makes a new split.
+
+    Raises:
+        DataError: the fold has no training cases (and as :func:`fold_cases`).
+    """
+    anew = restart and spath.parent.resolve() == out.resolve()  # the run's own splits.json goes aside with it
+    if not anew:
+        cfg = folds_of_splits(cfg, spath)
+    train_cases, val_cases = fold_cases(ds, str(dataset), out, cfg, plan_path=plan_path, write=False, anew=anew)
+    if not train_cases:
+        raise DataError(f"{dataset}: no training cases after the split (fold {cfg.fold} of {cfg.num_folds})")
+    cfg = resolve_epochs(cfg, len(train_cases), world_size)  # counts in epochs (--recipe btcv) -> iterations
+    return cfg, train_cases, val_cases
+
+
+def _move_earlier_run_aside(out: Path) -> None:
+    """``--restart``: the run in ``out`` goes to ``out.old-N`` (:func:`move_run_aside`), with a warning."""
+    moved = move_run_aside(out)
+    if moved is not None:
+        log.warning("moved the earlier run in %s to %s; starting a new run", out, moved)
+
+
+def _refuse_other_settings(out: Path, model_cfg: ModelConfig, run_plan: Plan, cfg: TrainConfig,
+                           train_ids: Sequence[str], val_ids: Sequence[str]) -> None:
+    """Refuse a rerun in ``out`` whose settings would change what the run there trains.
+
+    Raises:
+        RunSettingsError: naming the differing settings (:func:`check_same_settings`).
+    """
+    earlier = stored_config(out)
+    if earlier is not None:
+        config = run_config(effective_model_config(model_cfg, run_plan, cfg), run_plan, cfg, train_ids, val_ids)
+        check_same_settings(earlier[0], config, earlier[1])
+
+
+def _log_start(dataset: os.PathLike, out: Path, run_plan: Plan, model_cfg: ModelConfig, cfg: TrainConfig,
+               train_ids: Sequence[str], val_ids: Sequence[str]) -> None:
+    """What is trained on what, and the rot90 note when it applies (rank 0)."""
+    log.info("training %s (%s preset, %.1fM parameters) on %d cases, validating on %d; ROI %s; run %s",
+             dataset, run_plan.preset, _count_params(model_cfg) / 1e6, len(train_ids), len(val_ids),
+             run_plan.roi, out)
+    if rot90_note(run_plan.roi, cfg.rot90_prob):
+        log.info("%s", rot90_note(run_plan.roi, cfg.rot90_prob))
 
 
 def splits_path(out: Path, plan_path: Optional[os.PathLike]) -> Path:
@@ -314,5 +363,5 @@ def _count_params(model_cfg: ModelConfig) -> int:
         return sum(p.numel() for p in build_model(model_cfg).parameters())
 
 
-__all__ = ["check_cases", "check_writable", "fold_cases", "folds_of_splits", "splits_path", "train_dataset",
-           "write_splits"]
+__all__ = ["check_cases", "check_writable", "fold_cases", "folds_of_splits", "labelled_dataset", "splits_path",
+           "train_dataset", "write_splits"]

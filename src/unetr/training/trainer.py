@@ -7,8 +7,10 @@ and :func:`_bookkeeping` (metrics row, validation, best weights, checkpoint). It
 - :mod:`unetr.training.batches`: seeds, crops and the loader (the batches are a pure function of
   ``(seed, rank, micro-step)``, so a resumed run sees the batches of an uninterrupted one);
 - :mod:`unetr.training.validation`: sliding-window validation Dice;
-- :mod:`unetr.training.run_dir`: the files of the run directory and the resume state;
-- :mod:`unetr.training.budget`: the iteration count a time budget allows (``--time-budget``);
+- :mod:`unetr.training.run_dir`: the files of the run directory;
+- :mod:`unetr.training.resume`: the resume state, ``last.pt`` (written at each checkpoint, restored on resume);
+- :mod:`unetr.training.lock`: the run directory's lock;
+- :mod:`unetr.training.budget`: the iteration count a time budget allows (``--time-budget``) and its following;
 - :mod:`unetr.training.prepare`: dataset -> plan -> cache -> checks -> ``fit``.
 """
 
@@ -30,7 +32,6 @@ from unetr.accel import compile_model
 from unetr.config import ModelConfig, Plan, TrainConfig
 from unetr.device import autocast, explain_precision, resolve_device, resolve_precision
 from unetr.errors import UnetrError
-from unetr.fsutil import remove_stale_temporaries
 from unetr.metrics import mean_foreground
 from unetr.training import distributed as D
 from unetr.training.batches import (
@@ -42,25 +43,27 @@ from unetr.training.batches import (
     derive_seed,
     train_batches,
 )
-from unetr.training.budget import BudgetPlanner, TimeBudget, time_validation, validation_windows
-from unetr.training.lock import RunLock, RunLockedError
+from unetr.training.budget import (
+    BudgetPlanner,
+    Clock,
+    TimeBudget,
+    budget_planner,
+    follow_budget,
+    time_validation,
+    validation_windows,
+)
+from unetr.training.lock import run_lock
 from unetr.training.loss import DiceCELoss
 from unetr.training.optim import build_optimizer, lr_at, set_lr
+from unetr.training.resume import Progress, describe_last, resume_run, save_checkpoint
 from unetr.training.run_dir import (
     MetricsLog,
-    Progress,
-    ResumeState,
-    RngState,
-    check_same_settings,
-    describe_last,
+    effective_model_config,
     log_scalars,
     open_tensorboard,
     plot_curves,
-    restore_resume,
     run_config,
     save_best,
-    save_resume,
-    stored_config,
 )
 from unetr.training.validation import validate
 
@@ -176,33 +179,6 @@ def fit(
         return _train(run, sampler, on_step, time_budget)
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: Path, env: D.DistEnv, hold: bool = True) -> Iterator[None]:
-    """Hold the run directory's lock (rank 0; every rank fails when it is refused) and clean up the temporary
-    files earlier processes left there; a run directory this call created is removed again if it stays empty.
-
-    Raises:
-        RunLockedError: another live process trains in ``run_dir``.
-    """
-    lock, refusal = None, None
-    if hold and env.is_main:
-        try:
-            lock = RunLock(run_dir).acquire()
-        except RunLockedError as e:
-            refusal = e
-    refused = D.broadcast_object(str(refusal) if refusal else None, env)
-    if refused:
-        raise refusal or RunLockedError(refused)
-    try:
-        if lock is not None:
-            for path in remove_stale_temporaries(run_dir, legacy=True):
-                log.info("removed %s, left by an interrupted run", path)
-        yield
-    finally:
-        if lock is not None:
-            lock.release()
-
-
 def _train(run: _Run, sampler: Optional[CropSampler], on_step: Optional[StepHook],
            time_budget: Optional[TimeBudget] = None) -> TrainResult:
     """Resume, then train from there to ``cfg.iterations`` (the body of :func:`fit`)."""
@@ -211,14 +187,17 @@ def _train(run: _Run, sampler: Optional[CropSampler], on_step: Optional[StepHook
     env, plan, val_ids = run.env, run.plan, run.val_ids
     counters, seconds0 = _resume(run)
     start = counters.iteration
-    planner = _budget_planner(run, time_budget, start)
+    planner = budget_planner(time_budget, run.cfg, start=start, stored=run.resumed_iterations,
+                             validates=bool(val_ids))
+    if planner is not None and planner.planned:
+        _set_iterations(run, planner.cap)
     cfg = run.cfg  # a resumed budget run goes to its stored count
     if start >= cfg.iterations:
         if env.is_main:
             log.info("%s already trained for %d iterations; nothing to do", run.run_dir, start)
         return TrainResult(run.run_dir, start, counters.best_dice, counters.best_iteration, seconds=seconds0,
                            resumed_from=start, model=run.model)
-    run.ddp = _distributed(run.model, env)
+    run.ddp = D.data_parallel(run.model, env)
     if cfg.compile:  # the training step's forward; validation and the saved weights use the plain model
         run.ddp = compile_model(run.ddp, env.device)
         if env.is_main:
@@ -294,54 +273,18 @@ def _setup(run_dir: Path, train_ids: Sequence[str], val_ids: Sequence[str], load
                 val_ids=val_ids, load=load, progress=progress)
 
 
-def effective_model_config(model_cfg: ModelConfig, plan: Plan, cfg: TrainConfig) -> ModelConfig:
-    """The network a run trains: ``model_cfg`` built for the plan's ROI, with gradient checkpointing when the
-    training settings ask for it (what ``config.json`` records)."""
-    if cfg.checkpointing and not model_cfg.checkpointing:
-        model_cfg = model_cfg.replace(checkpointing=True)
-    roi = tuple(plan.roi)
-    return model_cfg.replace(img_size=roi) if tuple(model_cfg.img_size) != roi else model_cfg
-
-
-def _distributed(model: nn.Module, env: D.DistEnv) -> nn.Module:
-    """``model`` wrapped in DDP with several processes (gradients averaged at each step), else itself."""
-    if not env.distributed:
-        return model
-    device = env.device
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
 def _resume(run: _Run) -> Tuple[Progress, float]:
     """The progress and the seconds to go on from: those of ``last.pt`` (restored into the model, optimizer,
     scaler and generators, with the metrics rows up to it), or a fresh start."""
-    if not run.last_path.exists():
-        earlier = stored_config(run.run_dir)  # a run stopped before its first checkpoint
-        if earlier is not None:
-            check_same_settings(earlier[0], run.config, earlier[1])
+    state = resume_run(run.run_dir, run.config, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
+                       env=run.env)
+    if state is None:
         return Progress(), 0.0
-    state = restore_resume(run.last_path, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
-                           config=run.config, world_size=run.env.world_size, device=run.env.device,
-                           rank=run.env.rank)
     run.resumed_iterations = state.config.get("train", {}).get("iterations")
     run.metrics.load(up_to=state.progress.iteration)
     if run.env.is_main:
         log.info("resuming %s from iteration %d", run.run_dir, state.progress.iteration)
     return state.progress, state.seconds
-
-
-def _budget_planner(run: _Run, budget: Optional[TimeBudget], start: int) -> Optional[BudgetPlanner]:
-    """The planner of a time budget (None without one). A resumed run whose ``last.pt`` stores a count below
-    ``--iterations`` (the one its budget planned) keeps that count and is only stopped early; otherwise the
-    count is planned from this process's first iterations."""
-    if budget is None:
-        return None
-    resumed = run.resumed_iterations if start > 0 else None
-    planned = resumed is not None and resumed < run.cfg.iterations
-    if planned:
-        _set_iterations(run, max(int(resumed), start))
-    cfg = run.cfg
-    return BudgetPlanner(budget, first=start, cap=cfg.iterations, val_every=cfg.val_every,
-                         checkpoint_every=cfg.checkpoint_every, validates=bool(run.val_ids), planned=planned)
 
 
 def _set_iterations(run: _Run, total: int, bar: Any = None) -> None:
@@ -355,32 +298,24 @@ def _set_iterations(run: _Run, total: int, bar: Any = None) -> None:
 
 def _follow_budget(run: _Run, planner: BudgetPlanner, counters: Progress, step_seconds: float, t0: float,
                    bar: Any) -> None:
-    """After an iteration under a time budget: once enough iterations are timed, plan the count (after timing
-    a checkpoint and a validation batch); later, make this iteration the last when the next would not fit.
-    Every rank takes rank 0's decision."""
-    env, done = run.env, counters.iteration
-    planner.step_took(step_seconds)
-    total = run.cfg.iterations
-    if planner.ready_to_plan():
-        t = planner.clock()
-        _checkpoint(run, counters, time.perf_counter() - t0)  # a resume point, and its cost
-        checkpoint = planner.clock() - t
-        validation = 0.0
-        if run.val_ids:
-            shapes = [run.load(cid)[0].shape[1:] for cid in run.val_ids[env.rank::env.world_size]]
-            batches = validation_windows(shapes, run.plan.roi, run.cfg.val_overlap, run.cfg.val_sw_batch)
-            validation = time_validation(run.model, batches, in_channels=run.plan.in_channels, roi=run.plan.roi,
-                                         sw_batch=run.cfg.val_sw_batch, device=env.device,
-                                         precision=run.precision, clock=planner.clock)
-        total = D.broadcast_object(planner.plan(done, validation=validation, checkpoint=checkpoint,
-                                                report=env.is_main), env)
-    elif D.any_true(planner.stop_after(done, total), env):
-        if env.is_main:
-            log.warning("time budget: %d of %d iterations fit; this is the last (the machine is slower than "
-                        "measured at the start)", done, total)
-        total = done
+    """After an iteration under a time budget: the run's count becomes the one :func:`follow_budget` decides,
+    timing a checkpoint of this run and estimating a validation of this rank's share of its cases."""
+    total = follow_budget(planner, counters.iteration, run.cfg.iterations, step_seconds, run.env,
+                          checkpoint=lambda: _checkpoint(run, counters, time.perf_counter() - t0),
+                          validation=lambda: _validation_seconds(run, planner.clock))
     if total != run.cfg.iterations:
         _set_iterations(run, total, bar)
+
+
+def _validation_seconds(run: _Run, clock: Clock) -> float:
+    """The estimated seconds of one validation of this rank's share of the cases (0 without validation cases)."""
+    if not run.val_ids:
+        return 0.0
+    env, cfg, plan = run.env, run.cfg, run.plan
+    shapes = [run.load(cid)[0].shape[1:] for cid in run.val_ids[env.rank::env.world_size]]
+    batches = validation_windows(shapes, plan.roi, cfg.val_overlap, cfg.val_sw_batch)
+    return time_validation(run.model, batches, in_channels=plan.in_channels, roi=plan.roi, sw_batch=cfg.val_sw_batch,
+                           device=env.device, precision=run.precision, clock=clock)
 
 
 def _train_step(run: _Run, batches: Batches, it: int, lr: float, on_step: Optional[StepHook]) -> float:
@@ -471,16 +406,11 @@ def _validate(run: _Run, counters: Progress, row: Dict[str, Any]) -> List[float]
 
 
 def _checkpoint(run: _Run, counters: Progress, seconds: float) -> None:
-    """Rank 0 writes ``last.pt``: the resume state after this iteration, with every rank's generators (a
-    collective: every rank calls this at the same iterations)."""
+    """``last.pt`` after this iteration (:func:`save_checkpoint`: a collective, every rank calls this at the
+    same iterations)."""
     run.saved_at = time.monotonic()
-    rngs = D.gather_object(RngState.capture(run.env.device), run.env)
-    if not run.env.is_main:
-        return
-    save_resume(run.last_path, ResumeState(
-        progress=counters, seconds=seconds, world_size=run.env.world_size, model=run.model.state_dict(),
-        optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(), rng=rngs[0], config=run.config,
-        rank_rngs=tuple(rngs) if run.env.distributed else ()))
+    save_checkpoint(run.last_path, counters, seconds, env=run.env, model=run.model, optimizer=run.optimizer,
+                    scaler=run.scaler, config=run.config)
 
 
-__all__ = ["NonFiniteLossError", "StepHook", "TrainResult", "effective_model_config", "fit", "run_lock"]
+__all__ = ["NonFiniteLossError", "StepHook", "TrainResult", "fit"]
