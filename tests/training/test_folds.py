@@ -9,6 +9,7 @@ from unetr.cli import main
 from unetr.config import TrainConfig
 from unetr.data.cases import load_dataset
 from unetr.errors import DataError
+from unetr.model.checkpoint import stored_model_config
 from unetr.training import distributed as D
 from unetr.training.folds import folds_for_rank, parse_folds, train_folds
 from unetr.training.prepare import fold_cases
@@ -129,6 +130,8 @@ def test_fold_parallel_gives_each_process_its_folds(five, tmp_path, monkeypatch)
     for k in (0, 1):
         doc = json.loads((out / f"fold_{k}" / "config.json").read_text())
         assert doc["train"]["fold"] == k and doc["train"]["num_folds"] == 2
+        # the final weights carry the model config, as every run's weights do (a tiny fold loads as tiny)
+        assert stored_model_config(out / f"fold_{k}" / "model_final.safetensors") == doc["model"]
         predicted = sorted(p.name[:-len(".nii.gz")] for p in (out / f"fold_{k}" / "validation").glob("*.nii.gz"))
         assert predicted == splits["folds"][k]["validation"]
     assert json.loads((out / "folds.json").read_text())["folds"] == [0, 1]

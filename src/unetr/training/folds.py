@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
-from unetr.config import InferConfig, Plan, TrainConfig, load_json, save_json
+from unetr.config import InferConfig, ModelConfig, Plan, TrainConfig, load_json, save_json
 from unetr.device import resolve_device
 from unetr.errors import DataError
 from unetr.training import distributed as D
@@ -106,7 +106,8 @@ def train_folds(
         ``{fold: TrainResult}`` of the folds this process trained.
 
     Raises:
-        DataError: a datalist with its own validation list, folds outside the split, or too few cases.
+        DataError: a datalist with its own validation list, a split that does not match, or too few cases.
+        ValueError: folds outside ``0..num_folds - 1``.
     """
     from unetr.data.splits import resolve_splits
 
@@ -239,10 +240,12 @@ def finish_fold(fdir: Path, result: TrainResult, val_cases: Sequence, *, cfg: Tr
     vdir = fdir / VALIDATION_DIR
     stamp = vdir / "predicted.json"
     fresh = stamp.is_file() and load_json(stamp).get("iteration") == result.iteration
-    if env.is_main and not fresh:
+    run_config = load_json(fdir / "config.json")
+    if env.is_main and not fresh:  # with the model config in the header, as every run's weights
         save_safetensors(fdir / FINAL_WEIGHTS, model, metadata={"format": "unetr-run", "weights": "final",
-                                                               "iteration": str(result.iteration)})
-    plan = Plan.from_dict(load_json(fdir / "config.json")["plan"])
+                                                               "iteration": str(result.iteration)},
+                         config=ModelConfig.from_dict(run_config["model"]))
+    plan = Plan.from_dict(run_config["plan"])
     infer = InferConfig(overlap=cfg.val_overlap, device=str(env.device), precision=cfg.precision)
     was_training = model.training
     model.eval()
