@@ -152,3 +152,17 @@ def test_an_unfinished_fold_resumes_and_a_longer_one_predicts_again(five, tmp_pa
         train_folds(five, out, TrainConfig(**FAST), [0, 1, 2], num_folds=3, **{k: v for k, v in kw.items()
                                                                                  if k != "num_folds"})
 
+
+
+def test_the_folds_plan_is_made_as_one_runs_plan(five, tmp_path):
+    """The folds' plan is fingerprinted with the body rule of the plan the overrides make, as one run's is
+    (the folds used to measure the crops with the default rule whatever ``--modality`` said)."""
+    from unetr.data.plan import load_plan, plan_dataset
+
+    overrides = {"roi": (32, 32, 32), "modality": "MR"}
+    out = tmp_path / "folds"
+    train_folds(five, out, TrainConfig(**FAST), [0], num_folds=2, preset_name="tiny", plan_overrides=overrides,
+                workers=0, progress=False)
+    plan, fp = plan_dataset(load_dataset(five), workers=0, preset="tiny", **overrides)
+    assert json.loads((out / "fingerprint.json").read_text()) == json.loads(json.dumps(fp))
+    assert load_plan(out / "plan.json") == plan

@@ -26,7 +26,14 @@ from unetr.config import InferConfig, ModelConfig, Plan, TrainConfig, load_json,
 from unetr.device import resolve_device
 from unetr.errors import DataError
 from unetr.training import distributed as D
-from unetr.training.prepare import RUN_PLAN_KEYS, check_writable, labelled_dataset, splits_path, train_dataset
+from unetr.training.prepare import (
+    RUN_PLAN_KEYS,
+    check_writable,
+    labelled_dataset,
+    new_plan,
+    splits_path,
+    train_dataset,
+)
 from unetr.training.trainer import TrainResult
 
 if TYPE_CHECKING:
@@ -188,17 +195,13 @@ def _shared_plan_and_cache(ds, plan_file: Path, cache: Path, plan_overrides: Opt
     """The one plan (made when missing) and the cache of every labelled case, before any fold trains (so
     that processes training folds side by side never build the cache at the same time)."""
     from unetr.data.cache import build_cache
-    from unetr.data.plan import fingerprint, load_plan, make_plan, save_plan
+    from unetr.data.plan import load_plan
 
     if plan_file.is_file():
         plan = load_plan(plan_file)
     else:
-        overrides = dict(plan_overrides or {})
-        if preset_name:
-            overrides.setdefault("preset", preset_name)
-        fp = fingerprint(ds, workers=workers, progress=progress)
-        plan = make_plan(ds, fp, **overrides)
-        save_plan(plan, plan_file, fingerprint=fp)
+        plan = new_plan(ds, plan_file, plan_overrides=plan_overrides, preset_name=preset_name, workers=workers,
+                        progress=progress)
     build_cache(list(ds.labelled), plan, cache, workers=workers, progress=progress)
 
 

@@ -290,6 +290,20 @@ def fold_cases(ds: Dataset, label: str, out: Path, cfg: TrainConfig, *, plan_pat
     return [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
 
 
+def new_plan(ds: Dataset, path: Path, *, plan_overrides: Optional[dict], preset_name: Optional[str], workers: int,
+             progress: bool) -> Plan:
+    """A new plan of ``ds`` from ``plan_overrides`` and the preset (fingerprinted with the body rule of that
+    plan: :func:`unetr.data.plan.plan_dataset`), saved at ``path`` with its fingerprint (one run or the folds)."""
+    from unetr.data.plan import plan_dataset, save_plan
+
+    overrides = dict(plan_overrides or {})
+    if preset_name:
+        overrides.setdefault("preset", preset_name)
+    plan, fp = plan_dataset(ds, workers=workers, progress=progress, **overrides)
+    save_plan(plan, path, fingerprint=fp)
+    return plan
+
+
 def _plan(ds: Dataset, out: Path, env: D.DistEnv, *, plan_path: Optional[os.PathLike],
           plan_overrides: Optional[dict], preset_name: Optional[str], workers: int, progress: bool
           ) -> Tuple[Plan, bool]:
@@ -301,7 +315,7 @@ def _plan(ds: Dataset, out: Path, env: D.DistEnv, *, plan_path: Optional[os.Path
     Returns:
         ``(plan, whether it existed before this call)``.
     """
-    from unetr.data.plan import load_plan, plan_dataset, save_plan
+    from unetr.data.plan import load_plan
 
     own_plan = out / "plan.json"
     plan_existed = plan_path is not None or own_plan.is_file()
@@ -312,12 +326,8 @@ def _plan(ds: Dataset, out: Path, env: D.DistEnv, *, plan_path: Optional[os.Path
         if own_plan.is_file():
             log.info("reusing %s", own_plan)
             return load_plan(own_plan).to_dict()
-        overrides = dict(plan_overrides or {})
-        if preset_name:
-            overrides.setdefault("preset", preset_name)
-        plan, fp = plan_dataset(ds, workers=workers, progress=progress, **overrides)
-        save_plan(plan, own_plan, fingerprint=fp)
-        return plan.to_dict()
+        return new_plan(ds, own_plan, plan_overrides=plan_overrides, preset_name=preset_name, workers=workers,
+                        progress=progress).to_dict()
 
     plan = Plan.from_dict(D.main_first(make, env, out / PREPARE_MARKER,
                                        describe_wait=lambda: f"planning from {len(ds.train)} cases"))
@@ -363,5 +373,5 @@ def _count_params(model_cfg: ModelConfig) -> int:
         return sum(p.numel() for p in build_model(model_cfg).parameters())
 
 
-__all__ = ["check_cases", "check_writable", "fold_cases", "folds_of_splits", "labelled_dataset", "splits_path",
+__all__ = ["check_cases", "check_writable", "fold_cases", "folds_of_splits", "labelled_dataset", "new_plan", "splits_path",
            "train_dataset", "write_splits"]
