@@ -1,6 +1,7 @@
 """The import rules of docs/architecture.md, checked on the source (function-level imports included)."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,14 @@ def test_the_rule_catches_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from unetr.training.trainer import fit\n")
     assert [n for _, n in _imports(bad)] == ["unetr.training.trainer"]
+
+
+def test_the_module_map_names_every_module_and_only_those():
+    """docs/architecture.md's module map has a row for each module of the package (the package
+    ``__init__`` files re-export and need none) and names no module that is gone."""
+    doc = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+    named = {m for line in rows for m in re.findall(r"`([\w/]+\.py)`", line.split("|")[1])}
+    modules = {p.relative_to(SRC).as_posix() for p in FILES if p.name != "__init__.py"} | {"cli/__init__.py"}
+    assert modules - named == set(), f"add rows to the module map for {sorted(modules - named)}"
+    assert named - modules == set(), f"the module map names modules that are gone: {sorted(named - modules)}"
