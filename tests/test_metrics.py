@@ -186,7 +186,11 @@ def test_read_class_names(tmp_path, content, expected):
     assert E.read_class_names(tmp_path / "d.json") == expected
 
 
-@pytest.mark.parametrize("content,match", [({"name": "x"}, "labels"), ({"labels": {"0": "bg", "2": "b"}}, "gaps")])
+@pytest.mark.parametrize("content,match", [
+    ({"name": "x"}, "labels"), ({"labels": {"0": "bg", "2": "b"}}, "gaps"),
+    ({"labels": {"background": 0, "b": 2}}, "gaps"),  # nnU-Net v2, as the datasets read it
+    ({"labels": {"background": 0, "whole tumor": [1, 2, 3]}}, "only integer labels"),  # v2 regions
+])
 def test_read_class_names_bad(tmp_path, content, match):
     import json
 

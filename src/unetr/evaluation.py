@@ -260,9 +260,11 @@ def read_class_names(path: Union[str, Path]) -> List[str]:
     JSON list.
 
     Raises:
-        ValueError: the file has no usable label names (the message says why).
+        ValueError: the file has no usable label names (the message says why; the mapping is read by the
+            datasets' rule, :func:`unetr.data.dataset_json.class_names`).
     """
     from unetr.config import load_json
+    from unetr.data.dataset_json import class_names
 
     data = load_json(path)
     if isinstance(data, dict) and isinstance(data.get("plan"), dict) and "class_names" in data["plan"]:
@@ -272,17 +274,7 @@ def read_class_names(path: Union[str, Path]) -> List[str]:
         return [str(n) for n in labels]
     if not isinstance(labels, dict) or not labels:
         raise ValueError(f"{path}: no 'labels' mapping")
-    try:
-        if all(str(k).lstrip("-").isdigit() for k in labels):  # MSD: {"0": "background"}
-            pairs = {int(k): str(v) for k, v in labels.items()}
-        else:  # nnU-Net v2: {"background": 0}
-            pairs = {int(v): str(k) for k, v in labels.items()}
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: labels must map integers to names (or names to integers)") from None
-    k = max(pairs) + 1
-    if sorted(pairs) != list(range(k)):
-        raise ValueError(f"{path}: label values must be 0..{k - 1} without gaps, got {sorted(pairs)}")
-    return [pairs[i] for i in range(k)]
+    return list(class_names(labels, Path(path)))
 
 
 __all__ = [

@@ -62,7 +62,8 @@ def _names_from_index_map(mapping: dict, what: str, source: Path) -> Tuple[str, 
     except (TypeError, ValueError):
         raise DataError(f"{source}: '{what}' must map integer indices to names, got {mapping!r}") from None
     if [i for i, _ in items] != list(range(len(items))):
-        raise DataError(f"{source}: '{what}' indices must be 0..{len(items) - 1}, got {[i for i, _ in items]}")
+        raise DataError(f"{source}: '{what}' indices must be 0..{len(items) - 1} without gaps, "
+                        f"got {[i for i, _ in items]}")
     return tuple(n for _, n in items)
 
 
@@ -75,8 +76,17 @@ def _labels_v2(mapping: dict, source: Path) -> Tuple[str, ...]:
             raise DataError(f"{source}: label {name!r} maps to {value!r}; only integer labels are supported")
         inv[value] = str(name)
     if sorted(inv) != list(range(len(inv))):
-        raise DataError(f"{source}: label values must be 0..{len(inv) - 1}, got {sorted(inv)}")
+        raise DataError(f"{source}: label values must be 0..{len(inv) - 1} without gaps, got {sorted(inv)}")
     return tuple(inv[i] for i in range(len(inv)))
+
+
+def class_names(mapping, source: Path) -> Tuple[str, ...]:
+    """Class names, background first, from a ``labels`` mapping of either kind, told apart by its keys: MSD's
+    ``{"0": "background", "1": "liver"}`` or nnU-Net v2's ``{"background": 0, "liver": 1}`` (for a file
+    that is not a dataset, e.g. ``unetr evaluate --labels``)."""
+    if isinstance(mapping, dict) and mapping and all(str(k).lstrip("-").isdigit() for k in mapping):
+        return _names_from_index_map(mapping, "labels", source)
+    return _labels_v2(mapping, source)
 
 
 def _entry_images(root: Path, image, msd: bool, source: Path, where: str) -> Tuple[Tuple[str, ...], str]:
@@ -199,4 +209,4 @@ def write_dataset_json(folder: Path, *, name: str, description: str, channels: S
     return path
 
 
-__all__ = ["write_dataset_json"]
+__all__ = ["class_names", "write_dataset_json"]
