@@ -287,3 +287,32 @@ def test_predict_cli_with_compile_writes_the_labels_of_eager(fits, tmp_path):
     eager, compiled = (np.asarray(nib.load(str(out[c] / "ct.nii.gz")).dataobj) for c in (False, True))
     assert eager.shape == (44, 40, 24) and len(np.unique(eager)) > 1  # a real label map, not all background
     assert np.array_equal(compiled, eager)
+
+
+_AVX2_ONE_THREAD = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import test_compile as T
+from unetr.accel import compile_model
+from unetr.model import build_model
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = build_model(T.MODEL).eval()
+x = torch.randn(2, 1, *T.ROI).contiguous(memory_format=torch.channels_last_3d)
+with torch.no_grad():
+    compiled, eager = compile_model(model, "cpu")(x), model(x)
+print(torch.isfinite(compiled).all().item(), ((compiled - eager).norm() / eager.norm()).item())
+"""
+
+
+@pytest.mark.slow
+def test_compiled_model_on_avx2_with_one_thread_equals_eager():
+    """On a CPU whose vector kernels are AVX2 (as ATEN_CPU_CAPABILITY=avx2 makes any x86 CPU), inductor's
+    vectorised loop tails gave NaN logits to the channels-last model on one thread (torch 2.13); compile_model
+    turns them off there. In a fresh process, as an AVX2 machine would run it."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", _AVX2_ONE_THREAD, str(Path(__file__).parent)], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    finite, rel = out.stdout.split()[-2:]
+    assert finite == "True" and float(rel) <= TOL_LOGITS, out.stdout

@@ -114,7 +114,8 @@ def test_model_forward_and_backward_equal_on_both_paths(name, precision, channel
     for what, f, g, e, tol in zip(("output", "weight gradients", "input gradient"), fast, generic, exact,
                                   TOL[precision]):
         assert _rel(g, f) <= tol, what
-        assert _rel(g, e) <= 1.5 * _rel(f, e) + tol / 10, what  # bf16: as close to fp32 as the fast path
+        if precision == "bf16":  # as close to fp32 as the fast path (in fp32, exact is the fast path itself)
+            assert _rel(g, e) <= 1.5 * _rel(f, e) + tol / 10, what
 
 
 def test_model_in_eval_mode_equals_on_both_paths():
