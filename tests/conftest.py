@@ -37,6 +37,19 @@ def _monai_ct_chain(pixdim, window, crop=True):
     ])
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): many small
+    forward passes, which a busy 2-core machine slows 10x with two threads waiting on each other (what is
+    checked does not depend on it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def monai_ct_chain():
     """:func:`_monai_ct_chain` (test folders are not packages, so they take it as a fixture)."""

@@ -21,15 +21,7 @@ TRAIN = ["--preset", "tiny", "--roi", "32", "--iterations", "2", "--val-every", 
          "--set", "tensorboard=false", "--set", "lr=3e-3"]
 FP32 = ["--precision", "fp32", "--no-progress"]
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: many small forward passes, which a busy 2-core machine slows 10x with two threads
-    waiting on each other (what is checked does not depend on it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

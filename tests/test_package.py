@@ -19,15 +19,7 @@ from unetr.package import MANIFEST, open_model, read_package, write_package
 
 ROI = (32, 32, 32)
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: many small forward passes, which a busy 2-core machine slows 10x with two threads
-    waiting on each other (what is checked does not depend on it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(folder, seed):

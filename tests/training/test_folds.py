@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from unetr.cli import main
 from unetr.config import TrainConfig
@@ -21,15 +20,7 @@ TRAIN = ["--preset", "tiny", "--roi", "32", "--iterations", "2", "--val-every", 
          "--num-workers", "0", "--precision", "fp32", "--workers", "0", "--set", "samples_per_volume=1",
          "--set", "tensorboard=false"]
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: many small forward passes, which a busy 2-core machine slows 10x with two threads
-    waiting on each other (what is checked does not depend on it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _phantoms(folder, cases):
@@ -151,7 +142,6 @@ def test_an_unfinished_fold_resumes_and_a_longer_one_predicts_again(five, tmp_pa
     with pytest.raises(DataError, match="has 2 folds and this run asks for 3"):
         train_folds(five, out, TrainConfig(**FAST), [0, 1, 2], num_folds=3, **{k: v for k, v in kw.items()
                                                                                  if k != "num_folds"})
-
 
 
 def test_the_folds_plan_is_made_as_one_runs_plan(five, tmp_path):
