@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from unetr.config import load_json
+from unetr.config import load_json, save_json
 from unetr.errors import UnetrError
 from unetr.evaluation import format_table, write_csv, write_summary_json
 from unetr.fsutil import atomic_write_text
@@ -198,14 +198,8 @@ def cross_validate(run: PathLike, *, dataset: Optional[PathLike] = None, toleran
         "folds": {str(f): _fold_figures(s, names) for f, s in folds.items()},
         "postprocessing": pp.to_dict(names)})
     if write_postprocessing:
-        atomic_write_text(run / "postprocessing.json", _json(pp.to_dict(names)))
+        save_json(run / "postprocessing.json", pp.to_dict(names))
     return CVResult(per_case, summary, folds, pp, names, problems, out_dir)
-
-
-def _json(data: dict) -> str:
-    import json
-
-    return json.dumps(data, indent=2) + "\n"
 
 
 def _fold_figures(summary: Dict[int, Dict[str, Dict[str, float]]], names: Sequence[str]) -> dict:
