@@ -20,16 +20,15 @@ import csv
 import io
 import logging
 import math
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from unetr.config import load_json
+from unetr.config import load_json, save_json
 from unetr.errors import UnetrError
-from unetr.evaluation import format_table, write_csv, write_summary_json
+from unetr.evaluation import format_table, map_cases, read_pair, write_csv, write_summary_json
 from unetr.fsutil import atomic_write_text
 from unetr.inference.postprocess import PostProcessing, case_candidates, decide, merge_candidates
 from unetr.metrics import METRICS, ClassScore, evaluate_case, mean_over_classes, summarize
@@ -96,40 +95,27 @@ def _cases_of_folds(run: Path, dataset: Optional[PathLike]) -> Tuple[List[Tuple[
     return jobs, names, missing_folds
 
 
+def _read_label(path: PathLike) -> Tuple[np.ndarray, Tuple[float, ...], np.ndarray]:
+    """``path -> (labels, spacing, affine)``, the reader :func:`unetr.evaluation.read_pair` takes."""
+    from unetr.data.io import read_label
+
+    arr, geom = read_label(path)
+    return arr, geom.spacing, geom.affine
+
+
 def _score(job) -> Tuple[int, str, Optional[Dict[int, ClassScore]], Optional[tuple], Optional[str]]:
     """Score one validation case: the metrics of ``unetr evaluate`` and the post-processing candidates
     (runs in worker processes)."""
-    from unetr.data.io import read_label
-    from unetr.grid import grid_mismatch
-
     fold, cid, pred_path, ref_path, num_classes, tolerance_mm, min_size_mm3 = job
+    pred, ref, spacing, problem = read_pair(cid, pred_path, ref_path, _read_label)
+    if problem is not None:
+        return fold, cid, None, None, problem
     try:
-        ref, rgeom = read_label(ref_path)
-        if pred_path is None:
-            pred, pgeom = np.zeros_like(ref), rgeom
-        else:
-            pred, pgeom = read_label(pred_path)
-    except Exception as e:  # noqa: BLE001 - one message per unreadable case, the others go on
-        return fold, cid, None, None, f"{cid}: cannot read ({e})"
-    if pred.shape != ref.shape:
-        return fold, cid, None, None, f"{cid}: prediction shape {pred.shape} differs from reference shape {ref.shape}"
-    why = grid_mismatch(pred.shape, pgeom.affine, ref.shape, rgeom.affine)
-    if why is not None:
-        return fold, cid, None, None, f"{cid}: the prediction is not on the reference's grid ({why})"
-    try:
-        scores = evaluate_case(pred, ref, rgeom.spacing, num_classes, tolerance_mm=tolerance_mm)
-        cands = case_candidates(pred, ref, rgeom.spacing, num_classes, min_size_mm3)
+        scores = evaluate_case(pred, ref, spacing, num_classes, tolerance_mm=tolerance_mm)
+        cands = case_candidates(pred, ref, spacing, num_classes, min_size_mm3)
     except ValueError as e:
         return fold, cid, None, None, f"{cid}: {e}"
     return fold, cid, scores, cands, None
-
-
-def _run(jobs: Sequence[tuple], workers: int) -> Iterator[tuple]:
-    if workers <= 1:
-        yield from map(_score, jobs)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(_score, jobs)
 
 
 def cross_validate(run: PathLike, *, dataset: Optional[PathLike] = None, tolerance_mm: float = 2.0,
@@ -158,7 +144,7 @@ def cross_validate(run: PathLike, *, dataset: Optional[PathLike] = None, toleran
     jobs, names, missing_folds = _cases_of_folds(run, dataset)
     k = len(names)
     full = [(f, c, p, r, k, tolerance_mm, min_size_mm3) for f, c, p, r in jobs]
-    results: Iterator[tuple] = _run(full, workers)
+    results: Iterator[tuple] = map_cases(_score, full, workers)
     if progress:
         from tqdm.auto import tqdm
 
@@ -198,14 +184,8 @@ def cross_validate(run: PathLike, *, dataset: Optional[PathLike] = None, toleran
         "folds": {str(f): _fold_figures(s, names) for f, s in folds.items()},
         "postprocessing": pp.to_dict(names)})
     if write_postprocessing:
-        atomic_write_text(run / "postprocessing.json", _json(pp.to_dict(names)))
+        save_json(run / "postprocessing.json", pp.to_dict(names))
     return CVResult(per_case, summary, folds, pp, names, problems, out_dir)
-
-
-def _json(data: dict) -> str:
-    import json
-
-    return json.dumps(data, indent=2) + "\n"
 
 
 def _fold_figures(summary: Dict[int, Dict[str, Dict[str, float]]], names: Sequence[str]) -> dict:

@@ -106,12 +106,15 @@ def _read_one(read: Callable, path: Path):
     return (got[0], got[1], got[2] if len(got) > 2 else None)
 
 
-def _score_pair(args) -> Tuple[str, Optional[Dict[int, ClassScore]], Optional[str], int]:
-    """Score one (prediction, reference) pair; a missing prediction scores as an empty label map.
+def read_pair(name: str, pred_path: Optional[Path], ref_path: Union[str, Path], read: Callable
+              ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[Sequence[float]], Optional[str]]:
+    """Read one (prediction, reference) pair with ``read`` (see :func:`evaluate_folders`) and check that they
+    lie on one grid; a missing prediction (``pred_path`` None) is an empty label map on the reference's grid.
 
-    Returns ``(file name, scores or None, problem or None, largest label seen)``. Runs in worker processes.
+    Returns:
+        ``(prediction, reference, the reference's spacing, None)``, or ``(None, None, None, problem)`` with one
+        message naming ``name``.
     """
-    name, pred_path, ref_path, read, num_classes, tolerance_mm = args
     from unetr.grid import grid_mismatch
 
     try:
@@ -121,15 +124,27 @@ def _score_pair(args) -> Tuple[str, Optional[Dict[int, ClassScore]], Optional[st
         else:
             pa, _, paff = _read_one(read, pred_path)
     except MemoryError:
-        return name, None, f"{name}: out of memory reading the case", 0
+        return None, None, None, f"{name}: out of memory reading the case"
     except Exception as e:  # noqa: BLE001 - one message per unreadable case, the others go on
-        return name, None, f"{name}: cannot read ({e})", 0
+        return None, None, None, f"{name}: cannot read ({e})"
     if pa.shape != ra.shape:
-        return name, None, f"{name}: prediction shape {pa.shape} differs from reference shape {ra.shape}", 0
+        return None, None, None, f"{name}: prediction shape {pa.shape} differs from reference shape {ra.shape}"
     if paff is not None and raff is not None:
         why = grid_mismatch(pa.shape, paff, ra.shape, raff)
         if why is not None:
-            return name, None, f"{name}: the prediction is not on the reference's grid ({why})", 0
+            return None, None, None, f"{name}: the prediction is not on the reference's grid ({why})"
+    return pa, ra, spacing, None
+
+
+def _score_pair(args) -> Tuple[str, Optional[Dict[int, ClassScore]], Optional[str], int]:
+    """Score one (prediction, reference) pair; a missing prediction scores as an empty label map.
+
+    Returns ``(file name, scores or None, problem or None, largest label seen)``. Runs in worker processes.
+    """
+    name, pred_path, ref_path, read, num_classes, tolerance_mm = args
+    pa, ra, spacing, problem = read_pair(name, pred_path, ref_path, read)
+    if problem is not None:
+        return name, None, problem, 0
     top = int(max(pa.max(initial=0), ra.max(initial=0)))
     if num_classes is None:
         return name, None, None, top
@@ -157,10 +172,11 @@ def _label_pairs(
     return pred_dir, ref_dir, preds, refs
 
 
-def _score_pairs(jobs: Sequence[tuple], workers: int) -> Iterator[tuple]:
-    """:func:`_score_pair` of every job, in order, in ``workers`` processes (in this one if ``workers <= 1``)."""
+def map_cases(score: Callable[[tuple], tuple], jobs: Sequence[tuple], workers: int) -> Iterator[tuple]:
+    """``score`` (a module-level function: it is pickled) of every job, in order, in ``workers`` processes that
+    die with this one (in this one if ``workers <= 1``)."""
     if workers <= 1:
-        yield from map(_score_pair, jobs)
+        yield from map(score, jobs)
         return
     import os
     from concurrent.futures import ProcessPoolExecutor
@@ -168,13 +184,13 @@ def _score_pairs(jobs: Sequence[tuple], workers: int) -> Iterator[tuple]:
     from unetr.workers import die_with_parent
 
     with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-        yield from pool.map(_score_pair, jobs)
+        yield from pool.map(score, jobs)
 
 
 def _collect(
     results: Iterable[tuple], total: int, progress: bool, problems: List[str]
 ) -> Dict[str, Dict[int, ClassScore]]:
-    """The scores of :func:`_score_pairs`' results by case name; a case's problem is appended to ``problems``."""
+    """The scores of :func:`_score_pair`'s results by case name; a case's problem is appended to ``problems``."""
     per_case: Dict[str, Dict[int, ClassScore]] = {}
     if progress:
         from tqdm.auto import tqdm
@@ -239,9 +255,9 @@ def evaluate_folders(
         problems += [f"{n}: no prediction {pred_dir / n} (scored as a miss)" for n in missing]
     jobs = [(n, preds.get(n), refs[n], read_label, num_classes, tolerance_mm) for n in refs]
     if num_classes is None:  # a first pass finds the largest label
-        num_classes = max([top for _, _, _, top in _score_pairs(jobs, workers)] + [1]) + 1
+        num_classes = max([top for _, _, _, top in map_cases(_score_pair, jobs, workers)] + [1]) + 1
         jobs = [j[:4] + (num_classes,) + j[5:] for j in jobs]
-    per_case = _collect(_score_pairs(jobs, workers), len(jobs), progress, problems)
+    per_case = _collect(map_cases(_score_pair, jobs, workers), len(jobs), progress, problems)
     for msg in problems:
         log.error(msg)
     summary = summarize(per_case)
@@ -279,4 +295,5 @@ def read_class_names(path: Union[str, Path]) -> List[str]:
 
 __all__ = [
     "write_csv", "read_csv", "write_summary_json", "format_table", "evaluate_folders", "read_class_names",
+    "read_pair", "map_cases",
 ]

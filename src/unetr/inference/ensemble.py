@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -36,8 +35,16 @@ from torch import nn
 from unetr.config import InferConfig, ModelConfig, Plan
 from unetr.device import autocast, resolve_device
 from unetr.errors import CheckpointError, UnetrError
-from unetr.inference.inputs import case_name, check_output_folder, find_inputs
-from unetr.inference.predict import CaseResult, failure_text, read_case, window_settings
+from unetr.inference.inputs import case_name
+from unetr.inference.predict import (
+    MIRRORINGS,
+    CaseResult,
+    cases_of_rank,
+    failure_text,
+    read_case,
+    run_cases,
+    window_settings,
+)
 from unetr.inference.sliding_window import sliding_window
 from unetr.inference.uncertainty import UNCERTAINTY, uncertainty_map
 from unetr.package import Member
@@ -46,7 +53,6 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 ModelLoader = Callable[[], nn.Module]
-MIRRORINGS: Tuple[Tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
 
 
 # ------------------------------------------------------------------------------------------ members
@@ -331,26 +337,10 @@ def predict_ensemble_files(
     """
     if uncertainty is not None and uncertainty not in UNCERTAINTY:
         raise ValueError(f"uncertainty must be one of {UNCERTAINTY}, got {uncertainty!r}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    all_cases = find_inputs(inputs, plan.in_channels)
-    check_output_folder(all_cases, out_dir, False)
-    cases = all_cases[rank::world_size]
-    results: List[CaseResult] = []
-    bar = contextlib.nullcontext(None)
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(cases), desc="cases", unit="case", disable=None, dynamic_ncols=True)
-    with bar as b:
-        for name, files in cases:
-            r = predict_ensemble_case(loaders, plan, files, out_dir, config, name=name, uncertainty=uncertainty,
-                                      probabilities=probabilities, postprocess=postprocess, overwrite=overwrite)
-            (log.error if r.status == "failed" else log.info)(r.line())
-            results.append(r)
-            if b is not None:
-                b.update(1)
-    return results
+    cases = cases_of_rank(inputs, plan.in_channels, out_dir, False, rank, world_size)
+    return run_cases(cases, lambda name, files: predict_ensemble_case(
+        loaders, plan, files, out_dir, config, name=name, uncertainty=uncertainty, probabilities=probabilities,
+        postprocess=postprocess, overwrite=overwrite), progress)
 
 
 __all__ = ["EnsembleResult", "ensemble_outputs", "ensemble_probabilities", "labels_in_input_space", "load_member",

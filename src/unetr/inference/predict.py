@@ -34,6 +34,7 @@ from unetr.inference.sliding_window import count_windows, sliding_window
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
+MIRRORINGS: Tuple[Tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -93,9 +94,7 @@ def make_predictor(
 
     With ``tta`` the logits are averaged over the 8 mirrorings of the three spatial axes.
     """
-    flips: List[Tuple[int, ...]] = [()]
-    if tta:
-        flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+    flips = MIRRORINGS if tta else ((),)
 
     def predict(x: torch.Tensor) -> torch.Tensor:  # (B, C, *roi) -> (B, K, *roi)
         total: Optional[torch.Tensor] = None
@@ -382,22 +381,37 @@ def predict_files(
         One :class:`CaseResult` per case of this rank; a failed case does not stop the others.
     """
     config = config or InferConfig()
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    all_cases = find_inputs(inputs, plan.in_channels)
-    check_output_folder(all_cases, out_dir, probabilities)
+    cases = cases_of_rank(inputs, plan.in_channels, out_dir, probabilities, rank, world_size)
     if config.compile:  # a missing compiler is one error now, not a failure per case
         check_compiler(resolve_device(config.device))
-    cases = all_cases[rank::world_size]
     if rank == 0:
         device = resolve_device(config.device)
         precision, why = explain_precision(config.precision, device, allow_fp16=False)  # as autocast() resolves it
         log.info("precision %s on %s: %s", precision, device, why)
+    return run_cases(cases, lambda name, files: predict_case(
+        model, plan, files, out_dir, config, name=name, probabilities=probabilities, overwrite=overwrite,
+        window_progress=progress, postprocess=postprocess), progress)
+
+
+def cases_of_rank(inputs: Union[PathLike, Sequence[PathLike]], in_channels: int, out_dir: PathLike,
+                  probabilities: bool, rank: int, world_size: int) -> List[Tuple[str, List[Path]]]:
+    """This rank's share (every ``world_size``-th) of the cases of ``inputs``, after the output folder was
+    checked for every case (:func:`unetr.inference.inputs.check_output_folder`)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    all_cases = find_inputs(inputs, in_channels)
+    check_output_folder(all_cases, out_dir, probabilities)
+    return all_cases[rank::world_size]
+
+
+def run_cases(cases: Sequence[Tuple[str, List[Path]]], predict_one: Callable[[str, List[Path]], CaseResult],
+              progress: bool) -> List[CaseResult]:
+    """``predict_one(name, files)`` of every case in order, each result logged (a failure as an error), under a
+    progress bar over the cases when ``progress``; a failed case does not stop the others."""
     results: List[CaseResult] = []
     with _progress_bar(len(cases), "cases", True, 0) if progress else contextlib.nullcontext(None) as bar:
         for name, files in cases:
-            r = predict_case(model, plan, files, out_dir, config, name=name, probabilities=probabilities,
-                             overwrite=overwrite, window_progress=progress, postprocess=postprocess)
+            r = predict_one(name, files)
             (log.error if r.status == "failed" else log.info)(r.line())
             results.append(r)
             if bar is not None:
