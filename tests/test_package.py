@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -90,6 +91,22 @@ def test_a_tampered_member_is_refused(folds, tmp_path, capsys):
                  "--no-progress"])
     assert code == 2 and "fails its checksum" in capsys.readouterr().err
     assert not (tmp_path / "o" / "ct.nii.gz").exists()
+
+
+def test_a_member_is_hashed_once_per_process_until_its_zip_changes(folds, tmp_path, monkeypatch):
+    """An ensemble reads each member again for every case: the SHA-256 is checked on the first read only,
+    and again once the zip changed."""
+    import unetr.package as P
+
+    write_package(tmp_path / "x.zip", [open_model(folds)])
+    hashed = []
+    real = hashlib.sha256
+    monkeypatch.setattr(P.hashlib, "sha256", lambda data: hashed.append(len(data)) or real(data))
+    member = read_package(tmp_path / "x.zip").members[0]
+    first = member.read_bytes()
+    assert member.read_bytes() == first and len(hashed) == 1
+    os.utime(tmp_path / "x.zip", ns=(0, 0))  # the zip changed: checked again
+    assert member.read_bytes() == first and len(hashed) == 2
 
 
 def test_loading_never_runs_code(folds, tmp_path):

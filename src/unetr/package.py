@@ -49,6 +49,9 @@ CV_SUMMARY = Path("crossval") / "summary.json"
 PLAN_FREE_KEYS = ("roi", "preset")  # members may differ in these; everything else decides the preprocessing
 _MAX_MANIFEST = 64 << 20
 _FOLD_RE = re.compile(r"^fold_(\d+)$")
+# Package members whose SHA-256 this process checked, with the zip's size and mtime then: an ensemble reads each
+# member again for every case, and zipfile's CRC-32 guards those reads; a changed zip is checked again.
+_VERIFIED: set = set()
 
 
 @dataclass(frozen=True)
@@ -105,11 +108,16 @@ class Member:
                 raise CheckpointError(f"{self.package}: member {self.name} has {info.file_size} bytes, the manifest "
                                       f"says {self.size}: the package was altered or is damaged; refusing it")
             data = z.read(info)
+        stat = self.package.stat()
+        key = (str(self.package.resolve()), self.entry, self.sha256, stat.st_size, stat.st_mtime_ns)
+        if key in _VERIFIED:
+            return data
         digest = hashlib.sha256(data).hexdigest()
         if digest != self.sha256:
             raise CheckpointError(f"{self.package}: member {self.name} fails its checksum (sha256 {digest[:12]}..., "
                                   f"the manifest says {str(self.sha256)[:12]}...): the package was altered or is "
                                   "damaged; refusing it")
+        _VERIFIED.add(key)
         return data
 
 
