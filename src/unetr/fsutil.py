@@ -92,8 +92,9 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (this process does; a zombie, dead but not yet reaped by its
+    parent, does not)."""
     if pid == os.getpid():
         return True
     try:
@@ -124,7 +125,7 @@ def remove_stale_temporaries(folder: PathLike, legacy: bool = False) -> List[Pat
         return removed
     for entry in folder.iterdir():
         m = _TEMP_RE.match(entry.name) or (_LEGACY_RE.match(entry.name) if legacy else None)
-        if m is None or (m["pid"] is not None and _alive(int(m["pid"]))) or not entry.is_file():
+        if m is None or (m["pid"] is not None and process_alive(int(m["pid"]))) or not entry.is_file():
             continue
         try:
             entry.unlink()
@@ -132,11 +133,6 @@ def remove_stale_temporaries(folder: PathLike, legacy: bool = False) -> List[Pat
             continue
         removed.append(entry)
     return removed
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (zombies do not; this process does)."""
-    return _alive(pid)
 
 
 __all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text", "process_alive",

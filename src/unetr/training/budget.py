@@ -84,9 +84,6 @@ class TimeBudget:
         """Seconds until the deadline (negative once it has passed)."""
         return self.start + self.seconds - self.clock()
 
-    def used(self) -> float:
-        return self.clock() - self.start
-
 
 # ------------------------------------------------------------------------------------------- pure rules
 
@@ -269,7 +266,6 @@ class BudgetPlanner:
         due_ckpt = nxt % self.checkpoint_every == 0 or nxt == total
         final = 0.0 if nxt == total else (validation if self.validates else 0.0) + self.checkpoint
         return step + due_val * validation + due_ckpt * self.checkpoint + final > self.budget.left()
-
 
 
 # ------------------------------------------------------------------------------------------- following a run

@@ -139,12 +139,13 @@ def train_folds(
     results: Dict[int, TrainResult] = {}
     for k in mine:
         fdir = fold_dir(out, k)
+        val_ids = set(splits.fold(k)[1])
         if run_env.is_main:
-            log.info("fold %d of %d (%d validation cases) -> %s", k, num_folds, len(splits.fold(k)[1]), fdir)
+            log.info("fold %d of %d (%d validation cases) -> %s", k, num_folds, len(val_ids), fdir)
         result = train_dataset(dataset, fdir, cfg.replace(fold=k, num_folds=num_folds), preset_name=preset_name,
                                plan_path=plan_file, plan_overrides=fold_over, model_overrides=model_overrides,
                                cache_dir=cache, workers=workers, env=run_env, progress=progress)
-        finish_fold(fdir, result, [c for c in ds.labelled if c.id in set(splits.fold(k)[1])], cfg=cfg, env=run_env,
+        finish_fold(fdir, result, [c for c in ds.labelled if c.id in val_ids], cfg=cfg, env=run_env,
                     save_probabilities=save_probabilities, progress=progress)
         results[k] = result
     return results

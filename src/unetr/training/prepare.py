@@ -216,8 +216,9 @@ def _log_start(dataset: os.PathLike, out: Path, run_plan: Plan, model_cfg: Model
     log.info("training %s (%s preset, %.1fM parameters) on %d cases, validating on %d; ROI %s; run %s",
              dataset, run_plan.preset, _count_params(model_cfg) / 1e6, len(train_ids), len(val_ids),
              run_plan.roi, out)
-    if rot90_note(run_plan.roi, cfg.rot90_prob):
-        log.info("%s", rot90_note(run_plan.roi, cfg.rot90_prob))
+    note = rot90_note(run_plan.roi, cfg.rot90_prob)
+    if note:
+        log.info("%s", note)
 
 
 def splits_path(out: Path, plan_path: Optional[os.PathLike]) -> Path:

@@ -300,11 +300,11 @@ def save_checkpoint(path: Path, progress: Progress, seconds: float, *, env: D.Di
 
 
 def describe_last(path: Path) -> str:
-    """``last.pt`` and its iteration, for messages (never raises)."""
+    """``last.pt`` and its iteration, for messages (never raises; the tensors stay on disk)."""
     if not path.exists():
         return "none written yet"
     try:
-        iteration: Any = torch.load(path, map_location="cpu", weights_only=True)["iteration"]
+        iteration: Any = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iteration"]
     except Exception:  # noqa: BLE001 - only for the message
         iteration = "?"
     return f"{path} (iteration {iteration})"
