@@ -158,7 +158,11 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
         proc.join(timeout=10)
 
 
-def _memory_failure(case: Case, needed: str) -> str:
+def _memory_failure(case: Case, e: BaseException) -> Optional[str]:
+    """How ``case`` ran out of memory, for the report; None when ``e`` is another failure."""
+    needed = out_of_memory(e)
+    if needed is None:
+        return None
     size = f"an allocation of {needed} failed" if needed else "out of memory"
     return f"{case.id} ({case.images[0]}): {size}"
 
@@ -214,9 +218,10 @@ def build_cache(
                 try:
                     _build_one(c, plan_dict, str(cdir))
                 except (MemoryError, RuntimeError) as e:
-                    if out_of_memory(e) is None:
+                    failure = _memory_failure(c, e)
+                    if failure is None:
                         raise
-                    short.append(_memory_failure(c, out_of_memory(e) or ""))
+                    short.append(failure)
                 bar.update()
         else:
             _build_in_workers(todo, plan_dict, cdir, workers, bar, short)
@@ -245,9 +250,10 @@ def _build_in_workers(todo: Sequence[Case], plan_dict: dict, cdir: Path, workers
             try:
                 f.result()
             except (MemoryError, RuntimeError) as e:
-                if isinstance(e, BrokenProcessPool) or out_of_memory(e) is None:
+                failure = None if isinstance(e, BrokenProcessPool) else _memory_failure(futures[f], e)
+                if failure is None:
                     raise
-                short.append(_memory_failure(futures[f], out_of_memory(e) or ""))
+                short.append(failure)
             bar.update()
     except BrokenProcessPool:
         _stop_workers(pool)

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from unetr.config import MODALITIES
-from unetr.data.io import IMAGE_ENDINGS, PathLike, file_ending
+from unetr.data.checks import grid_problem, label_problem
+from unetr.data.io import IMAGE_ENDINGS, PathLike, file_ending, read_image, read_label
 from unetr.data.naming import channel_count, channel_files, name_cases, volume_stem
 from unetr.errors import DataError
 
@@ -233,9 +234,6 @@ def load_dataset(path: PathLike) -> Dataset:
 
 
 def _check_case(case: Case, num_channels: Optional[int], num_classes: Optional[int]) -> Tuple[List[str], Optional[int]]:
-    from unetr.data.checks import grid_problem, label_problem
-    from unetr.data.io import read_image, read_label
-
     problems: List[str] = []
     for p in case.images + ((case.label,) if case.label else ()):
         if not Path(p).is_file():

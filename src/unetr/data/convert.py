@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from unetr.data.checks import grid_problem
+from unetr.data.checks import check_same_grid
 from unetr.data.dataset_json import write_dataset_json
 from unetr.data.io import Geometry, PathLike, read_geometry, read_label, write_label
 from unetr.data.naming import volume_stem
@@ -167,9 +167,7 @@ def merge_masks(subject: PathLike, structures: Sequence[str]) -> Tuple[np.ndarra
         if not path.is_file():
             raise DataError(f"{path}: missing (the structures are {', '.join(structures[:5])} ...)")
         mask, geom = read_label(path)
-        problem = grid_problem(geom, ct_geom, "mask", "ct.nii.gz's")
-        if problem:
-            raise DataError(f"{path}: {problem}")
+        check_same_grid(path, geom, ct_geom, "mask", "ct.nii.gz's")
         if mask.max(initial=0) > 1:
             raise DataError(f"{path}: not a binary mask (values up to {int(mask.max())})")
         on = mask.astype(bool)

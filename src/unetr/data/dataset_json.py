@@ -175,13 +175,17 @@ def read_dataset_json(root: Path, source: Path) -> Dataset:
         return Dataset(str(root), name, lists["training"], lists["test"], lists["validation"], classes, channels,
                        ".nii.gz", "msd", where)
     if "training" in meta:  # a MONAI datalist named dataset.json
-        return read_datalist(source)
+        return _datalist(source, meta)
     raise DataError(f"{source}: neither an MSD/nnU-Net dataset.json nor a MONAI datalist (no 'training' list, "
                     "no 'channel_names')")
 
 
 def read_datalist(source: Path) -> Dataset:
-    meta = load_json(source)
+    return _datalist(source, load_json(source))
+
+
+def _datalist(source: Path, meta) -> Dataset:
+    """The cases of a MONAI datalist ``source`` whose JSON is ``meta``."""
     if not isinstance(meta, dict) or "training" not in meta:
         raise DataError(f"{source}: a MONAI datalist needs a 'training' list")
     root = source.parent

@@ -27,14 +27,10 @@ def body_threshold(intensity: str, window: Sequence[float]) -> Optional[float]:
 def body_mask(image: np.ndarray, threshold: Optional[float]) -> np.ndarray:
     """Voxels of ``image`` ``(C, X, Y, Z)`` that belong to the body, ``(X, Y, Z)`` bool: any channel above
     ``threshold``, or any channel non-zero when ``threshold`` is ``None``."""
-    if threshold is None:
-        mask = image[0] != 0
-        for c in range(1, image.shape[0]):
-            mask |= image[c] != 0
-    else:
-        mask = image[0] > threshold
-        for c in range(1, image.shape[0]):
-            mask |= image[c] > threshold
+    inside, value = (np.not_equal, 0) if threshold is None else (np.greater, threshold)
+    mask = inside(image[0], value)
+    for c in range(1, image.shape[0]):  # one channel at a time: no (C, X, Y, Z) temporary
+        mask |= inside(image[c], value)
     return mask
 
 

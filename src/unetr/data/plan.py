@@ -150,7 +150,7 @@ def _case_fingerprint(case: Case, index: int, thresholds: Sequence[Optional[floa
     ornt = ras_ornt(geom.affine)
     shape, spacing = ras_shape_spacing(ornt, geom.shape, geom.spacing)
     ras = apply_ornt(image, ornt)
-    crops = [[b - a for a, b in crop_box(ras, t)] for t in thresholds]
+    crops = {t: [b - a for a, b in crop_box(ras, t)] for t in dict.fromkeys(thresholds)}  # one body mask per rule
     rng = np.random.default_rng([seed, index])
     evidence = modality_evidence(image, np.random.default_rng([seed, index, 1]))
     samples = []
@@ -188,8 +188,11 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0, max_cases: Op
     if not cases:
         raise DataError(f"{dataset.root}: no labelled cases to fingerprint")
     rules = (_body_threshold("CT", intensity, window), _body_threshold("MR", intensity, window))
+    # a modality set or named is the decision (decide_modality): only its rule's crops are measured
+    known = modality if modality is not None else dataset.modality
+    needed = rules if known is None else (rules[0 if known == "CT" else 1],)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        jobs = pool.map(lambda a: _case_fingerprint(a[1], a[0], rules, seed), enumerate(cases))
+        jobs = pool.map(lambda a: _case_fingerprint(a[1], a[0], needed, seed), enumerate(cases))
         per_case = list(tqdm(jobs, total=len(cases), desc="fingerprint", disable=not progress))
     channels = {c["channels"] for c in per_case}
     if len(channels) != 1:
@@ -199,7 +202,7 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0, max_cases: Op
     log.info("modality %s: %s", chosen, reason)
     rule = 0 if chosen == "CT" else 1
     for p in per_case:
-        p["cropped_shape"] = p.pop("crops")[rule]
+        p["cropped_shape"] = p.pop("crops")[rules[rule]]
     nch = channels.pop()
     stats = []
     for c in range(nch):

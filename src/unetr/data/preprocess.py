@@ -35,7 +35,7 @@ import numpy as np
 from unetr.config import Plan
 from unetr.data.checks import check_labels, check_same_grid
 from unetr.data.intensity import Box, normalize, plan_crop_box
-from unetr.data.io import Geometry, PathLike, read_image
+from unetr.data.io import Geometry, PathLike, read_image, read_label
 from unetr.data.orientation import apply_ornt, invert_ornt, ornt_affine, ras_ornt
 from unetr.data.resample import (
     Taps,
@@ -284,8 +284,6 @@ def preprocess_files(
     Raises:
         DataError: unreadable files, a label off the image's grid or outside the plan's classes.
     """
-    from unetr.data.io import read_label
-
     image, geom = read_image(image_paths)
     label = None
     if label_path is not None:

@@ -217,13 +217,12 @@ def split_cases(cases: Sequence[Case], fold: int = 0, num_folds: int = 5, seed: 
     """
     if num_folds < 2:
         raise ValueError(f"num_folds must be at least 2, got {num_folds}")
-    check_fold(fold, num_folds)
+    check_fold(fold, num_folds)  # before the split: a bad fold is named even where the cases are too few
     by_id = {c.id: c for c in cases}
     if fold == "all":
         return tuple(by_id[i] for i in sorted(by_id)), ()
-    val_ids = set(kfold(list(by_id), num_folds, seed)[fold])
-    ordered = sorted(by_id)
-    return (tuple(by_id[i] for i in ordered if i not in val_ids), tuple(by_id[i] for i in ordered if i in val_ids))
+    train, val = make_splits(list(by_id), num_folds, seed).fold(fold)
+    return tuple(by_id[i] for i in train), tuple(by_id[i] for i in val)
 
 
 __all__ = ["SPLIT_SEED", "SPLITS_NAME", "Splits", "check_fold", "check_matches", "datalist_splits", "dataset_splits",
