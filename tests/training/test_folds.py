@@ -156,3 +156,13 @@ def test_the_folds_plan_is_made_as_one_runs_plan(five, tmp_path):
     plan, fp = plan_dataset(load_dataset(five), workers=0, preset="tiny", **overrides)
     assert json.loads((out / "fingerprint.json").read_text()) == json.loads(json.dumps(fp))
     assert load_plan(out / "plan.json") == plan
+
+
+def test_a_plan_named_with_plan_is_read_never_written(five, tmp_path):
+    """``--plan`` names the user's file: with ``--folds`` as in one run, a missing one is an error, not a new
+    plan written there."""
+    missing = tmp_path / "mine" / "plan.json"
+    with pytest.raises((FileNotFoundError, DataError, ValueError)):
+        train_folds(five, tmp_path / "folds", TrainConfig(**FAST), [0], num_folds=2, preset_name="tiny",
+                    plan_path=missing, plan_overrides={"roi": (32, 32, 32)}, workers=0, progress=False)
+    assert not missing.exists()

@@ -30,9 +30,9 @@ from unetr.training.prepare import (
     RUN_PLAN_KEYS,
     check_writable,
     labelled_dataset,
-    new_plan,
     splits_path,
     train_dataset,
+    training_plan,
 )
 from unetr.training.trainer import TrainResult
 
@@ -129,7 +129,7 @@ def train_folds(
     plan_file = Path(plan_path) if plan_path is not None else out / "plan.json"
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
     if env.is_main:
-        _shared_plan_and_cache(ds, plan_file, cache, plan_overrides, preset_name, workers, progress)
+        _shared_plan_and_cache(ds, out, plan_path, cache, plan_overrides, preset_name, workers, progress)
         _save_new_splits(spath, splits)
         _record_folds(out, dataset, spath, num_folds, folds)
     D.barrier(env)
@@ -191,18 +191,15 @@ def _folds_of_process(folds: Sequence[int], env: D.DistEnv, fold_parallel: bool)
     return mine, run_env
 
 
-def _shared_plan_and_cache(ds, plan_file: Path, cache: Path, plan_overrides: Optional[dict],
-                           preset_name: Optional[str], workers: int, progress: bool) -> None:
-    """The one plan (made when missing) and the cache of every labelled case, before any fold trains (so
-    that processes training folds side by side never build the cache at the same time)."""
+def _shared_plan_and_cache(ds, out: Path, plan_path: Optional[os.PathLike], cache: Path,
+                           plan_overrides: Optional[dict], preset_name: Optional[str], workers: int,
+                           progress: bool) -> None:
+    """The one plan (:func:`unetr.training.prepare.training_plan`) and the cache of every labelled case, before
+    any fold trains (so that processes training folds side by side never build the cache at the same time)."""
     from unetr.data.cache import build_cache
-    from unetr.data.plan import load_plan
 
-    if plan_file.is_file():
-        plan = load_plan(plan_file)
-    else:
-        plan = new_plan(ds, plan_file, plan_overrides=plan_overrides, preset_name=preset_name, workers=workers,
-                        progress=progress)
+    plan = training_plan(ds, out / "plan.json", plan_path=plan_path, plan_overrides=plan_overrides,
+                         preset_name=preset_name, workers=workers, progress=progress)
     build_cache(list(ds.labelled), plan, cache, workers=workers, progress=progress)
 
 

@@ -305,6 +305,21 @@ def new_plan(ds: Dataset, path: Path, *, plan_overrides: Optional[dict], preset_
     return plan
 
 
+def training_plan(ds: Dataset, own_plan: Path, *, plan_path: Optional[os.PathLike], plan_overrides: Optional[dict],
+                  preset_name: Optional[str], workers: int, progress: bool) -> Plan:
+    """The plan to train with (one run or the folds): ``plan_path`` (the user's file: read, never written),
+    else ``own_plan`` when it exists, else a new plan saved there (:func:`new_plan`)."""
+    from unetr.data.plan import load_plan
+
+    if plan_path is not None:
+        return load_plan(plan_path)
+    if own_plan.is_file():
+        log.info("reusing %s", own_plan)
+        return load_plan(own_plan)
+    return new_plan(ds, own_plan, plan_overrides=plan_overrides, preset_name=preset_name, workers=workers,
+                    progress=progress)
+
+
 def _plan(ds: Dataset, out: Path, env: D.DistEnv, *, plan_path: Optional[os.PathLike],
           plan_overrides: Optional[dict], preset_name: Optional[str], workers: int, progress: bool
           ) -> Tuple[Plan, bool]:
@@ -316,19 +331,12 @@ def _plan(ds: Dataset, out: Path, env: D.DistEnv, *, plan_path: Optional[os.Path
     Returns:
         ``(plan, whether it existed before this call)``.
     """
-    from unetr.data.plan import load_plan
-
     own_plan = out / "plan.json"
     plan_existed = plan_path is not None or own_plan.is_file()
 
     def make() -> dict:
-        if plan_path is not None:
-            return load_plan(plan_path).to_dict()
-        if own_plan.is_file():
-            log.info("reusing %s", own_plan)
-            return load_plan(own_plan).to_dict()
-        return new_plan(ds, own_plan, plan_overrides=plan_overrides, preset_name=preset_name, workers=workers,
-                        progress=progress).to_dict()
+        return training_plan(ds, own_plan, plan_path=plan_path, plan_overrides=plan_overrides,
+                             preset_name=preset_name, workers=workers, progress=progress).to_dict()
 
     plan = Plan.from_dict(D.main_first(make, env, out / PREPARE_MARKER,
                                        describe_wait=lambda: f"planning from {len(ds.train)} cases"))
@@ -375,4 +383,4 @@ def _count_params(model_cfg: ModelConfig) -> int:
 
 
 __all__ = ["check_cases", "check_writable", "fold_cases", "folds_of_splits", "labelled_dataset", "new_plan", "splits_path",
-           "train_dataset", "write_splits"]
+           "train_dataset", "training_plan", "write_splits"]
