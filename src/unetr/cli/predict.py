@@ -151,9 +151,8 @@ def _infer_setup(args):
                       accum_device=args.accum_device, accum_fp16=args.accum_fp16, inverse=args.inverse,
                       compile=args.compile)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and device.index is None and world > 1:
-        device = __import__("torch").device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    # under torchrun, auto/cuda mean this rank's GPU (cuda:N stays as given)
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else 0)
     return cfg.replace(device=str(device)), rank, world, device
 
 def _outcome(results, output: str) -> int:
