@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
-from unetr.cli.common import _flag, _roi
+from unetr.cli.common import _flag, _print_problems, _roi
 
 log = logging.getLogger("unetr")
 
@@ -282,7 +281,5 @@ def _run_evaluate(args) -> int:
     print(format_table(summary, names))
     out = Path(args.output or args.pred_dir)
     print(f"{len(per_case)} case(s) -> {out / 'metrics.csv'}, {out / 'summary.json'}")
-    if problems:
-        print(f"{len(problems)} problem(s): " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""),
-              file=sys.stderr)
+    _print_problems(problems)
     return 1 if problems else 0
