@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Optional, Sequence, Tuple
 
 
@@ -32,3 +33,9 @@ def _refuse_non_empty(folder: str, overwrite: bool) -> None:
         raise ValueError(f"{path}: exists and is not a folder")
     if not overwrite and path.is_dir() and any(path.iterdir()):
         raise ValueError(f"{path}: the folder is not empty; choose a new folder or add --overwrite")
+
+def _print_problems(problems: Sequence[str]) -> None:
+    """The count of ``problems`` and the first five, on one line of stderr (nothing when there are none)."""
+    if problems:
+        print(f"{len(problems)} problem(s): " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""),
+              file=sys.stderr)

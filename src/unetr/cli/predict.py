@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
-from unetr.cli.common import _flag, _roi
+from unetr.cli.common import _flag, _print_problems, _roi
 
 log = logging.getLogger("unetr")
 
@@ -84,11 +83,9 @@ def _has_plan(model: str) -> bool:
         return False
 
 def _run_predict(args) -> int:
-    import os
     from pathlib import Path
 
-    from unetr.config import InferConfig, Plan
-    from unetr.device import resolve_device
+    from unetr.config import Plan
     from unetr.fsutil import remove_stale_temporaries
     from unetr.inference.predict import load_predictor, predict_files
     from unetr.package import is_package
@@ -105,15 +102,7 @@ def _run_predict(args) -> int:
         raise ValueError("--uncertainty needs a run, a folder of folds, a package or several models")
     args.model = args.model[0]
 
-    cfg = InferConfig(overlap=args.overlap, mode=args.mode, sw_batch_size=args.batch, tta=args.tta,
-                      precision=args.precision, device=args.device, largest_component=args.largest_component,
-                      accum_device=args.accum_device, accum_fp16=args.accum_fp16, inverse=args.inverse,
-                      compile=args.compile)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and device.index is None and world > 1:
-        device = __import__("torch").device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        cfg = cfg.replace(device=str(device))
+    cfg, rank, world, device = _infer_setup(args)
     if cfg.compile:  # before the model is loaded: a missing compiler is one line, at once
         from unetr.accel import check_compiler
 
@@ -147,36 +136,40 @@ def _run_predict(args) -> int:
         log.info("removed %s, left by an interrupted run", path)
     results = predict_files(model, plan, args.input, args.output, cfg, probabilities=args.probabilities,
                             overwrite=args.overwrite, rank=rank, world_size=world, progress=not args.no_progress)
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    log.info("%d done, %d skipped, %d failed -> %s", counts["done"], counts["skipped"], counts["failed"], args.output)
-    return 1 if counts["failed"] else 0
+    return _outcome(results, args.output)
 
-def _infer_config(args):
+def _infer_setup(args):
+    """``(InferConfig, rank, world size, device)`` for this process; the config names the device resolved."""
+    import os
+
     from unetr.config import InferConfig
+    from unetr.device import resolve_device
 
-    return InferConfig(overlap=args.overlap, mode=args.mode, sw_batch_size=args.batch, tta=args.tta,
-                       precision=args.precision, device=args.device, largest_component=args.largest_component,
-                       accum_device=args.accum_device, accum_fp16=args.accum_fp16, inverse=args.inverse,
-                       compile=args.compile)
+    cfg = InferConfig(overlap=args.overlap, mode=args.mode, sw_batch_size=args.batch, tta=args.tta,
+                      precision=args.precision, device=args.device, largest_component=args.largest_component,
+                      accum_device=args.accum_device, accum_fp16=args.accum_fp16, inverse=args.inverse,
+                      compile=args.compile)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    # under torchrun, auto/cuda mean this rank's GPU (cuda:N stays as given)
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else 0)
+    return cfg.replace(device=str(device)), rank, world, device
+
+def _outcome(results, output: str) -> int:
+    """Log how many cases were done, skipped and failed; exit code 1 when any failed."""
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    log.info("%d done, %d skipped, %d failed -> %s", counts["done"], counts["skipped"], counts["failed"], output)
+    return 1 if counts["failed"] else 0
 
 def _predict_members(args) -> int:
     """``predict`` with runs, folders of folds or packages: one member predicts as usual, several ensemble."""
-    import os
-
     from unetr.config import Plan
-    from unetr.device import resolve_device
     from unetr.fsutil import remove_stale_temporaries
     from unetr.inference.ensemble import load_member, member_loaders, predict_ensemble_files
     from unetr.inference.postprocess import PostProcessing
     from unetr.inference.predict import predict_files
     from unetr.package import open_model, shared_plan
 
-    cfg = _infer_config(args)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and device.index is None and world > 1:
-        device = __import__("torch").device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    cfg = cfg.replace(device=str(device))
+    cfg, rank, world, device = _infer_setup(args)
     sources = [open_model(m) for m in args.model]
     members = [m for s in sources for m in s.members]
     plan = Plan.from_dict(shared_plan(members))
@@ -216,9 +209,7 @@ def _predict_members(args) -> int:
                                          uncertainty=args.uncertainty, probabilities=args.probabilities,
                                          postprocess=post, overwrite=args.overwrite, rank=rank, world_size=world,
                                          progress=not args.no_progress)
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    log.info("%d done, %d skipped, %d failed -> %s", counts["done"], counts["skipped"], counts["failed"], args.output)
-    return 1 if counts["failed"] else 0
+    return _outcome(results, args.output)
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASD and surface Dice of predictions against references")
@@ -290,7 +281,5 @@ def _run_evaluate(args) -> int:
     print(format_table(summary, names))
     out = Path(args.output or args.pred_dir)
     print(f"{len(per_case)} case(s) -> {out / 'metrics.csv'}, {out / 'summary.json'}")
-    if problems:
-        print(f"{len(problems)} problem(s): " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""),
-              file=sys.stderr)
+    _print_problems(problems)
     return 1 if problems else 0

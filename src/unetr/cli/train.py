@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import sys
 
-from unetr.cli.common import _roi
+from unetr.cli.common import _print_problems, _roi
 from unetr.cli.data import _plan_overrides
 
 log = logging.getLogger("unetr")
@@ -174,7 +173,5 @@ def _run_cv(args) -> int:
                             workers=args.workers, progress=True)
     print(format_cv(result))
     print(f"{len(result.per_case)} case(s) -> {result.out}; post-processing -> {args.run}/postprocessing.json")
-    if result.problems:
-        print(f"{len(result.problems)} problem(s): " + "; ".join(result.problems[:5])
-              + (" ..." if len(result.problems) > 5 else ""), file=sys.stderr)
+    _print_problems(result.problems)
     return 1 if result.problems else 0

@@ -26,7 +26,7 @@ from torch import nn
 from unetr.config import ModelConfig
 from unetr.errors import CheckpointError
 from unetr.fsutil import atomic_path, atomic_write_text
-from unetr.model.convert import convert_state_dict, infer_model_config, unwrap_state_dict
+from unetr.model.convert import convert_state_dict, cube_root, infer_model_config, unwrap_state_dict
 from unetr.model.unetr import UNETR
 from unetr.model.vit import resample_position_embedding
 
@@ -58,8 +58,9 @@ def save_safetensors(path: PathLike, model_or_state: Union[nn.Module, Dict[str, 
     from safetensors.torch import save_file
 
     if isinstance(model_or_state, nn.Module):
-        model_or_state = getattr(model_or_state, "module", model_or_state)  # DDP
-    sd = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+        sd = getattr(model_or_state, "module", model_or_state).state_dict()  # DDP unwrapped
+    else:
+        sd = model_or_state
     metadata = dict(metadata or {})
     if config is not None:
         metadata[METADATA_KEY] = json.dumps({"format": RUN_FORMAT, "model": config.to_dict()})
@@ -74,7 +75,6 @@ def save_run(run_dir: PathLike, model: nn.Module, config: ModelConfig, plan: Opt
     """Write ``model.safetensors`` (with the model config in its metadata) and ``config.json`` (model config,
     plan, extra) into a run directory."""
     run_dir = Path(run_dir)
-    model = getattr(model, "module", model)  # DDP
     save_safetensors(run_dir / "model.safetensors", model, config=config)
     doc: Dict[str, Any] = {"format": RUN_FORMAT, "version": RUN_VERSION, "model": config.to_dict()}
     if plan is not None:
@@ -176,8 +176,8 @@ def load_weights(model: UNETR, state: Dict[str, torch.Tensor], source: str = "ch
     elif n_from == math.prod(grid_to):
         grid_from = grid_to
     else:
-        g = round(n_from ** (1 / 3))
-        if g**3 != n_from:
+        g = cube_root(n_from)
+        if g is None:
             raise CheckpointError(f"{source}: the position embedding holds {n_from} tokens, which is no cube: "
                                   "give the ROI the weights were trained at (img_size)")
         grid_from = (g, g, g)
@@ -234,11 +234,11 @@ def load_model(path: PathLike, *, map_location: Union[str, torch.device] = "cpu"
             cfg = trained.replace(**overrides)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: bad model config: {e}") from None
-        changed = {k: v for k, v in cfg.to_dict().items()
-                   if k not in _RUN_SETTINGS and v != trained.to_dict()[k]}
+        was = trained.to_dict()
+        changed = {k: v for k, v in cfg.to_dict().items() if k not in _RUN_SETTINGS and v != was[k]}
         if changed:
             log.warning("%s: overriding the stored model config: %s", path,
-                        ", ".join(f"{k}={v} (stored {trained.to_dict()[k]})" for k, v in changed.items()))
+                        ", ".join(f"{k}={v} (stored {was[k]})" for k, v in changed.items()))
         source = "unetr"
     else:
         trained, cfg = _bare_config(state, overrides, str(path))

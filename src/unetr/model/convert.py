@@ -134,7 +134,8 @@ def has_residual_blocks(sd: Mapping[str, torch.Tensor]) -> bool:
     return any(re.match(r"decoder\d+\.conv_block\.conv3\.", k) for k in sd)
 
 
-def _cube_root(n: int) -> Optional[int]:
+def cube_root(n: int) -> Optional[int]:
+    """The integer whose cube is ``n``, or None when ``n`` is no cube."""
     g = round(n ** (1 / 3))
     return g if g**3 == n else None
 
@@ -182,14 +183,14 @@ def infer_model_config(sd: Mapping[str, torch.Tensor]) -> Tuple[dict, Dict[str, 
         kw.update(proj_type="conv", patch_size=int(w.shape[2]))
     elif "vit.patch_embedding.patch_embeddings.1.weight" in sd:
         width = int(sd["vit.patch_embedding.patch_embeddings.1.weight"].shape[1])  # P³·C
-        patch = _cube_root(width // kw["in_channels"]) if width % kw["in_channels"] == 0 else None
+        patch = cube_root(width // kw["in_channels"]) if width % kw["in_channels"] == 0 else None
         if patch is None:
             raise CheckpointError(f"the perceptron patch embedding takes {width} values per patch, which is no "
                                   f"cube times the {kw['in_channels']} input channel(s)")
         kw.update(proj_type="perceptron", patch_size=patch)
     else:
         raise CheckpointError("the checkpoint has no patch embedding weights")
-    g = _cube_root(n)
+    g = cube_root(n)
     if g is not None:
         kw["img_size"] = (g * kw["patch_size"],) * 3
         assumed["img_size"] = (f"the position embedding's {n} tokens taken as a {g}×{g}×{g} patch grid; the weights "

@@ -128,6 +128,12 @@ def downsample_image(image: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     return blocks.mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
 
 
+def _subsample(flat: np.ndarray, size: int = 1_000_000) -> np.ndarray:
+    """A regular subsample of about ``size`` of the values ``flat`` (all of them when there are fewer), for
+    percentiles of large images."""
+    return flat[:: max(1, flat.size // size)]
+
+
 def quantize(image: np.ndarray, levels: int = 256, sample: int = 1_000_000) -> Tuple[np.ndarray, np.ndarray]:
     """Map an image to bytes indexing a table of grey levels.
 
@@ -149,13 +155,13 @@ def quantize(image: np.ndarray, levels: int = 256, sample: int = 1_000_000) -> T
         raise ValueError(f"levels must be in 2..256, got {levels}")
     img = np.asarray(image, dtype=np.float32)
     flat = img.ravel()
-    distinct = np.unique(flat[:: max(1, flat.size // sample)])
+    sub = _subsample(flat, sample)
+    distinct = np.unique(sub)
     if distinct.size <= levels:
         distinct = np.unique(flat)
     if distinct.size <= levels:
         table = distinct.astype(np.float32)
     else:
-        sub = flat[:: max(1, flat.size // sample)]
         lo, hi = np.percentile(sub, [0.1, 99.9])
         tail = max(1, levels // 32)  # the rare values outside the percentiles keep a few levels of their own
         even = np.linspace(lo, hi, levels // 2 - 2 * tail)
@@ -184,8 +190,7 @@ def decode(text: str, shape: Sequence[int]) -> np.ndarray:
 
 def guess_modality(image: np.ndarray) -> str:
     """``"CT"`` when the image holds air in Hounsfield units (1st percentile below -500), else ``"MR"``."""
-    flat = np.asarray(image).ravel()
-    sub = flat[:: max(1, flat.size // 1_000_000)]
+    sub = _subsample(np.asarray(image).ravel())
     return "CT" if sub.size and float(np.percentile(sub, 1)) < -500 else "MR"
 
 
@@ -198,7 +203,7 @@ def window_presets(image: np.ndarray, modality: str) -> List[Dict[str, object]]:
     if modality not in ("CT", "MR"):
         raise ValueError(f"modality must be 'CT' or 'MR', got {modality!r}")
     flat = np.asarray(image, dtype=np.float32).ravel()
-    sub = flat[:: max(1, flat.size // 1_000_000)]
+    sub = _subsample(flat)
     presets: List[Dict[str, object]] = []
     if modality == "CT":
         presets += [{"name": n, "lo": lvl - w / 2, "hi": lvl + w / 2} for n, lvl, w in CT_WINDOWS]
