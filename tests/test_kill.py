@@ -57,9 +57,12 @@ def _predict(w: Path, out: Path) -> List[str]:
 
 
 def _start(argv: List[str], log: Path) -> subprocess.Popen:
+    """The command as a process, paced (tests/paced_unetr.py): a pause after each file it finishes, so that the
+    kill lands before the next one however loaded the machine is."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "wb") as f:
-        return subprocess.Popen([sys.executable, "-m", "unetr", *argv], stdout=f, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen([sys.executable, str(Path(__file__).parent / "paced_unetr.py"), *argv], stdout=f,
+                                stderr=subprocess.STDOUT, env=env)
 
 
 def _wait_for(proc: subprocess.Popen, ready: Callable[[], bool], log: Path, timeout: float = 120.0) -> None:
