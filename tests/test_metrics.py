@@ -287,8 +287,8 @@ def test_workers_give_the_same_figures(tmp_path):
     for i in range(3):
         _write_label(pred / f"c{i}.nii.gz", _blobs(i, 3, shape=(20, 16, 12)))
         _write_label(ref / f"c{i}.nii.gz", _blobs(i + 10, 3, shape=(20, 16, 12)))
-    from unetr.cli import read_label_for_metrics
+    from unetr.data.io import read_label_for_scoring
 
-    one, s1, _ = E.evaluate_folders(pred, ref, read_label=read_label_for_metrics, out_dir=tmp_path / "a")
-    two, s2, _ = E.evaluate_folders(pred, ref, read_label=read_label_for_metrics, out_dir=tmp_path / "b", workers=2)
+    one, s1, _ = E.evaluate_folders(pred, ref, read_label=read_label_for_scoring, out_dir=tmp_path / "a")
+    two, s2, _ = E.evaluate_folders(pred, ref, read_label=read_label_for_scoring, out_dir=tmp_path / "b", workers=2)
     assert s1 == s2 and list(one) == list(two)

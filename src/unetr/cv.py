@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
-
 from unetr.config import load_json, save_json
 from unetr.errors import UnetrError
 from unetr.evaluation import format_table, map_cases, read_pair, write_csv, write_summary_json
@@ -95,19 +93,13 @@ def _cases_of_folds(run: Path, dataset: Optional[PathLike]) -> Tuple[List[Tuple[
     return jobs, names, missing_folds
 
 
-def _read_label(path: PathLike) -> Tuple[np.ndarray, Tuple[float, ...], np.ndarray]:
-    """``path -> (labels, spacing, affine)``, the reader :func:`unetr.evaluation.read_pair` takes."""
-    from unetr.data.io import read_label
-
-    arr, geom = read_label(path)
-    return arr, geom.spacing, geom.affine
-
-
 def _score(job) -> Tuple[int, str, Optional[Dict[int, ClassScore]], Optional[tuple], Optional[str]]:
     """Score one validation case: the metrics of ``unetr evaluate`` and the post-processing candidates
     (runs in worker processes)."""
+    from unetr.data.io import read_label_for_scoring
+
     fold, cid, pred_path, ref_path, num_classes, tolerance_mm, min_size_mm3 = job
-    pred, ref, spacing, problem = read_pair(cid, pred_path, ref_path, _read_label)
+    pred, ref, spacing, problem = read_pair(cid, pred_path, ref_path, read_label_for_scoring)
     if problem is not None:
         return fold, cid, None, None, problem
     try:

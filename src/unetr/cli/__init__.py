@@ -28,11 +28,7 @@ from unetr.cli.data import (
     _add_summary,
     _add_synth,
 )
-from unetr.cli.predict import (
-    _add_evaluate,
-    _add_predict,
-    read_label_for_metrics,  # noqa: F401 (still importable from unetr.cli; pickles as unetr.cli.predict.*)
-)
+from unetr.cli.predict import _add_evaluate, _add_predict
 from unetr.cli.results import _add_demo, _add_export, _add_info, _add_report
 from unetr.cli.train import _add_cv, _add_train
 

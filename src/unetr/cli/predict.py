@@ -225,13 +225,6 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes scoring cases in parallel")
     p.set_defaults(func=_run_evaluate)
 
-def read_label_for_metrics(path):
-    """``path -> (labels, spacing, affine)`` for :func:`unetr.evaluation.evaluate_folders` (picklable)."""
-    from unetr.data.io import read_label
-
-    arr, geom = read_label(path)
-    return arr, geom.spacing, geom.affine
-
 def _dataset_references(dataset: str, pred_dir: str):
     """``{prediction file name: label file}`` for the labelled cases of ``dataset`` that ``pred_dir`` has a
     prediction of (``<case id>.nii.gz``, as ``unetr predict`` names them), and the class names it gives."""
@@ -265,6 +258,7 @@ def _is_dataset(path: str) -> bool:
 def _run_evaluate(args) -> int:
     from pathlib import Path
 
+    from unetr.data.io import read_label_for_scoring
     from unetr.evaluation import evaluate_folders, format_table, read_class_names
 
     names = read_class_names(args.labels) if args.labels else None
@@ -274,7 +268,7 @@ def _run_evaluate(args) -> int:
         names = names or dataset_names
     per_case, summary, problems = evaluate_folders(
         args.pred_dir, refs, num_classes=args.num_classes, class_names=names,
-        tolerance_mm=args.tolerance, out_dir=args.output, read_label=read_label_for_metrics,
+        tolerance_mm=args.tolerance, out_dir=args.output, read_label=read_label_for_scoring,
         workers=args.workers, allow_missing=args.allow_missing, progress=True)
     if not per_case:
         raise ValueError(f"no case could be scored ({len(problems)} problem(s))")

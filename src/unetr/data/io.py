@@ -357,6 +357,14 @@ def read_label(path: PathLike) -> Tuple[np.ndarray, Geometry]:
     return out, geom
 
 
+def read_label_for_scoring(path: PathLike) -> Tuple[np.ndarray, Tuple[float, ...], np.ndarray]:
+    """``path -> (labels, spacing, affine)``: the reader that :func:`unetr.evaluation.evaluate_folders` and
+    :func:`unetr.evaluation.read_pair` take (``unetr evaluate`` and ``unetr cv``; a module-level function, so
+    that worker processes can unpickle it)."""
+    arr, geom = read_label(path)
+    return arr, geom.spacing, geom.affine
+
+
 def _write(path: PathLike, array: np.ndarray, geometry: Geometry, dtype: np.dtype, intent: str) -> None:
     import nibabel as nib
 

@@ -225,11 +225,6 @@ def infer_model_config(sd: Mapping[str, torch.Tensor]) -> Tuple[dict, Dict[str, 
     return kw, assumed
 
 
-def infer_model_kwargs(sd: Mapping[str, torch.Tensor]) -> dict:
-    """The keyword arguments of :func:`infer_model_config` alone."""
-    return infer_model_config(sd)[0]
-
-
 def _tutorial_skips(num_layers: int) -> Tuple[int, ...]:
     q = num_layers // 4
     return (q, 2 * q, 3 * q, num_layers)
