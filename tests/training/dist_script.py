@@ -7,6 +7,9 @@ Usage: python dist_script.py MODE OUT [options]
   collective, and every rank writes ``OUT/rank<R>.json`` with the plan it got.
 - ``errors OUT``: first rank 0's preparation raises, then each rank looks for the marker in a folder of its own
   (as nodes without a shared file system would); every rank writes ``OUT/rank<R>.json`` with the errors it got.
+- ``teardown OUT``: a DDP wrapper left in a reference cycle (as a stopped run's frames leave one, with the
+  collector off so that only teardown may collect it), then ``D.teardown``; every rank writes
+  ``OUT/rank<R>.json`` with the number of DDP wrappers still alive.
 - ``train OUT --iterations N [--stop-after K]``: the tiny run with dropout, a checkpoint every iteration; with
   ``--stop-after`` every rank stops after iteration K (as a killed job would, with ``last.pt`` at K); rank 0 writes
   ``OUT/weights.json`` with a checksum of the final weights.
@@ -18,6 +21,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -73,6 +78,26 @@ def errors(args, env):
     (out / f"rank{env.rank}.json").write_text(json.dumps(got))
 
 
+def teardown(args, env):
+    import gc
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    from unetr.model import build_model
+
+    _, model_cfg, _ = tiny_setup()
+    gc.disable()
+    wrapped = D.data_parallel(build_model(model_cfg), env)
+    wrapped(torch.randn(1, 1, *model_cfg.img_size)).sum().backward()
+    holder = {"ddp": wrapped}
+    holder["self"] = holder
+    del wrapped, holder
+    D.teardown(env)
+    alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+    gc.enable()
+    (Path(args.out) / f"rank{env.rank}.json").write_text(json.dumps({"alive": alive}))
+
+
 def train(args, env):
     from unetr.training.trainer import fit
 
@@ -101,7 +126,7 @@ def train(args, env):
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["prepare", "errors", "train"])
+    p.add_argument("mode", choices=["prepare", "errors", "teardown", "train"])
     p.add_argument("out")
     p.add_argument("--dataset")
     p.add_argument("--sleep", type=float, default=0.0)
@@ -111,6 +136,8 @@ def main() -> None:
     args = p.parse_args()
     env = D.setup("cpu", timeout_s=args.timeout)
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.mode == "teardown":
+        return teardown(args, env)
     try:
         {"prepare": prepare, "errors": errors, "train": train}[args.mode](args, env)
     finally:
