@@ -204,3 +204,27 @@ def test_report_from_folders_bad_arguments(tmp_path, phantom_files):
     with pytest.raises(ValueError, match="max_voxels"):
         report_from_folders(tmp_path, pred=phantom_files / "predictions", labels=phantom_files / "labelsTs",
                             max_voxels=10)
+
+
+def test_report_from_folders_scores_as_evaluate_does(tmp_path, phantom_files):
+    """A prediction that lies elsewhere than its reference (same shape, affine shifted 10 mm) is a problem
+    for `unetr evaluate`, and is not scored by the report either (before: the report compared shapes only and
+    scored it)."""
+    import nibabel as nib
+
+    from unetr.report import report_from_folders
+
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    files = sorted((phantom_files / "predictions").glob("*.nii.gz"))
+    for f in files:
+        (pred / f.name).write_bytes(f.read_bytes())
+    moved = nib.load(str(pred / files[0].name))
+    affine = moved.affine.copy()
+    affine[0, 3] += 10.0
+    nib.save(nib.Nifti1Image(np.asarray(moved.dataobj), affine, moved.header), str(pred / files[0].name))
+    report_from_folders(tmp_path / "report", pred=pred, labels=phantom_files / "labelsTs")
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["cases"] == len(files) - 1
+    assert any(files[0].name in p and "not on the reference's grid" in p for p in summary["problems"])
+    assert "not on the reference's grid" in (tmp_path / "report" / "report.html").read_text()  # a page note

@@ -85,7 +85,7 @@ def report_from_folders(
     Returns:
         ``(report.html, report.md)``.
     """
-    from unetr.data.io import read_label
+    from unetr.data.io import read_label_for_scoring
     from unetr.evaluation import evaluate_folders, read_csv
     from unetr.report.attention import attention_for_case
     from unetr.report.html import write_html_report
@@ -103,14 +103,12 @@ def report_from_folders(
         raise ValueError(f"max_voxels must be at least 1000, got {max_voxels}")
     names = class_names_for(classes, run, labels)
     per_case: Optional[Dict[str, Dict[int, ClassScore]]] = None
+    notes: List[str] = []
     if metrics:
         per_case = read_csv(metrics)
-    elif pred and labels:
-        def reader(path: Path):
-            arr, geom = read_label(path)
-            return arr, geom.spacing
-
-        per_case, _, _ = evaluate_folders(pred, labels, class_names=names, out_dir=output, read_label=reader)
+    elif pred and labels:  # scored as `unetr evaluate` scores (the grids compared, affines included)
+        per_case, _, notes = evaluate_folders(pred, labels, class_names=names, out_dir=output,
+                                              read_label=read_label_for_scoring)  # its problems head the page
     if attention not in (None, "none") and per_case is not None and attention not in per_case:
         raise ValueError(f"attention case {attention!r} is not among the cases ({', '.join(sorted(per_case))})")
 
@@ -120,7 +118,7 @@ def report_from_folders(
     md = make_report(output, run_dir=run, per_case=per_case, class_names=names, load_case=load_case, n_show=show)
     scored = [c for c, d in rank_cases(per_case or {}) if not math.isnan(d)]  # best first
     att_case = attention or (scored[-1] if scored else None)
-    att, notes = None, []
+    att = None
     if run and images and att_case and att_case != "none":
         try:
             image, ref, prd = case_files(att_case, images, labels, pred)
