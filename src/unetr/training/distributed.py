@@ -106,8 +106,8 @@ def teardown(env: DistEnv) -> None:
     this, with gloo, a rank that left the group and exited while its peer was still running aborted during
     its exit now and then ("terminate called without an active exception", SIGABRT), which torchrun reports
     as the rank's failure: 7 of 40 two-process runs of a DDP step then destroy_process_group (torch 2.13,
-    2-core CPU), against 0 of 40 with the collection after it; and 3 of 10 with a DDP wrapper alive in a
-    cycle, against 0 of 10 with the collection before it.
+    2-core CPU), against 0 of 40 through this function (``benchmarks/teardown_abort.py``); and 3 of 10 with a
+    DDP wrapper alive in a cycle at exit, against 0 of 10 with the collection before destroying.
     """
     if env.distributed and dist.is_initialized():
         gc.collect()
