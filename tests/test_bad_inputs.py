@@ -204,8 +204,8 @@ CASES: Dict[str, Bad] = {
         "export {t}/run --format torchscript -o {t}/out/model.pt", ["out/model.pt", "exists", "--overwrite"],
         setup=lambda t: (t / "out").mkdir() or (t / "out" / "model.pt").write_text("mine"), uses=("run",)),
     "export over another run's config": Bad(
-        "export {t}/run --format torchscript -o {t}/other/model.pt", ["other/model.json", "exists"],
-        setup=lambda t: shutil.copytree(t / "run", t / "other") and (t / "other" / "model.json").write_text("{}"),
+        "export {t}/run --format torchscript -o {t}/other/model.pt", ["other/model.pt.json", "exists"],
+        setup=lambda t: shutil.copytree(t / "run", t / "other") and (t / "other" / "model.pt.json").write_text("{}"),
         uses=("run",)),
     "export onto the run's own weights": Bad(
         "export {t}/run --format torchscript -o {t}/run/model.safetensors --overwrite",

@@ -1,6 +1,7 @@
 """Export: ONNX and TorchScript outputs equal PyTorch's; bad format; no file left when the check fails."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -26,11 +27,15 @@ def test_export_matches_pytorch(run_dir, tmp_path, fmt):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
     out = tmp_path / f"m.{fmt}"
-    res = export_model(run_dir, out, format=fmt)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        res = export_model(run_dir, out, format=fmt)
+    # the tracer's warnings describe what the export is (a graph for windows of one size); users saw four
+    assert not [w for w in said if issubclass(w.category, torch.jit.TracerWarning)]
     assert res.path == out and out.stat().st_size > 0
     assert res.max_abs_diff <= 1e-3 and res.max_abs_logit > 0
     assert not (tmp_path / "config.json").exists()  # export writes only its own names
-    side = json.loads((tmp_path / "m.json").read_text())
+    side = json.loads((tmp_path / f"m.{fmt}.json").read_text())
     assert side["model"]["img_size"] == [32, 16, 16] and side["export"] == {"format": fmt, "file": out.name}
 
 
@@ -38,16 +43,31 @@ def test_export_never_replaces_what_it_did_not_write(run_dir, tmp_path):
     other_run = tmp_path / "other"
     other_run.mkdir()
     (other_run / "config.json").write_text("theirs")
-    (other_run / "m.json").write_text("mine?")
+    (other_run / "m.pt.json").write_text("mine?")
     out = other_run / "m.pt"
     with pytest.raises(UnetrError, match="exists; export elsewhere or add --overwrite"):
         export_model(run_dir, out, format="torchscript")
-    assert (other_run / "m.json").read_text() == "mine?" and not out.exists()
+    assert (other_run / "m.pt.json").read_text() == "mine?" and not out.exists()
     export_model(run_dir, out, format="torchscript", overwrite=True)
     assert (other_run / "config.json").read_text() == "theirs"
-    assert json.loads((other_run / "m.json").read_text())["export"]["file"] == "m.pt"
+    assert json.loads((other_run / "m.pt.json").read_text())["export"]["file"] == "m.pt"
     with pytest.raises(UnetrError, match="model's own file"):
         export_model(run_dir, run_dir / "config.json", format="torchscript", overwrite=True)
+
+
+def test_both_exports_of_one_run_sit_side_by_side(run_dir, tmp_path):
+    """The default names of the two formats, in one folder: each export keeps its own description (before:
+    both were described by ``model.json``, and the second export was refused)."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    ts, onnx = export_model(run, format="torchscript"), export_model(run, format="onnx")
+    assert (ts.path.name, onnx.path.name) == ("model.torchscript.pt", "model.onnx")
+    for res in (ts, onnx):
+        side = json.loads((run / f"{res.path.name}.json").read_text())
+        assert side["export"] == {"format": res.format, "file": res.path.name}
 
 
 def test_export_bad_format(run_dir):

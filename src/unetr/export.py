@@ -3,7 +3,8 @@ write the one-file model package (``zip``) that ``unetr predict -m`` reads on an
 
 The exported graph takes one window ``(B, C, *roi)`` and returns logits ``(B, K, *roi)``; the sliding
 window, pre- and post-processing stay outside: the run's ``config.json`` (model and plan) is written beside
-the export as ``<export name>.json`` (``model.onnx`` -> ``model.json``). Export writes only these two files
+the export as ``<export file name>.json`` (``model.onnx`` -> ``model.onnx.json``; each export of a run has its
+own, so the ONNX and the TorchScript exports of one run can sit side by side). Export writes only these two files
 and replaces neither when it exists, unless asked to (``overwrite``); it never replaces the run's own files. ONNX needs the optional extra ``unetr[export]`` (onnx, onnxruntime) for the check.
 
 The ``zip`` format (:mod:`unetr.package`) holds every member of a run or a folder of folds (safetensors),
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -82,9 +84,10 @@ def _run_onnx(path: Path, example: torch.Tensor) -> torch.Tensor:
 
 
 def config_path_for(export: PathLike) -> Path:
-    """The ``.json`` written beside an export: ``model.onnx`` -> ``model.json``."""
+    """The ``.json`` written beside an export: ``model.onnx`` -> ``model.onnx.json`` (the whole file name: two
+    exports of one run never share it, as ``model.onnx`` and ``model.torchscript.pt`` did ``model.json``)."""
     export = Path(export)
-    return export.with_name(export.name.split(".")[0] + ".json") if export.name.split(".")[0] else export.with_suffix(".json")
+    return export.with_name(export.name + ".json")
 
 
 def export_model(
@@ -146,7 +149,7 @@ def export_model(
     cfg_src = base / "config.json"
     doc = json.loads(cfg_src.read_text()) if cfg_src.is_file() else {"model": cfg}
     atomic_write_text(sidecar, json.dumps({**doc, "export": {"format": format, "file": target.name}}, indent=2) + "\n")
-    log.info("wrote %s (%s); max |export - PyTorch| = %.3g on logits up to %.3g", target, format, diff, scale)
+    log.debug("wrote %s (%s); max |export - PyTorch| = %.3g on logits up to %.3g", target, format, diff, scale)
     return ExportResult(target, format, diff, scale)
 
 
@@ -171,10 +174,16 @@ def _write_export(model: torch.nn.Module, example: torch.Tensor, path: Path, for
     Returns:
         True when the export's batch axis is dynamic (always for TorchScript; see :func:`_export_onnx`).
     """
-    if format == "onnx":
-        return _export_onnx(model, example, path, opset)
-    traced = torch.jit.trace(model, example, check_trace=False)
-    torch.jit.save(traced, str(path))
+    with warnings.catch_warnings():
+        # What the tracer warns of is what the export is: a graph for windows of the traced size (the
+        # model's input checks and layout branch are fixed for it; the check below runs the export), and
+        # instance norms that use each window's statistics in eval mode too, as the model does.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*TrainingMode\.EVAL, but operator 'instance_norm'")
+        if format == "onnx":
+            return _export_onnx(model, example, path, opset)
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, str(path))
     return True
 
 
@@ -235,7 +244,7 @@ def export_package(model_path: PathLike, out: Optional[PathLike] = None, *, over
         except BaseException:
             target.unlink(missing_ok=True)
             raise
-    log.info("wrote %s: %d member(s)%s", target, len(source.members), ", checked" if check else "")
+    log.debug("wrote %s: %d member(s)%s", target, len(source.members), ", checked" if check else "")
     return ExportResult(target, "zip", diff if check else float("nan"), float("nan"))
 
 
