@@ -106,6 +106,26 @@ def test_run_directory_contents(tmp_path):
     assert last["iteration"] == 4 and set(last["rng"]) >= {"python", "numpy", "torch"}
 
 
+def test_the_bar_shows_the_best_dice_of_the_validation_just_run(tmp_path, monkeypatch):
+    """The progress bar's ``best`` after iteration 2 is the Dice of iteration 2's validation (before: the bar
+    was given its values before that validation, and showed the previous best until the next iteration)."""
+    import tqdm.auto
+
+    shown = {}
+
+    class Recorded(tqdm.auto.tqdm):
+        def set_postfix(self, *args, **kwargs):
+            shown[self.n] = dict(kwargs)
+            return super().set_postfix(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorded)
+    plan, model_cfg, cfg = tiny_setup(iterations=2, val_every=2, checkpoint_every=2)
+    result = fit(run_dir=tmp_path / "run", train_ids=IDS[:4], val_ids=IDS[4:], load=DictLoader(CASES), plan=plan,
+                 model_cfg=model_cfg, cfg=cfg, progress=True, sampler=simple_sampler, augmenter=flip_augmenter)
+    assert result.best_dice > 0  # so that 0.000 (no validation yet) cannot pass
+    assert shown[2]["best"] == f"{result.best_dice:.3f}" and shown[1]["best"] == "0.000"
+
+
 def test_resume_equals_uninterrupted_and_same_seed_same_metrics(tmp_path):
     _fit(tmp_path / "a", iterations=6)
 

@@ -189,7 +189,7 @@ def make_phantom_dataset(
         write_label(out / lab_dir / f"{cid}.nii.gz", label, geom)
     write_dataset_json(out, name="Phantom", description=f"unetr synthetic CT-like phantoms (seed {seed})",
                        channels=["CT"], class_names=CLASS_NAMES, num_training=cases)
-    log.info("wrote %d training and %d test phantoms to %s", cases, test_cases, out)
+    log.debug("wrote %d training and %d test phantoms to %s", cases, test_cases, out)
     return out
 
 

@@ -220,8 +220,6 @@ def _train(run: _Run, sampler: Optional[CropSampler], on_step: Optional[StepHook
             loss = _train_step(run, batches, it, lr, on_step)
             counters.step_done(loss)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", best=f"{max(counters.best_dice, 0):.3f}",
-                            refresh=False)
             if planner is not None:
                 _follow_budget(run, planner, counters, time_budget.clock() - t_step, t0, bar)
             t_book = time_budget.clock() if time_budget else 0.0
@@ -230,6 +228,9 @@ def _train(run: _Run, sampler: Optional[CropSampler], on_step: Optional[StepHook
                 last_dice = dice
                 if planner is not None:
                     planner.validation_took(time_budget.clock() - t_book)
+            # after the validation of this iteration, so that the bar's best is never one validation behind
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", best=f"{max(counters.best_dice, 0):.3f}",
+                            refresh=False)
     finally:
         bar.close()
         if tb is not None:
