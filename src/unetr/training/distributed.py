@@ -168,28 +168,8 @@ def data_parallel(model: nn.Module, env: DistEnv) -> nn.Module:
     """``model`` wrapped in DDP with several processes (gradients averaged at each step), else itself."""
     if not env.distributed:
         return model
-    _grad_strides_for_ddp(model)
     device = env.device
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def _grad_strides_for_ddp(model: nn.Module) -> None:
-    """Give each 5D decoder weight with one input channel the channels-last strides its gradient comes back with.
-
-    The decoder convolves channels-last activations (``UNETR.channels_last``), and returns such a weight's
-    gradient as ``(27, 1, 9, 3, 1)`` where the weight is ``(27, 27, 9, 3, 1)``: the same memory order (the
-    dimension of size 1 has no stride that matters), which autograd accepts, but DDP compares the strides one by
-    one, warns ("Grad strides do not match bucket view strides") and copies the gradient at every step. With
-    the weight's strides set to the gradient's, the two agree; the values and the memory order do not change.
-    The ViT's patch embedding convolves the plain input and keeps its strides."""
-    from unetr.model.layout import to_channels_last
-
-    if not getattr(model, "channels_last", False):
-        return
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not name.startswith("vit.") and p.dim() == 5 and p.shape[1] == 1 and p.stride(1) != 1:
-                p.data = to_channels_last(p.data)
 
 
 def main_first(work: Callable[[], T], env: DistEnv, marker: Path, *, describe_wait: Callable[[], str] = str,
