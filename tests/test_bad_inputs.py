@@ -218,6 +218,9 @@ CASES: Dict[str, Bad] = {
     "predict into a file": Bad(
         "predict -m {t}/run -i {t}/ds/imagesTs -o {t}/taken", ["taken", "cannot write predictions there"],
         setup=lambda t: (t / "taken").write_text("x"), uses=("ds", "run")),
+    "predict -o naming a file": Bad(  # before: a folder named a.nii.gz was made, holding phantom_005.nii.gz
+        "predict -m {t}/run -i {t}/ds/imagesTs/phantom_005_0000.nii.gz -o {t}/a.nii.gz",
+        ["a.nii.gz", "names the output folder, not a file", "predictions/phantom_005.nii.gz"], uses=("ds", "run")),
     # 3. one process per run directory; a rerun with other settings is refused
     "train while another process trains there": Bad(
         RUN_TRAIN, ["run", "another `unetr train` runs there", "PID"], setup=_hold_lock, uses=("ds", "run")),

@@ -86,8 +86,13 @@ def output_paths(name: str, out_dir: PathLike, probabilities: bool = False) -> L
 def check_output_folder(cases: Sequence[Tuple[str, Sequence[Path]]], out_dir: PathLike, probabilities: bool) -> None:
     """Refuse, before any work, outputs that would replace an input (whatever ``--overwrite`` says) and an
     output folder that cannot be written."""
+    from unetr.data.io import IMAGE_ENDINGS, file_ending
     from unetr.fsutil import temporary_name
 
+    if file_ending(out_dir) in IMAGE_ENDINGS and not Path(out_dir).is_dir():  # a file name: a folder would be made
+        example = output_paths(cases[0][0], Path(out_dir).parent / "predictions")[0] if cases else None
+        raise UnetrError(f"{out_dir}: -o names the output folder, not a file (each case is written as "
+                         f"<folder>/<case>.nii.gz{f', e.g. {example}' if example else ''}); give a folder")
     inputs = {Path(f).resolve() for _, files in cases for f in files}
     for name, _ in cases:
         for path in output_paths(name, out_dir, probabilities):
