@@ -246,6 +246,8 @@ CASES: Dict[str, Bad] = {
         "evaluate {t}/pred {t}/ds/labelsTs -o {t}/eval", ["phantom_005", "affine"], code=1, setup=_flip_prediction,
         creates=("eval", "eval/*"), uses=("ds", "pred")),
     "evaluate a missing folder": Bad("evaluate {t}/nothing {t}/ds/labelsTs", ["nothing"]),
+    "evaluate -o naming a file": Bad("evaluate {t}/pred {t}/ds/labelsTs -o {t}/scores.csv",
+                                     ["scores.csv", "names the folder for metrics.csv", "not a file"], uses=("ds", "pred")),
     # 6. settings are typed
     "--set a float that is not one": Bad(RUN_TRAIN.replace("{t}/run", "{t}/new") + " --set lr=fast",
                                          ["lr", "expected float", "'fast'"]),

@@ -261,6 +261,9 @@ def _run_evaluate(args) -> int:
     from unetr.data.io import read_label_for_scoring
     from unetr.evaluation import evaluate_folders, format_table, read_class_names
 
+    if args.output and Path(args.output).suffix.lower() in (".csv", ".json") and not Path(args.output).is_dir():
+        raise ValueError(f"{args.output}: -o names the folder for metrics.csv and summary.json, not a file; "
+                         "give a folder")  # before: a folder of that name was made
     names = read_class_names(args.labels) if args.labels else None
     refs = args.ref_dir
     if _is_dataset(args.ref_dir):
