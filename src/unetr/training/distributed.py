@@ -101,7 +101,7 @@ def setup(device: str = "auto", environ: Optional[Mapping[str, str]] = None, tim
 def teardown(env: DistEnv) -> None:
     """Leave the process group (no-op with one process), and leave nothing of it to the interpreter's exit.
 
-    Objects that hold the group (a DDP wrapper kept in a reference cycle, as a stopped run's frames leave
+    Objects that hold the group (a DDP wrapper kept in a reference cycle, as an exception's frames can leave
     one) are collected before it is destroyed, and what the destruction leaves is collected after. Without
     this, with gloo, a rank that left the group and exited while its peer was still running aborted during
     its exit now and then ("terminate called without an active exception", SIGABRT), which torchrun reports
