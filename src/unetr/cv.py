@@ -22,7 +22,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from unetr.config import load_json, save_json
 from unetr.errors import UnetrError
@@ -136,11 +136,7 @@ def cross_validate(run: PathLike, *, dataset: Optional[PathLike] = None, toleran
     jobs, names, missing_folds = _cases_of_folds(run, dataset)
     k = len(names)
     full = [(f, c, p, r, k, tolerance_mm, min_size_mm3) for f, c, p, r in jobs]
-    results: Iterator[tuple] = map_cases(_score, full, workers)
-    if progress:
-        from tqdm.auto import tqdm
-
-        results = tqdm(results, total=len(full), desc="cases", unit="case")
+    results = map_cases(_score, full, workers, progress)
     per_case: Dict[str, Dict[int, ClassScore]] = {}
     by_fold: Dict[int, Dict[str, Dict[int, ClassScore]]] = {}
     cands = {}

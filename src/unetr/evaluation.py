@@ -172,9 +172,15 @@ def _label_pairs(
     return pred_dir, ref_dir, preds, refs
 
 
-def map_cases(score: Callable[[tuple], tuple], jobs: Sequence[tuple], workers: int) -> Iterator[tuple]:
+def map_cases(score: Callable[[tuple], tuple], jobs: Sequence[tuple], workers: int, progress: bool = False
+              ) -> Iterator[tuple]:
     """``score`` (a module-level function: it is pickled) of every job, in order, in ``workers`` processes that
-    die with this one (in this one if ``workers <= 1``)."""
+    die with this one (in this one if ``workers <= 1``); ``progress``: a progress bar over the cases."""
+    if progress:
+        from tqdm.auto import tqdm
+
+        yield from tqdm(map_cases(score, jobs, workers), total=len(jobs), desc="cases", unit="case")
+        return
     if workers <= 1:
         yield from map(score, jobs)
         return
@@ -187,15 +193,9 @@ def map_cases(score: Callable[[tuple], tuple], jobs: Sequence[tuple], workers: i
         yield from pool.map(score, jobs)
 
 
-def _collect(
-    results: Iterable[tuple], total: int, progress: bool, problems: List[str]
-) -> Dict[str, Dict[int, ClassScore]]:
+def _collect(results: Iterable[tuple], problems: List[str]) -> Dict[str, Dict[int, ClassScore]]:
     """The scores of :func:`_score_pair`'s results by case name; a case's problem is appended to ``problems``."""
     per_case: Dict[str, Dict[int, ClassScore]] = {}
-    if progress:
-        from tqdm.auto import tqdm
-
-        results = tqdm(results, total=total, desc="cases", unit="case")
     for name, scores, problem, _ in results:
         if problem is not None:
             problems.append(problem)
@@ -257,7 +257,7 @@ def evaluate_folders(
     if num_classes is None:  # a first pass finds the largest label
         num_classes = max([top for _, _, _, top in map_cases(_score_pair, jobs, workers)] + [1]) + 1
         jobs = [j[:4] + (num_classes,) + j[5:] for j in jobs]
-    per_case = _collect(map_cases(_score_pair, jobs, workers), len(jobs), progress, problems)
+    per_case = _collect(map_cases(_score_pair, jobs, workers, progress), problems)
     for msg in problems:
         log.error(msg)
     summary = summarize(per_case)

@@ -187,10 +187,9 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0, max_cases: Op
     cases = sorted(dataset.labelled, key=lambda c: c.id)[:max_cases]
     if not cases:
         raise DataError(f"{dataset.root}: no labelled cases to fingerprint")
-    rules = (_body_threshold("CT", intensity, window), _body_threshold("MR", intensity, window))
-    # a modality set or named is the decision (decide_modality): only its rule's crops are measured
+    # a modality set or named is the decision (decide_modality): only its body rule's crops are measured
     known = modality if modality is not None else dataset.modality
-    needed = rules if known is None else (rules[0 if known == "CT" else 1],)
+    needed = [_body_threshold(m, intensity, window) for m in (("CT", "MR") if known is None else (known,))]
     with ThreadPoolExecutor(max(1, workers)) as pool:
         jobs = pool.map(lambda a: _case_fingerprint(a[1], a[0], needed, seed), enumerate(cases))
         per_case = list(tqdm(jobs, total=len(cases), desc="fingerprint", disable=not progress))
@@ -200,9 +199,9 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0, max_cases: Op
     chosen, reason = decide_modality({p["id"]: p["modality"] for p in per_case}, dataset.modality,
                                      dataset.modality_source, modality)
     log.info("modality %s: %s", chosen, reason)
-    rule = 0 if chosen == "CT" else 1
+    rule = _body_threshold(chosen, intensity, window)
     for p in per_case:
-        p["cropped_shape"] = p.pop("crops")[rules[rule]]
+        p["cropped_shape"] = p.pop("crops")[rule]
     nch = channels.pop()
     stats = []
     for c in range(nch):
@@ -230,7 +229,7 @@ def fingerprint(dataset: Dataset, workers: int = 2, seed: int = 0, max_cases: Op
         "median_spacing": np.median(spacings, axis=0).tolist(),
         "median_shape": np.median(np.array([p["shape"] for p in per_case]), axis=0).tolist(),
         "median_cropped_shape": np.median(cropped, axis=0).tolist(),
-        "body_threshold": rules[rule],
+        "body_threshold": rule,
         "intensity": stats,
         "class_voxels": {str(k): class_voxels[k] for k in sorted(class_voxels)},
         "cases": [{k: v for k, v in p.items() if k != "samples"} for p in per_case],
