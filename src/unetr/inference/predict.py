@@ -247,6 +247,8 @@ def predict_case(
     Returns:
         A :class:`CaseResult`; problems with the input are reported there (status ``failed``), not raised.
     """
+    from unetr.data.preprocess import preprocess_image_file
+
     config = config or InferConfig()
     files = [Path(f) for f in files]
     name = name or case_name(files[0])
@@ -256,7 +258,7 @@ def predict_case(
         return CaseResult(name, "skipped", out)
     t0 = time.perf_counter()
     try:
-        image, record = read_case(files, plan)
+        image, record = preprocess_image_file(files, plan)
         labels_np, probs = _segment(model, plan, image, record, config, name=name, probabilities=probabilities,
                                     window_progress=window_progress)
         del image
@@ -268,14 +270,6 @@ def predict_case(
     except (UnetrError, ValueError, OSError, RuntimeError, MemoryError) as e:  # the other cases go on
         return CaseResult(name, "failed", message=failure_text(e), seconds=time.perf_counter() - t0)
     return CaseResult.finished(name, out, t0, labels_np)
-
-
-def read_case(files: Sequence[Path], plan: Plan):
-    """A case's image file (or its files, one per channel) preprocessed with ``plan``: ``(image (C, X, Y, Z),
-    PreprocessRecord)``."""
-    from unetr.data.preprocess import preprocess_image_file
-
-    return preprocess_image_file(files if len(files) > 1 else files[0], plan)
 
 
 def _segment(model: torch.nn.Module, plan: Plan, image: np.ndarray, record, config: InferConfig, *, name: str,
