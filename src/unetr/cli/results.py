@@ -46,10 +46,12 @@ def _run_export(args) -> int:
 
     res = export_model(args.model, args.output, format=args.format, check=not args.no_check, atol=args.atol,
                        overwrite=args.overwrite)
-    check = "not checked" if args.no_check else (f"max |diff| {res.max_abs_diff:.2g} vs PyTorch, "
-                                                  f"on logits up to {res.max_abs_logit:.3g}")
-    if res.format == "zip":
-        check = "not checked" if args.no_check else "every member read back through its checksum, weights identical"
+    if args.no_check:
+        check = "not checked"
+    elif res.format == "zip":
+        check = "every member read back through its checksum, weights identical"
+    else:
+        check = f"max |diff| {res.max_abs_diff:.2g} vs PyTorch, on logits up to {res.max_abs_logit:.3g}"
     print(f"{res.format} -> {res.path} ({check})")
     return 0
 

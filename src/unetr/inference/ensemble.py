@@ -41,7 +41,6 @@ from unetr.inference.predict import (
     CaseResult,
     cases_of_rank,
     failure_text,
-    read_case,
     run_cases,
     window_settings,
 )
@@ -264,7 +263,7 @@ def predict_ensemble_case(
         A :class:`CaseResult`; problems with the input are reported there (status ``failed``), not raised.
     """
     from unetr.data.io import write_image, write_label
-    from unetr.data.preprocess import invert_to_original
+    from unetr.data.preprocess import invert_to_original, preprocess_image_file
 
     config = config or InferConfig()
     files = [Path(f) for f in files]
@@ -275,7 +274,7 @@ def predict_ensemble_case(
         return CaseResult(name, "skipped", outputs[0])
     t0 = time.perf_counter()
     try:
-        image, record = read_case(files, plan)
+        image, record = preprocess_image_file(files, plan)
         result = ensemble_probabilities(loaders, image, plan.num_classes, config,
                                         votes=uncertainty == "disagreement")
         del image

@@ -247,16 +247,17 @@ def predict_case(
     Returns:
         A :class:`CaseResult`; problems with the input are reported there (status ``failed``), not raised.
     """
+    from unetr.data.preprocess import preprocess_image_file
+
     config = config or InferConfig()
     files = [Path(f) for f in files]
     name = name or case_name(files[0])
-    out_dir = Path(out_dir)
     out, prob_out = output_paths(name, out_dir, probabilities=True)
     if not overwrite and out.exists() and (not probabilities or prob_out.exists()):
         return CaseResult(name, "skipped", out)
     t0 = time.perf_counter()
     try:
-        image, record = read_case(files, plan)
+        image, record = preprocess_image_file(files, plan)
         labels_np, probs = _segment(model, plan, image, record, config, name=name, probabilities=probabilities,
                                     window_progress=window_progress)
         del image
@@ -264,18 +265,10 @@ def predict_case(
             keep_largest_component(labels_np)
         if postprocess is not None:
             labels_np = postprocess(labels_np, record.geometry.spacing)
-        _write_case(out_dir, out, prob_out, labels_np, probs, record)
+        _write_case(out, prob_out, labels_np, probs, record)
     except (UnetrError, ValueError, OSError, RuntimeError, MemoryError) as e:  # the other cases go on
         return CaseResult(name, "failed", message=failure_text(e), seconds=time.perf_counter() - t0)
     return CaseResult.finished(name, out, t0, labels_np)
-
-
-def read_case(files: Sequence[Path], plan: Plan):
-    """A case's image file (or its files, one per channel) preprocessed with ``plan``: ``(image (C, X, Y, Z),
-    PreprocessRecord)``."""
-    from unetr.data.preprocess import preprocess_image_file
-
-    return preprocess_image_file(files if len(files) > 1 else files[0], plan)
 
 
 def _segment(model: torch.nn.Module, plan: Plan, image: np.ndarray, record, config: InferConfig, *, name: str,
@@ -320,14 +313,13 @@ def _soft_segment(model: torch.nn.Module, plan: Plan, image: np.ndarray, record,
     return inverse.result(), probs
 
 
-def _write_case(out_dir: Path, out: Path, prob_out: Path, labels: np.ndarray, probs: Optional[torch.Tensor],
-                record) -> None:
+def _write_case(out: Path, prob_out: Path, labels: np.ndarray, probs: Optional[torch.Tensor], record) -> None:
     """Write a case's probabilities (when there are any) on its input file's grid, then its label map."""
     from unetr.data.io import write_image, write_label
     from unetr.data.preprocess import invert_to_original
 
     geom = record.geometry
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if probs is not None:
         p = invert_to_original(probs.float().numpy(), record, is_label=False)  # (K, X, Y, Z)
         write_image(prob_out, p, geom, dtype="float32")  # NIfTI-1 (nibabel) has no float16 code
